@@ -1,0 +1,58 @@
+-- cancel_reservation: give a held or confirmed reservation's tickets back.
+--
+-- A held reservation simply releases its hold. A confirmed one is also
+-- appended to the stream, so Postgres records the cancellation. Cancelling
+-- twice answers the cancelled reservation again. A hold past its deadline is
+-- expired here instead (its tickets go back just the same) and reported as
+-- hold_expired.
+--
+-- KEYS[1]  {sale:<id>}:res:<rid>
+-- KEYS[2]  {sale:<id>}:zones
+-- KEYS[3]  {sale:<id>}:users
+-- KEYS[4]  {sale:<id>}:deadlines
+-- KEYS[5]  {sale:<id>}:stream
+-- ARGV[1]  caller's user id (another user's reservation reads as not found)
+-- ARGV[2]  sale id
+-- ARGV[3]  reservation id
+-- Returns  {"ok", rid, zone, qty, status, expires_ms, created_ms,
+--           confirmed_ms, cancelled_ms, replayed(0|1)}
+--       or {"err", code, expired_now(0|1)}: reservation_not_found, hold_expired
+
+local uid, sale, rid = ARGV[1], ARGV[2], ARGV[3]
+local r = redis.call('HMGET', KEYS[1], 'user', 'zone', 'qty', 'status',
+  'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms')
+if not r[1] or r[1] ~= uid then
+  return {'err', 'reservation_not_found', '0'}
+end
+local zone, qty, status = r[2], tonumber(r[3]), r[4]
+
+if status == 'cancelled' then
+  return {'ok', rid, zone, r[3], status, r[5], r[6], r[7] or '0', r[8] or '0', '1'}
+elseif status == 'expired' then
+  return {'err', 'hold_expired', '0'}
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+if status == 'held' then
+  redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
+  redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
+  redis.call('HINCRBY', KEYS[3], uid, -qty)
+  redis.call('ZREM', KEYS[4], rid)
+  if now >= tonumber(r[5]) then
+    redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_ms', now)
+    return {'err', 'hold_expired', '1'}
+  end
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_ms', now)
+  return {'ok', rid, zone, r[3], 'cancelled', r[5], r[6], '0', tostring(now), '0'}
+end
+
+-- confirmed
+redis.call('HINCRBY', KEYS[2], zone .. ':conf', -qty)
+redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
+redis.call('HINCRBY', KEYS[3], uid, -qty)
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_ms', now)
+redis.call('XADD', KEYS[5], '*', 'type', 'cancelled', 'id', rid, 'sale', sale,
+  'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now)
+return {'ok', rid, zone, r[3], 'cancelled', r[5], r[6], r[7], tostring(now), '0'}

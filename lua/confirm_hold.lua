@@ -1,0 +1,57 @@
+-- confirm_hold: turn a held reservation into a confirmed one and append it to
+-- the sale's stream (the outbox) in the same atomic step.
+--
+-- Confirming twice answers the confirmed reservation again and appends
+-- nothing. A hold whose deadline has passed is expired here and then, with its
+-- tickets returned, so a late confirm can never keep tickets the sweeper is
+-- about to give back.
+--
+-- KEYS[1]  {sale:<id>}:res:<rid>
+-- KEYS[2]  {sale:<id>}:zones
+-- KEYS[3]  {sale:<id>}:users
+-- KEYS[4]  {sale:<id>}:deadlines
+-- KEYS[5]  {sale:<id>}:stream
+-- ARGV[1]  caller's user id (another user's reservation reads as not found)
+-- ARGV[2]  payment reference ("" for none)
+-- ARGV[3]  sale id
+-- ARGV[4]  reservation id
+-- Returns  {"ok", rid, zone, qty, status, expires_ms, created_ms,
+--           confirmed_ms, cancelled_ms, replayed(0|1)}
+--       or {"err", code, expired_now(0|1)}: reservation_not_found,
+--           hold_expired, reservation_cancelled
+
+local uid, payment, sale, rid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local r = redis.call('HMGET', KEYS[1], 'user', 'zone', 'qty', 'status',
+  'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms')
+if not r[1] or r[1] ~= uid then
+  return {'err', 'reservation_not_found', '0'}
+end
+local zone, qty, status = r[2], tonumber(r[3]), r[4]
+
+if status == 'confirmed' then
+  return {'ok', rid, zone, r[3], status, r[5], r[6], r[7] or '0', r[8] or '0', '1'}
+elseif status == 'cancelled' then
+  return {'err', 'reservation_cancelled', '0'}
+elseif status == 'expired' then
+  return {'err', 'hold_expired', '0'}
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+if now >= tonumber(r[5]) then
+  redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_ms', now)
+  redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
+  redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
+  redis.call('HINCRBY', KEYS[3], uid, -qty)
+  redis.call('ZREM', KEYS[4], rid)
+  return {'err', 'hold_expired', '1'}
+end
+
+redis.call('HSET', KEYS[1], 'status', 'confirmed', 'confirmed_ms', now, 'payment_ref', payment)
+redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
+redis.call('HINCRBY', KEYS[2], zone .. ':conf', qty)
+redis.call('ZREM', KEYS[4], rid)
+redis.call('XADD', KEYS[5], '*', 'type', 'confirmed', 'id', rid, 'sale', sale,
+  'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now, 'payment_ref', payment)
+return {'ok', rid, zone, r[3], 'confirmed', r[5], r[6], tostring(now), '0', '0'}

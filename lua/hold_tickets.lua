@@ -1,0 +1,93 @@
+-- hold_tickets: check and deduct a zone's stock for one buyer, atomically.
+--
+-- Everything a hold depends on is decided here, in one step: the sale is
+-- open, the zone exists, the idempotency key (if any) replays or is refused,
+-- the per-user limit (held + confirmed, for the life of the sale) is kept,
+-- and the zone has the stock. All checks run before the first write, because
+-- a Lua error does not roll back what was already written.
+--
+-- The reservation id is chosen by the caller. With an idempotency key it is
+-- derived from (user, key), so a retry lands on the same reservation key and
+-- is answered from it.
+--
+-- KEYS[1]  {sale:<id>}:meta        sale settings (opens_at_ms, closes_at_ms,
+--                                  per_user_limit, hold_ttl_ms)
+-- KEYS[2]  {sale:<id>}:zones       zone counters
+-- KEYS[3]  {sale:<id>}:res:<rid>   the reservation to create (or replay)
+-- KEYS[4]  {sale:<id>}:users       user id -> tickets held + confirmed
+-- KEYS[5]  {sale:<id>}:deadlines   zset rid -> hold deadline (ms)
+-- KEYS[6]  {sale:<id>}:ures:<uid>  set of the user's reservation ids
+-- ARGV[1]  user id
+-- ARGV[2]  zone code
+-- ARGV[3]  quantity (integer >= 1)
+-- ARGV[4]  reservation id
+-- ARGV[5]  request fingerprint when an idempotency key was given, else ""
+-- Returns  {"ok", rid, zone, qty, status, expires_ms, created_ms,
+--           confirmed_ms, cancelled_ms, replayed(0|1)}
+--       or {"err", code, number}: sale_not_found, sale_not_open (1 = not yet
+--           open, 2 = closed), zone_not_found, invalid_quantity,
+--           limit_exceeded (tickets the user may still hold),
+--           sold_out (tickets left in the zone), idempotency_key_reused,
+--           id_taken (the random id collided: retry with another)
+
+local uid, zone, rid, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local qty = tonumber(ARGV[3])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'err', 'sale_not_found', '0'}
+end
+
+local existing = redis.call('HMGET', KEYS[3], 'user', 'zone', 'qty', 'status',
+  'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms', 'fp')
+if existing[1] then
+  if fp ~= '' and existing[1] == uid then
+    if existing[9] ~= fp then
+      return {'err', 'idempotency_key_reused', '0'}
+    end
+    -- The first response was the fresh hold: replay it as it was.
+    return {'ok', rid, existing[2], existing[3], 'held', existing[5], existing[6], '0', '0', '1'}
+  end
+  return {'err', 'id_taken', '0'}
+end
+
+local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms')
+local opens, closes = tonumber(m[1]), tonumber(m[2])
+local limit, ttl = tonumber(m[3]), tonumber(m[4])
+if now < opens then
+  return {'err', 'sale_not_open', '1'}
+end
+if closes > 0 and now >= closes then
+  return {'err', 'sale_not_open', '2'}
+end
+
+local avail = redis.call('HGET', KEYS[2], zone .. ':avail')
+if not avail then
+  return {'err', 'zone_not_found', '0'}
+end
+avail = tonumber(avail)
+
+if not qty or qty < 1 or qty ~= math.floor(qty) then
+  return {'err', 'invalid_quantity', '0'}
+end
+
+local used = tonumber(redis.call('HGET', KEYS[4], uid) or '0')
+if used + qty > limit then
+  return {'err', 'limit_exceeded', tostring(limit - used)}
+end
+if avail < qty then
+  return {'err', 'sold_out', tostring(avail)}
+end
+
+-- All checks passed: write.
+local expires = now + ttl
+redis.call('HINCRBY', KEYS[2], zone .. ':avail', -qty)
+redis.call('HINCRBY', KEYS[2], zone .. ':held', qty)
+redis.call('HINCRBY', KEYS[4], uid, qty)
+redis.call('HSET', KEYS[3], 'user', uid, 'zone', zone, 'qty', qty, 'status', 'held',
+  'expires_ms', expires, 'created_ms', now, 'fp', fp)
+redis.call('ZADD', KEYS[5], expires, rid)
+redis.call('SADD', KEYS[6], rid)
+return {'ok', rid, zone, tostring(qty), 'held', tostring(expires), tostring(now), '0', '0', '0'}

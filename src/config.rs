@@ -1,0 +1,102 @@
+//! Typed configuration, read once from the environment.
+//!
+//! Every setting has a default that works on a developer's machine; a value
+//! that is set but malformed stops the program at start, naming the variable.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use anyhow::{bail, Context};
+
+/// The secret used when `JWT_SECRET` is not set. Good for a laptop only; the
+/// server warns loudly at start when it is in use.
+pub const DEV_JWT_SECRET: &str = "flashsale-development-secret-change-me-in-production";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: String,
+    pub redis_url: String,
+    pub jwt: JwtConfig,
+    pub listen_addr: SocketAddr,
+    /// Connections kept to Redis; commands are pipelined over each.
+    pub redis_pool_size: usize,
+    pub database_max_connections: u32,
+    /// How long a Redis or Postgres call may take before the client is told
+    /// `503 unavailable` rather than left hanging.
+    pub store_timeout: Duration,
+    /// `json` for one JSON object a line (production), `text` for people.
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    pub secret: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`, in seconds (a few at most).
+    pub leeway_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let secret = optional("JWT_SECRET").unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+        if secret.len() < 32 {
+            bail!("JWT_SECRET must be at least 32 bytes long");
+        }
+        let leeway_seconds = parse_or("JWT_LEEWAY_SECONDS", 5u64)?;
+        if leeway_seconds > 30 {
+            bail!("JWT_LEEWAY_SECONDS must be at most 30");
+        }
+        let log_format = match optional("LOG_FORMAT").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("LOG_FORMAT must be `json` or `text`, not `{other}`"),
+        };
+        Ok(Self {
+            database_url: optional("DATABASE_URL")
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/flashsale".into()),
+            redis_url: optional("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            jwt: JwtConfig {
+                secret,
+                issuer: optional("JWT_ISSUER"),
+                audience: optional("JWT_AUDIENCE"),
+                leeway_seconds,
+            },
+            listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            redis_pool_size: parse_or("REDIS_POOL_SIZE", 4usize)?.max(1),
+            database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 10u32)?.max(1),
+            store_timeout: Duration::from_millis(parse_or("STORE_TIMEOUT_MS", 2000u64)?.max(1)),
+            log_format,
+        })
+    }
+
+    /// True when the built-in development secret signs access tokens.
+    pub fn uses_dev_secret(&self) -> bool {
+        self.jwt.secret == DEV_JWT_SECRET
+    }
+}
+
+/// A variable's value, treating an empty string as unset.
+fn optional(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Parses a variable when set, else gives the default.
+pub fn parse_or<T>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match optional(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .with_context(|| format!("{name} is malformed: `{raw}`")),
+    }
+}

@@ -1,0 +1,204 @@
+//! The one API error type, rendered as RFC 9457 problem details.
+//!
+//! Each variant is a thing a client can act on, and carries the stable
+//! snake_case `code` that API.md promises. 5xx bodies are opaque: their cause
+//! is logged once, here, and never sent to the client.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("sale not found")]
+    SaleNotFound,
+    #[error("zone `{0}` is not part of this sale")]
+    ZoneNotFound(String),
+    #[error("reservation not found")]
+    ReservationNotFound,
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    SaleNotOpen(String),
+    #[error("not enough tickets left in zone {zone}: {left} left")]
+    SoldOut { zone: String, left: i64 },
+    #[error("the per-user limit allows {remaining} more ticket(s) in this sale")]
+    LimitExceeded { remaining: i64 },
+    #[error("the hold expired before it was confirmed; its tickets went back on sale")]
+    HoldExpired,
+    #[error("the reservation was cancelled")]
+    ReservationCancelled,
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    #[error("{0}")]
+    InvalidQuantity(String),
+    /// A field failed validation; the detail names the field.
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("expected `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("too many requests; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    /// A store did not answer in time. `what` names it for the logs.
+    #[error("{what} is unavailable; retry shortly")]
+    Unavailable { what: &'static str },
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+}
+
+/// Seconds a client should wait before retrying while a store is down.
+const UNAVAILABLE_RETRY_AFTER: u64 = 1;
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            SaleNotFound | ZoneNotFound(_) | ReservationNotFound | NotFound => {
+                StatusCode::NOT_FOUND
+            }
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            SaleNotOpen(_) | SoldOut { .. } | LimitExceeded { .. } | ReservationCancelled => {
+                StatusCode::CONFLICT
+            }
+            HoldExpired => StatusCode::GONE,
+            IdempotencyKeyReused
+            | InvalidIdempotencyKey(_)
+            | InvalidQuantity(_)
+            | Validation(_)
+            | InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            MalformedJson(_) => StatusCode::BAD_REQUEST,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine code of API.md.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            Unauthenticated(_) => "unauthenticated",
+            Forbidden(_) => "forbidden",
+            SaleNotFound => "sale_not_found",
+            ZoneNotFound(_) => "zone_not_found",
+            ReservationNotFound => "reservation_not_found",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            SaleNotOpen(_) => "sale_not_open",
+            SoldOut { .. } => "sold_out",
+            LimitExceeded { .. } => "limit_exceeded",
+            HoldExpired => "hold_expired",
+            ReservationCancelled => "reservation_cancelled",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            InvalidQuantity(_) => "invalid_quantity",
+            Validation(_) => "validation_failed",
+            MalformedJson(_) => "malformed_json",
+            InvalidBody(_) => "invalid_body",
+            UnsupportedMediaType => "unsupported_media_type",
+            PayloadTooLarge { .. } => "payload_too_large",
+            RateLimited { .. } => "rate_limited",
+            Unavailable { .. } => "unavailable",
+            Internal(_) => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::Unavailable { .. } => Some(UNAVAILABLE_RETRY_AFTER),
+            _ => None,
+        }
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(err) => tracing::error!(error = ?err, "request failed"),
+            ApiError::Unavailable { what } => tracing::warn!(store = what, "store unavailable"),
+            _ => {}
+        }
+        let code = self.code();
+        let problem = Problem {
+            kind: format!("/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut res = (status, body).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+impl From<fred::error::Error> for ApiError {
+    fn from(err: fred::error::Error) -> Self {
+        use fred::error::ErrorKind::*;
+        match err.kind() {
+            IO | Timeout | Canceled | Cluster | Backpressure => {
+                tracing::warn!(error = %err, "redis call failed");
+                ApiError::Unavailable { what: "redis" }
+            }
+            _ => ApiError::Internal(anyhow::Error::new(err).context("redis call")),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(error = %err, "postgres call failed");
+                ApiError::Unavailable { what: "postgres" }
+            }
+            other => ApiError::Internal(anyhow::Error::new(other).context("postgres query")),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,108 @@
+//! Extractors: JSON bodies whose rejections are our problem+json, and the
+//! caller's identity, so a handler's signature says who may call it.
+
+use axum::{
+    extract::{rejection::JsonRejection, FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::{
+    error::ApiError,
+    tokens::{Identity, Role},
+};
+
+/// `axum::Json`, with bad input answered as our problem details.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// Maps axum's JSON rejections to precise client errors. serde's messages name
+/// the field and what was expected; axum's own preamble is dropped.
+pub fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::InvalidBody(strip_preamble(&e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => ApiError::MalformedJson(format!(
+            "body is not valid JSON: {}",
+            strip_preamble(&e.body_text())
+        )),
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+        JsonRejection::BytesRejection(e)
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            ApiError::PayloadTooLarge {
+                limit: super::JSON_BODY_LIMIT,
+            }
+        }
+        other => ApiError::MalformedJson(other.body_text()),
+    }
+}
+
+fn strip_preamble(text: &str) -> String {
+    for preamble in [
+        "Failed to deserialize the JSON body into the target type: ",
+        "Failed to parse the request body as JSON: ",
+    ] {
+        if let Some(rest) = text.strip_prefix(preamble) {
+            return rest.to_owned();
+        }
+    }
+    text.to_owned()
+}
+
+/// Any caller with a valid access token.
+pub struct AuthUser(pub Identity);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::Unauthenticated("missing `Authorization: Bearer <token>`".into())
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthenticated("expected `Authorization: Bearer <token>`".into())
+            })?;
+        state
+            .tokens
+            .verify(token)
+            .map(AuthUser)
+            .map_err(ApiError::Unauthenticated)
+    }
+}
+
+/// A caller whose token carries the `organizer` role.
+pub struct Organizer(pub Identity);
+
+impl FromRequestParts<AppState> for Organizer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AuthUser(id) = AuthUser::from_request_parts(parts, state).await?;
+        if id.role != Role::Organizer {
+            return Err(ApiError::Forbidden(
+                "this needs an organizer account".into(),
+            ));
+        }
+        Ok(Organizer(id))
+    }
+}

@@ -1,0 +1,85 @@
+//! Operations endpoints: liveness, readiness and Prometheus metrics.
+
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use fred::interfaces::ClientLike;
+use serde_json::json;
+
+use super::AppState;
+use crate::error::ApiError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+/// 200 while the process runs.
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// How long a readiness probe waits for each store.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// 200 when Redis and Postgres both answer, else 503 naming which do not.
+async fn ready(State(state): State<AppState>) -> Response {
+    let redis = async {
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, state.redis.next().ping::<String>(None)).await,
+            Ok(Ok(_))
+        )
+    };
+    let postgres = async {
+        matches!(
+            tokio::time::timeout(
+                PROBE_TIMEOUT,
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db)
+            )
+            .await,
+            Ok(Ok(1))
+        )
+    };
+    let (redis_ok, postgres_ok) = tokio::join!(redis, postgres);
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    if redis_ok && postgres_ok {
+        return axum::Json(json!({"status": "ready", "redis": "ok", "postgres": "ok"}))
+            .into_response();
+    }
+    let down: Vec<&str> = [("redis", redis_ok), ("postgres", postgres_ok)]
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| name)
+        .collect();
+    let mut res = ApiError::Unavailable { what: "a store" }.into_response();
+    *res.body_mut() = axum::body::Body::from(
+        json!({
+            "type": "/problems/unavailable",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": format!("not ready: {} down", down.join(" and ")),
+            "code": "unavailable",
+            "redis": word(redis_ok),
+            "postgres": word(postgres_ok),
+        })
+        .to_string(),
+    );
+    res
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,279 @@
+//! Reservations: a buyer holds tickets in a zone, then confirms or cancels.
+//!
+//! Each handler is one Lua script call: the checks and the change happen in
+//! Redis, atomically. The handler only parses input and renders the result.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use fred::interfaces::SetsInterface;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{sales::parse_sale_id, AppState, AuthUser, Json};
+use crate::{
+    error::{ApiError, ApiResult},
+    ids::{ReservationId, SaleId},
+    inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation},
+    keys::{self, SaleKeys},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sales/{sale_id}/reservations", post(hold))
+        .route("/v1/reservations/{id}", get(get_reservation))
+        .route("/v1/reservations/{id}/confirm", post(confirm))
+        .route("/v1/reservations/{id}/cancel", post(cancel))
+        .route("/v1/me/reservations", get(my_reservations))
+}
+
+/// Most tickets one request may ask for; the sale's per-user limit is
+/// usually far lower and is checked in the hold script.
+const MAX_QUANTITY: i64 = 100;
+
+#[derive(Deserialize)]
+struct HoldBody {
+    zone: serde_json::Value,
+    #[serde(default)]
+    quantity: serde_json::Value,
+}
+
+/// The quantity must be a JSON integer in range: `"2"`, `2.5`, `1e12`,
+/// `null`, `0` and `-1` are all refused with `invalid_quantity`.
+fn parse_quantity(v: &serde_json::Value) -> ApiResult<u32> {
+    match v.as_i64() {
+        Some(q) if (1..=MAX_QUANTITY).contains(&q) => Ok(q as u32),
+        Some(q) => Err(ApiError::InvalidQuantity(format!(
+            "quantity must be between 1 and {MAX_QUANTITY}, got {q}"
+        ))),
+        None => Err(ApiError::InvalidQuantity(format!(
+            "quantity must be a whole number between 1 and {MAX_QUANTITY}"
+        ))),
+    }
+}
+
+/// An Idempotency-Key: 1 to 255 visible ASCII characters.
+fn parse_idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::InvalidIdempotencyKey(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        )
+    };
+    let key = raw.to_str().map_err(|_| bad())?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(key))
+}
+
+async fn hold(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(sale_id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<HoldBody>,
+) -> ApiResult<Response> {
+    let sale = parse_sale_id(&sale_id)?;
+    let idempotency_key = parse_idempotency_key(&headers)?;
+    let zone = match &body.zone {
+        serde_json::Value::String(z) => z.as_str(),
+        _ => {
+            return Err(ApiError::InvalidBody(
+                "zone must be a zone code (a string)".into(),
+            ))
+        }
+    };
+    let quantity = parse_quantity(&body.quantity)?;
+    if !crate::sales::valid_zone_code(zone) {
+        return Err(ApiError::ZoneNotFound(zone.chars().take(32).collect()));
+    }
+    let mut attempts = 0;
+    let outcome = loop {
+        let (id, fingerprint) = match idempotency_key {
+            Some(key) => (
+                ReservationId::for_idempotency_key(sale, &who.user_id, key),
+                Some(fingerprint(zone, quantity)),
+            ),
+            None => (ReservationId::random(sale), None),
+        };
+        let req = HoldRequest {
+            sale,
+            user: &who.user_id,
+            zone,
+            quantity,
+            id,
+            fingerprint,
+        };
+        match inventory::hold(&state.redis, &state.scripts, req).await? {
+            // A random id that collided (one in 2^64): draw another.
+            Err(Refusal::IdTaken) if idempotency_key.is_none() && attempts < 3 => attempts += 1,
+            outcome => break outcome,
+        }
+    };
+    match outcome {
+        Ok(acted) => {
+            let location = format!("/v1/reservations/{}", acted.reservation.id);
+            let mut res = render(StatusCode::CREATED, acted);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(sale.id = %sale, zone, quantity, "hold placed");
+            }
+            Ok(res)
+        }
+        Err(refusal) => Err(refused(refusal, zone)),
+    }
+}
+
+/// What distinguishes one hold request from another under the same key.
+fn fingerprint(zone: &str, quantity: u32) -> String {
+    let digest = Sha256::digest(format!("{zone}\0{quantity}"));
+    hex::encode(&digest[..16])
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    #[serde(default)]
+    payment_ref: Option<String>,
+}
+
+async fn confirm(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let id = parse_reservation_id(&id)?;
+    // The body is optional: an empty one confirms without a payment reference.
+    let body: ConfirmBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ConfirmBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                ApiError::InvalidBody(e.to_string())
+            } else {
+                ApiError::MalformedJson(format!("body is not valid JSON: {e}"))
+            }
+        })?
+    };
+    let payment_ref = body.payment_ref.unwrap_or_default();
+    if payment_ref.len() > 255 || payment_ref.chars().any(char::is_control) {
+        return Err(ApiError::Validation(
+            "payment_ref must be at most 255 characters, without control characters".into(),
+        ));
+    }
+    let outcome = inventory::confirm(
+        &state.redis,
+        &state.scripts,
+        &id,
+        &who.user_id,
+        &payment_ref,
+    )
+    .await?;
+    respond(outcome)
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_reservation_id(&id)?;
+    let outcome = inventory::cancel(&state.redis, &state.scripts, &id, &who.user_id).await?;
+    respond(outcome)
+}
+
+async fn get_reservation(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Reservation>> {
+    let id = parse_reservation_id(&id)?;
+    inventory::get(&state.redis, &id, &who.user_id)
+        .await?
+        .map(axum::Json)
+        .ok_or(ApiError::ReservationNotFound)
+}
+
+/// The caller's reservations in every sale, newest first.
+async fn my_reservations(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    let sales: Vec<String> = state.redis.smembers(keys::SALES).await?;
+    let sales: Vec<SaleId> = sales.iter().filter_map(|s| s.parse().ok()).collect();
+    let pipe = state.redis.next().pipeline();
+    for sale in &sales {
+        let _: () = pipe
+            .smembers(SaleKeys::new(*sale).user_reservations(&who.user_id))
+            .await?;
+    }
+    let per_sale: Vec<Vec<String>> = if sales.is_empty() {
+        Vec::new()
+    } else {
+        pipe.all().await?
+    };
+    let ids: Vec<ReservationId> = per_sale
+        .into_iter()
+        .flatten()
+        .filter_map(|id| id.parse().ok())
+        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(r) = inventory::get(&state.redis, &id, &who.user_id).await? {
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    Ok(axum::Json(serde_json::json!({ "reservations": out })))
+}
+
+fn parse_reservation_id(raw: &str) -> ApiResult<ReservationId> {
+    raw.parse().map_err(|_| ApiError::ReservationNotFound)
+}
+
+fn respond(outcome: Outcome) -> ApiResult<Response> {
+    match outcome {
+        Ok(acted) => Ok(render(StatusCode::OK, acted)),
+        Err(refusal) => Err(refused(refusal, "")),
+    }
+}
+
+fn render(status: StatusCode, acted: Acted) -> Response {
+    let mut res = (status, axum::Json(acted.reservation)).into_response();
+    if acted.replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
+}
+
+fn refused(refusal: Refusal, zone: &str) -> ApiError {
+    match refusal {
+        Refusal::SaleNotFound => ApiError::SaleNotFound,
+        Refusal::NotYetOpen => ApiError::SaleNotOpen("the sale has not opened yet".into()),
+        Refusal::Closed => ApiError::SaleNotOpen("the sale has closed".into()),
+        Refusal::ZoneNotFound => ApiError::ZoneNotFound(zone.to_owned()),
+        Refusal::InvalidQuantity => ApiError::InvalidQuantity("quantity must be at least 1".into()),
+        Refusal::LimitExceeded { remaining } => ApiError::LimitExceeded { remaining },
+        Refusal::SoldOut { left } => ApiError::SoldOut {
+            zone: zone.to_owned(),
+            left,
+        },
+        Refusal::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+        Refusal::IdTaken => ApiError::internal(anyhow::anyhow!("reservation id collided")),
+        Refusal::ReservationNotFound => ApiError::ReservationNotFound,
+        Refusal::HoldExpired { .. } => ApiError::HoldExpired,
+        Refusal::Cancelled => ApiError::ReservationCancelled,
+    }
+}

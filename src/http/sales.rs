@@ -1,0 +1,244 @@
+//! `/v1/sales`: organizers create sales and steer their release; anyone
+//! reads a sale's live state.
+
+use axum::{
+    extract::{Path, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, Json, Organizer};
+use crate::{
+    error::{ApiError, ApiResult},
+    ids::SaleId,
+    sales::{self, limits, LiveSale, NewSale, Release, SaleState},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sales", post(create_sale))
+        .route("/v1/sales/{sale_id}", get(get_sale).patch(patch_sale))
+}
+
+/// A sale as API.md shows it.
+#[derive(Serialize)]
+pub struct SaleBody {
+    id: SaleId,
+    name: String,
+    state: SaleState,
+    opens_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closes_at: Option<DateTime<Utc>>,
+    zones: Vec<ZoneBody>,
+    release_rate: u32,
+    release_interval_ms: u32,
+    max_active: Option<u32>,
+    paused: bool,
+    pass_ttl_seconds: u32,
+    hold_ttl_seconds: u32,
+    per_user_limit: u32,
+    waiting: i64,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct ZoneBody {
+    code: String,
+    name: String,
+    capacity: u32,
+    price_cents: i64,
+    available: i64,
+}
+
+impl SaleBody {
+    fn new(live: LiveSale) -> Self {
+        let state = live.state(Utc::now());
+        let LiveSale {
+            def,
+            release,
+            stock,
+            waiting,
+        } = live;
+        Self {
+            id: def.id,
+            name: def.name,
+            state,
+            opens_at: def.opens_at,
+            closes_at: def.closes_at,
+            zones: def
+                .zones
+                .into_iter()
+                .zip(stock)
+                .map(|(z, s)| ZoneBody {
+                    code: z.code,
+                    name: z.name,
+                    capacity: z.capacity,
+                    price_cents: z.price_cents,
+                    available: s.available,
+                })
+                .collect(),
+            release_rate: release.release_rate,
+            release_interval_ms: release.release_interval_ms,
+            max_active: release.max_active,
+            paused: release.paused,
+            pass_ttl_seconds: def.pass_ttl_seconds,
+            hold_ttl_seconds: def.hold_ttl_seconds,
+            per_user_limit: def.per_user_limit,
+            waiting,
+            created_at: def.created_at,
+        }
+    }
+}
+
+pub fn parse_sale_id(raw: &str) -> ApiResult<SaleId> {
+    raw.parse().map_err(|_| ApiError::SaleNotFound)
+}
+
+async fn create_sale(
+    State(state): State<AppState>,
+    Organizer(who): Organizer,
+    Json(body): Json<NewSale>,
+) -> ApiResult<Response> {
+    let (def, release) = body.validate(&who.user_id, Utc::now())?;
+    sales::create(&state.db, &state.redis, &state.scripts, &def, &release).await?;
+    let live = sales::live(&state.redis, def.id).await?.ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!(
+            "sale missing from redis right after creation"
+        ))
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/sales/{}", def.id))],
+        axum::Json(SaleBody::new(live)),
+    )
+        .into_response())
+}
+
+async fn get_sale(
+    State(state): State<AppState>,
+    Path(sale_id): Path<String>,
+) -> ApiResult<axum::Json<SaleBody>> {
+    let id = parse_sale_id(&sale_id)?;
+    let live = sales::live(&state.redis, id)
+        .await?
+        .ok_or(ApiError::SaleNotFound)?;
+    Ok(axum::Json(SaleBody::new(live)))
+}
+
+/// `PATCH /v1/sales/{id}`: any of the release settings. `max_active: null`
+/// removes the cap.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SalePatch {
+    #[serde(default)]
+    release_rate: Option<i64>,
+    #[serde(default)]
+    release_interval_ms: Option<i64>,
+    /// Absent: unchanged; `null`: no cap; a number: the new cap.
+    #[serde(default, deserialize_with = "present")]
+    max_active: Option<Option<i64>>,
+    #[serde(default)]
+    paused: Option<bool>,
+}
+
+/// Tells a field sent as `null` (Some(None)) from one not sent (None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
+}
+
+impl SalePatch {
+    fn apply(&self, mut r: Release) -> ApiResult<Release> {
+        let check = |field: &str, v: i64, (lo, hi): (i64, i64)| -> ApiResult<u32> {
+            if (lo..=hi).contains(&v) {
+                Ok(v as u32)
+            } else {
+                Err(ApiError::Validation(format!(
+                    "{field} must be between {lo} and {hi}, got {v}"
+                )))
+            }
+        };
+        if let Some(v) = self.release_rate {
+            r.release_rate = check("release_rate", v, limits::RELEASE_RATE)?;
+        }
+        if let Some(v) = self.release_interval_ms {
+            r.release_interval_ms = check("release_interval_ms", v, limits::RELEASE_INTERVAL_MS)?;
+        }
+        if let Some(v) = self.max_active {
+            r.max_active = v
+                .map(|v| check("max_active", v, limits::MAX_ACTIVE))
+                .transpose()?;
+        }
+        if let Some(v) = self.paused {
+            r.paused = v;
+        }
+        Ok(r)
+    }
+}
+
+async fn patch_sale(
+    State(state): State<AppState>,
+    Organizer(who): Organizer,
+    Path(sale_id): Path<String>,
+    Json(patch): Json<SalePatch>,
+) -> ApiResult<axum::Json<SaleBody>> {
+    let id = parse_sale_id(&sale_id)?;
+    let mut tx = state.db.begin().await?;
+    // Lock the row so two concurrent changes are recorded in the order applied.
+    let row: Option<(String, i32, i32, Option<i32>, bool)> = sqlx::query_as(
+        "SELECT organizer_id, release_rate, release_interval_ms, max_active, paused
+         FROM sales WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (owner, rate, interval, max_active, paused) = row.ok_or(ApiError::SaleNotFound)?;
+    if owner != who.user_id {
+        return Err(ApiError::Forbidden(
+            "only the sale's organizer may change it".into(),
+        ));
+    }
+    let before = Release {
+        release_rate: rate as u32,
+        release_interval_ms: interval as u32,
+        max_active: max_active.map(|v| v as u32),
+        paused,
+    };
+    let after = patch.apply(before)?;
+    if after != before {
+        sqlx::query(
+            "UPDATE sales SET release_rate = $2, release_interval_ms = $3, max_active = $4, paused = $5
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(after.release_rate as i32)
+        .bind(after.release_interval_ms as i32)
+        .bind(after.max_active.map(|v| v as i32))
+        .bind(after.paused)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO sale_changes (sale_id, actor, before, after) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(&who.user_id)
+        .bind(sqlx::types::Json(before))
+        .bind(sqlx::types::Json(after))
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Redis first, then commit: a failure in between leaves Postgres as it
+    // was, and a retry of the same PATCH converges both.
+    sales::apply_release(&state.redis, id, &after).await?;
+    tx.commit().await?;
+    if after != before {
+        tracing::info!(sale.id = %id, actor = %who.user_id, ?before, ?after, "sale settings changed");
+    }
+    let live = sales::live(&state.redis, id)
+        .await?
+        .ok_or(ApiError::SaleNotFound)?;
+    Ok(axum::Json(SaleBody::new(live)))
+}

@@ -1,0 +1,133 @@
+//! Typed identifiers, parsed at the edge.
+//!
+//! A reservation id carries its sale id, so a request naming only the
+//! reservation (`POST /v1/reservations/{id}/confirm`) still knows which sale's
+//! keys, and which cluster slot, hold it. To a client it is an opaque string.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct SaleId(pub Uuid);
+
+impl SaleId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for SaleId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SaleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for SaleId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// `<sale uuid, 32 hex><suffix, 16 hex>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReservationId {
+    pub sale: SaleId,
+    suffix: u64,
+}
+
+impl ReservationId {
+    /// A fresh random id.
+    pub fn random(sale: SaleId) -> Self {
+        Self {
+            sale,
+            suffix: rand::random(),
+        }
+    }
+
+    /// The id a request with this idempotency key maps to: the same user and
+    /// key always land on the same reservation, which is how the hold script
+    /// recognises a retry.
+    pub fn for_idempotency_key(sale: SaleId, user: &str, key: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(user.as_bytes());
+        h.update([0]);
+        h.update(key.as_bytes());
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Self {
+            sale,
+            suffix: u64::from_be_bytes(first),
+        }
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{:016x}", self.sale.0.simple(), self.suffix)
+    }
+}
+
+impl FromStr for ReservationId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s.len() != 48
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(());
+        }
+        let sale = Uuid::parse_str(&s[..32]).map_err(|_| ())?;
+        let suffix = u64::from_str_radix(&s[32..], 16).map_err(|_| ())?;
+        Ok(Self {
+            sale: SaleId(sale),
+            suffix,
+        })
+    }
+}
+
+impl Serialize for ReservationId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservation_id_round_trips_through_its_text_form() {
+        let id = ReservationId::random(SaleId::new());
+        assert_eq!(id.to_string().parse::<ReservationId>(), Ok(id));
+    }
+
+    #[test]
+    fn same_user_and_key_give_the_same_id_and_other_users_do_not() {
+        let sale = SaleId::new();
+        let a = ReservationId::for_idempotency_key(sale, "u1", "k");
+        assert_eq!(a, ReservationId::for_idempotency_key(sale, "u1", "k"));
+        assert_ne!(a, ReservationId::for_idempotency_key(sale, "u2", "k"));
+        assert_ne!(a, ReservationId::for_idempotency_key(sale, "u1", "k2"));
+    }
+
+    #[test]
+    fn malformed_reservation_ids_are_refused() {
+        for bad in ["", "1' OR '1'='1", &"g".repeat(48), &"A".repeat(48)] {
+            assert!(bad.parse::<ReservationId>().is_err(), "{bad}");
+        }
+    }
+}

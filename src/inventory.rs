@@ -1,0 +1,370 @@
+//! Zone inventory: holds, confirmations, cancellations and expiry.
+//!
+//! Every change of stock is one Lua script (see `lua/`), so the conservation
+//! law `capacity = available + held + confirmed` holds for every zone at every
+//! instant, whatever runs concurrently. This module builds the scripts' keys
+//! and arguments and decodes their replies into Rust types, in one place.
+
+use chrono::{DateTime, TimeZone, Utc};
+use fred::{clients::Pool, types::Value};
+use serde::Serialize;
+
+use crate::{
+    error::{ApiError, ApiResult},
+    ids::{ReservationId, SaleId},
+    keys::SaleKeys,
+    scripts::Scripts,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Held,
+    Confirmed,
+    Cancelled,
+    Expired,
+}
+
+impl Status {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "held" => Status::Held,
+            "confirmed" => Status::Confirmed,
+            "cancelled" => Status::Cancelled,
+            "expired" => Status::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A reservation as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reservation {
+    pub id: ReservationId,
+    pub sale_id: SaleId,
+    pub zone: String,
+    pub quantity: i64,
+    pub status: Status,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+/// Why a script refused to act. Each maps to one API error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    SaleNotFound,
+    /// The sale has not opened yet.
+    NotYetOpen,
+    /// The sale has closed.
+    Closed,
+    ZoneNotFound,
+    InvalidQuantity,
+    LimitExceeded {
+        remaining: i64,
+    },
+    SoldOut {
+        left: i64,
+    },
+    IdempotencyKeyReused,
+    /// A random reservation id collided with an existing one.
+    IdTaken,
+    ReservationNotFound,
+    /// The hold's deadline passed (`expired_now`: this call returned its tickets).
+    HoldExpired {
+        expired_now: bool,
+    },
+    Cancelled,
+}
+
+/// A reservation a script acted on, and whether the call was a replay.
+#[derive(Clone, Debug)]
+pub struct Acted {
+    pub reservation: Reservation,
+    pub replayed: bool,
+}
+
+pub type Outcome = Result<Acted, Refusal>;
+
+/// The buyer's request for a hold, already parsed.
+pub struct HoldRequest<'a> {
+    pub sale: SaleId,
+    pub user: &'a str,
+    pub zone: &'a str,
+    pub quantity: u32,
+    /// The id to create, derived from the idempotency key when there is one.
+    pub id: ReservationId,
+    /// Fingerprint of (zone, quantity) when an idempotency key was given.
+    pub fingerprint: Option<String>,
+}
+
+pub async fn hold(redis: &Pool, scripts: &Scripts, req: HoldRequest<'_>) -> ApiResult<Outcome> {
+    let keys = SaleKeys::new(req.sale);
+    let reply: Vec<String> = scripts
+        .hold
+        .run(
+            redis,
+            vec![
+                keys.meta(),
+                keys.zones(),
+                keys.reservation(&req.id),
+                keys.users(),
+                keys.deadlines(),
+                keys.user_reservations(req.user),
+            ],
+            vec![
+                Value::from(req.user),
+                Value::from(req.zone),
+                Value::from(i64::from(req.quantity)),
+                Value::from(req.id.to_string()),
+                Value::from(req.fingerprint.unwrap_or_default()),
+            ],
+        )
+        .await?;
+    let outcome = decode(req.sale, &reply).map_err(ApiError::internal)?;
+    match &outcome {
+        Ok(acted) if !acted.replayed => {
+            metrics::counter!("flashsale_holds_total").increment(1);
+            metrics::counter!("flashsale_held_tickets_total")
+                .increment(acted.reservation.quantity as u64);
+        }
+        Err(Refusal::SoldOut { .. }) => {
+            metrics::counter!("flashsale_sold_out_refusals_total").increment(1)
+        }
+        _ => {}
+    }
+    Ok(outcome)
+}
+
+pub async fn confirm(
+    redis: &Pool,
+    scripts: &Scripts,
+    id: &ReservationId,
+    user: &str,
+    payment_ref: &str,
+) -> ApiResult<Outcome> {
+    let keys = SaleKeys::new(id.sale);
+    let reply: Vec<String> = scripts
+        .confirm
+        .run(
+            redis,
+            change_keys(&keys, id),
+            vec![
+                Value::from(user),
+                Value::from(payment_ref),
+                Value::from(id.sale.to_string()),
+                Value::from(id.to_string()),
+            ],
+        )
+        .await?;
+    let outcome = decode(id.sale, &reply).map_err(ApiError::internal)?;
+    count_change(&outcome, "flashsale_confirms_total");
+    Ok(outcome)
+}
+
+pub async fn cancel(
+    redis: &Pool,
+    scripts: &Scripts,
+    id: &ReservationId,
+    user: &str,
+) -> ApiResult<Outcome> {
+    let keys = SaleKeys::new(id.sale);
+    let reply: Vec<String> = scripts
+        .cancel
+        .run(
+            redis,
+            change_keys(&keys, id),
+            vec![
+                Value::from(user),
+                Value::from(id.sale.to_string()),
+                Value::from(id.to_string()),
+            ],
+        )
+        .await?;
+    let outcome = decode(id.sale, &reply).map_err(ApiError::internal)?;
+    count_change(&outcome, "flashsale_cancels_total");
+    Ok(outcome)
+}
+
+/// What one sweep of a sale's deadlines did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub holds: u64,
+    pub tickets: u64,
+}
+
+/// Expires up to `limit` of a sale's holds whose deadline has passed.
+pub async fn expire_due(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    limit: u32,
+) -> ApiResult<Swept> {
+    let keys = SaleKeys::new(sale);
+    let (holds, tickets): (u64, u64) = scripts
+        .expire
+        .run(
+            redis,
+            vec![keys.deadlines(), keys.zones(), keys.users()],
+            vec![
+                Value::from(keys.reservation_prefix()),
+                Value::from(i64::from(limit)),
+            ],
+        )
+        .await?;
+    if holds > 0 {
+        metrics::counter!("flashsale_expiries_total").increment(holds);
+    }
+    Ok(Swept { holds, tickets })
+}
+
+/// Reads one reservation, if it exists and belongs to `user`.
+pub async fn get(redis: &Pool, id: &ReservationId, user: &str) -> ApiResult<Option<Reservation>> {
+    use fred::interfaces::HashesInterface;
+    let key = SaleKeys::new(id.sale).reservation(id);
+    let fields: Vec<Option<String>> = redis
+        .hmget(
+            key,
+            vec![
+                "user",
+                "zone",
+                "qty",
+                "status",
+                "expires_ms",
+                "created_ms",
+                "confirmed_ms",
+                "cancelled_ms",
+            ],
+        )
+        .await?;
+    match fields.first() {
+        Some(Some(owner)) if owner == user => {}
+        _ => return Ok(None),
+    }
+    let text = |i: usize| fields.get(i).cloned().flatten().unwrap_or_default();
+    Ok(Some(
+        reservation(
+            id.clone(),
+            &text(1),
+            &text(2),
+            &text(3),
+            &text(4),
+            &text(5),
+            &text(6),
+            &text(7),
+        )
+        .map_err(ApiError::internal)?,
+    ))
+}
+
+fn change_keys(keys: &SaleKeys, id: &ReservationId) -> Vec<String> {
+    vec![
+        keys.reservation(id),
+        keys.zones(),
+        keys.users(),
+        keys.deadlines(),
+        keys.stream(),
+    ]
+}
+
+fn count_change(outcome: &Outcome, counter: &'static str) {
+    match outcome {
+        Ok(acted) if !acted.replayed => metrics::counter!(counter).increment(1),
+        Err(Refusal::HoldExpired { expired_now: true }) => {
+            metrics::counter!("flashsale_expiries_total").increment(1)
+        }
+        _ => {}
+    }
+}
+
+/// Decodes the reply shared by hold, confirm and cancel:
+/// `{"ok", rid, zone, qty, status, expires_ms, created_ms, confirmed_ms,
+/// cancelled_ms, replayed}` or `{"err", code, number}`.
+fn decode(sale: SaleId, reply: &[String]) -> anyhow::Result<Outcome> {
+    let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
+    match field(0) {
+        "ok" if reply.len() == 10 => {
+            let id: ReservationId = field(1)
+                .parse()
+                .map_err(|_| anyhow::anyhow!("script returned a bad reservation id"))?;
+            anyhow::ensure!(
+                id.sale == sale,
+                "script returned another sale's reservation"
+            );
+            Ok(Ok(Acted {
+                reservation: reservation(
+                    id,
+                    field(2),
+                    field(3),
+                    field(4),
+                    field(5),
+                    field(6),
+                    field(7),
+                    field(8),
+                )?,
+                replayed: field(9) == "1",
+            }))
+        }
+        "err" if reply.len() == 3 => {
+            let n: i64 = field(2).parse().unwrap_or(0);
+            Ok(Err(match field(1) {
+                "sale_not_found" => Refusal::SaleNotFound,
+                "sale_not_open" if n == 2 => Refusal::Closed,
+                "sale_not_open" => Refusal::NotYetOpen,
+                "zone_not_found" => Refusal::ZoneNotFound,
+                "invalid_quantity" => Refusal::InvalidQuantity,
+                "limit_exceeded" => Refusal::LimitExceeded {
+                    remaining: n.max(0),
+                },
+                "sold_out" => Refusal::SoldOut { left: n.max(0) },
+                "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
+                "id_taken" => Refusal::IdTaken,
+                "reservation_not_found" => Refusal::ReservationNotFound,
+                "hold_expired" => Refusal::HoldExpired {
+                    expired_now: n == 1,
+                },
+                "reservation_cancelled" => Refusal::Cancelled,
+                other => anyhow::bail!("script returned unknown refusal `{other}`"),
+            }))
+        }
+        _ => anyhow::bail!("script returned an unexpected reply: {reply:?}"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reservation(
+    id: ReservationId,
+    zone: &str,
+    qty: &str,
+    status: &str,
+    expires_ms: &str,
+    created_ms: &str,
+    confirmed_ms: &str,
+    cancelled_ms: &str,
+) -> anyhow::Result<Reservation> {
+    let millis = |s: &str| -> Option<DateTime<Utc>> {
+        s.parse::<i64>()
+            .ok()
+            .filter(|ms| *ms > 0)
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+    };
+    Ok(Reservation {
+        sale_id: id.sale,
+        id,
+        zone: zone.to_owned(),
+        quantity: qty
+            .parse()
+            .map_err(|_| anyhow::anyhow!("reservation has a bad quantity `{qty}`"))?,
+        status: Status::parse(status)
+            .ok_or_else(|| anyhow::anyhow!("reservation has a bad status `{status}`"))?,
+        expires_at: millis(expires_ms)
+            .ok_or_else(|| anyhow::anyhow!("reservation has no deadline"))?,
+        created_at: millis(created_ms)
+            .ok_or_else(|| anyhow::anyhow!("reservation has no creation time"))?,
+        confirmed_at: millis(confirmed_ms),
+        cancelled_at: millis(cancelled_ms),
+    })
+}

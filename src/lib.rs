@@ -1,0 +1,81 @@
+//! flashsale: Redis-first flash-sale ticketing with a fair virtual queue.
+//!
+//! Live inventory, holds and the queue live in Redis and change only through
+//! Lua scripts (`lua/`), so no ticket is ever sold twice. Confirmed
+//! reservations flow through each sale's Redis stream into Postgres.
+
+/// Typed configuration from the environment.
+pub mod config;
+/// Postgres pool and migrations.
+pub mod db;
+/// The API error type and its problem+json rendering.
+pub mod error;
+/// The HTTP API: router, extractors, one module per resource.
+pub mod http;
+/// Sale and reservation identifiers.
+pub mod ids;
+/// Holds, confirmations, cancellations and expiry, through Lua scripts.
+pub mod inventory;
+/// Redis key names, all under the sale's hash tag.
+pub mod keys;
+/// The Redis client pool.
+pub mod redis;
+/// Sale definitions, their live Redis copy and state.
+pub mod sales;
+/// The Lua scripts, loaded once and called by SHA.
+pub mod scripts;
+/// Tracing and Prometheus setup.
+pub mod telemetry;
+/// Access tokens (HS256 JWT).
+pub mod tokens;
+
+use std::sync::Arc;
+
+use config::Config;
+
+/// Connects to both stores and builds the API's shared state. Migrations are
+/// not run here: `flashsale migrate` (or the migration Job) does that.
+pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
+    let db = db::connect(
+        &config.database_url,
+        config.database_max_connections,
+        config.store_timeout,
+    )
+    .await?;
+    let redis = redis::connect(
+        &config.redis_url,
+        config.redis_pool_size,
+        config.store_timeout,
+    )
+    .await?;
+    let scripts = Arc::new(scripts::Scripts::new());
+    if let Err(err) = scripts.load(&redis).await {
+        // Not fatal: every call reloads a missing script on its own.
+        tracing::warn!(error = %err, "could not preload Lua scripts");
+    }
+    Ok(http::AppState {
+        db,
+        redis,
+        scripts,
+        tokens: Arc::new(tokens::AccessTokens::new(&config.jwt)),
+        metrics: telemetry::metrics(),
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C: the moment a process stops taking new work
+/// and finishes what it has in hand.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received, finishing work in hand");
+}

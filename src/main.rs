@@ -1,0 +1,130 @@
+//! The `flashsale` binary: the API server and its operator commands.
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use flashsale::{config::Config, sales, telemetry, tokens::Role};
+
+#[derive(Parser)]
+#[command(version, about = "Flash-sale ticketing with a fair virtual queue")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API on LISTEN_ADDR.
+    Serve,
+    /// Apply the Postgres migrations in `migrations/`.
+    Migrate,
+    /// Print a signed access token (for operators, organizers and load tests).
+    Token {
+        /// The user id the token names (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// `buyer` or `organizer`.
+        #[arg(long, default_value = "buyer")]
+        role: Role,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Create a demo sale that opens now, and print tokens and curl commands
+    /// to try it.
+    Demo {
+        /// Base URL the printed commands use.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base_url: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::from_env()?;
+    telemetry::init_tracing(config.log_format);
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let db = flashsale::db::connect(&config.database_url, 2, config.store_timeout).await?;
+            flashsale::db::migrate(&db).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Token { sub, role, ttl } => {
+            let tokens = flashsale::tokens::AccessTokens::new(&config.jwt);
+            println!("{}", tokens.issue(&sub, role, ttl)?);
+            Ok(())
+        }
+        Command::Demo { base_url } => demo(config, &base_url).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.uses_dev_secret() {
+        tracing::warn!("JWT_SECRET is not set: using the built-in development secret; never do this in production");
+    }
+    let state = flashsale::state(&config).await?;
+    let app = flashsale::http::router(state);
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("bind {}", config.listen_addr))?;
+    tracing::info!(addr = %config.listen_addr, "flashsale API listening");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(flashsale::shutdown_signal())
+    .await
+    .context("serve")?;
+    tracing::info!("flashsale API stopped");
+    Ok(())
+}
+
+async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
+    let state = flashsale::state(&config).await?;
+    let organizer = "demo-organizer";
+    let new_sale: sales::NewSale = serde_json::from_value(serde_json::json!({
+        "name": "Demo night - Berlin",
+        "zones": [
+            {"code": "FLOOR", "name": "Floor", "capacity": 100, "price_cents": 8900},
+            {"code": "BALCONY", "name": "Balcony", "capacity": 40, "price_cents": 12900}
+        ],
+        "per_user_limit": 4,
+        "hold_ttl_seconds": 300
+    }))?;
+    let (def, release) = new_sale
+        .validate(organizer, Utc::now())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    sales::create(&state.db, &state.redis, &state.scripts, &def, &release)
+        .await
+        .map_err(|e| anyhow::anyhow!("create demo sale: {e}"))?;
+    let buyer = state.tokens.issue("demo-buyer", Role::Buyer, 24 * 3600)?;
+    let org = state.tokens.issue(organizer, Role::Organizer, 24 * 3600)?;
+    let id = def.id;
+    println!(
+        r#"
+Demo sale created: {id}  (zones FLOOR: 100 tickets, BALCONY: 40)
+
+  export SALE={id}
+  export BUYER={buyer}
+  export ORGANIZER={org}
+
+  # the sale, with live stock
+  curl -s {base_url}/v1/sales/$SALE
+  # hold two Floor tickets
+  curl -s -X POST {base_url}/v1/sales/$SALE/reservations \
+       -H "Authorization: Bearer $BUYER" -H 'Content-Type: application/json' \
+       -H 'Idempotency-Key: demo-1' -d '{{"zone":"FLOOR","quantity":2}}'
+  # confirm it (use the id from the answer above)
+  curl -s -X POST {base_url}/v1/reservations/<id>/confirm -H "Authorization: Bearer $BUYER"
+  # your reservations
+  curl -s {base_url}/v1/me/reservations -H "Authorization: Bearer $BUYER"
+  # organizer: pause the release
+  curl -s -X PATCH {base_url}/v1/sales/$SALE -H "Authorization: Bearer $ORGANIZER" \
+       -H 'Content-Type: application/json' -d '{{"paused":true}}'
+"#
+    );
+    Ok(())
+}

@@ -1,0 +1,458 @@
+//! Sales: their definition (Postgres), their live copy (Redis), their state.
+//!
+//! A sale is created in one Postgres transaction and loaded into Redis before
+//! that transaction commits, so a sale a client was told about always has its
+//! stock in Redis. The definition never changes after creation; the release
+//! settings (`release_rate`, `release_interval_ms`, `max_active`, `paused`)
+//! change live, in Postgres (with an audit row) and in Redis.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use fred::{
+    clients::Pool,
+    interfaces::{HashesInterface, SetsInterface, SortedSetsInterface},
+    types::Value,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::{
+    error::ApiError,
+    ids::SaleId,
+    keys::{self, SaleKeys},
+    scripts::Scripts,
+};
+
+/// Bounds of the numbers an organizer may set, checked at the edge.
+pub mod limits {
+    pub const ZONES: usize = 100;
+    pub const CAPACITY: (i64, i64) = (1, 10_000_000);
+    pub const PRICE_CENTS: (i64, i64) = (0, 100_000_000_00);
+    pub const RELEASE_RATE: (i64, i64) = (1, 100_000);
+    pub const RELEASE_INTERVAL_MS: (i64, i64) = (100, 60_000);
+    pub const MAX_ACTIVE: (i64, i64) = (1, 10_000_000);
+    pub const PASS_TTL_SECONDS: (i64, i64) = (10, 3_600);
+    pub const HOLD_TTL_SECONDS: (i64, i64) = (1, 3_600);
+    pub const PER_USER_LIMIT: (i64, i64) = (1, 100);
+}
+
+/// `POST /v1/sales` as the organizer sends it. Numbers are read wide so an
+/// out-of-range value gets a message naming the field and its range rather
+/// than a type error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSale {
+    pub name: String,
+    #[serde(default)]
+    pub opens_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub closes_at: Option<DateTime<Utc>>,
+    pub zones: Vec<NewZone>,
+    #[serde(default)]
+    pub release_rate: Option<i64>,
+    #[serde(default)]
+    pub release_interval_ms: Option<i64>,
+    #[serde(default)]
+    pub max_active: Option<i64>,
+    #[serde(default)]
+    pub pass_ttl_seconds: Option<i64>,
+    #[serde(default)]
+    pub hold_ttl_seconds: Option<i64>,
+    #[serde(default)]
+    pub per_user_limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewZone {
+    pub code: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub capacity: i64,
+    #[serde(default)]
+    pub price_cents: Option<i64>,
+}
+
+/// A validated sale definition.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SaleDef {
+    pub id: SaleId,
+    pub organizer_id: String,
+    pub name: String,
+    pub opens_at: DateTime<Utc>,
+    pub closes_at: Option<DateTime<Utc>>,
+    pub zones: Vec<ZoneDef>,
+    pub pass_ttl_seconds: u32,
+    pub hold_ttl_seconds: u32,
+    pub per_user_limit: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ZoneDef {
+    pub code: String,
+    pub name: String,
+    pub capacity: u32,
+    pub price_cents: i64,
+}
+
+/// The settings an organizer changes while the sale runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub release_rate: u32,
+    pub release_interval_ms: u32,
+    pub max_active: Option<u32>,
+    pub paused: bool,
+}
+
+fn in_range(field: &str, value: i64, (lo, hi): (i64, i64)) -> Result<i64, ApiError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::Validation(format!(
+            "{field} must be between {lo} and {hi}, got {value}"
+        )))
+    }
+}
+
+fn setting(
+    field: &str,
+    value: Option<i64>,
+    default: i64,
+    range: (i64, i64),
+) -> Result<u32, ApiError> {
+    // Every range above fits in u32.
+    Ok(in_range(field, value.unwrap_or(default), range)? as u32)
+}
+
+/// A zone code: 1 to 32 of `A-Z a-z 0-9 _ -`. Codes end Redis hash fields
+/// (`<code>:avail`), so they never contain `:`.
+pub fn valid_zone_code(code: &str) -> bool {
+    (1..=32).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl NewSale {
+    /// Checks every field and fills the defaults.
+    pub fn validate(
+        self,
+        organizer_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(SaleDef, Release), ApiError> {
+        let name = self.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(ApiError::Validation(
+                "name must be 1 to 200 characters".into(),
+            ));
+        }
+        if self.zones.is_empty() || self.zones.len() > limits::ZONES {
+            return Err(ApiError::Validation(format!(
+                "zones must list 1 to {} zones",
+                limits::ZONES
+            )));
+        }
+        let mut zones = Vec::with_capacity(self.zones.len());
+        for (i, z) in self.zones.into_iter().enumerate() {
+            if !valid_zone_code(&z.code) {
+                return Err(ApiError::Validation(format!(
+                    "zones[{i}].code must be 1 to 32 letters, digits, `_` or `-`"
+                )));
+            }
+            if zones.iter().any(|seen: &ZoneDef| seen.code == z.code) {
+                return Err(ApiError::Validation(format!(
+                    "zones[{i}].code `{}` appears twice",
+                    z.code
+                )));
+            }
+            let zone_name = z
+                .name
+                .map(|n| n.trim().to_owned())
+                .unwrap_or_else(|| z.code.clone());
+            if zone_name.is_empty() || zone_name.chars().count() > 100 {
+                return Err(ApiError::Validation(format!(
+                    "zones[{i}].name must be 1 to 100 characters"
+                )));
+            }
+            zones.push(ZoneDef {
+                capacity: in_range(
+                    &format!("zones[{i}].capacity"),
+                    z.capacity,
+                    limits::CAPACITY,
+                )? as u32,
+                price_cents: in_range(
+                    &format!("zones[{i}].price_cents"),
+                    z.price_cents.unwrap_or(0),
+                    limits::PRICE_CENTS,
+                )?,
+                code: z.code,
+                name: zone_name,
+            });
+        }
+        let opens_at = self.opens_at.unwrap_or(now);
+        if let Some(closes_at) = self.closes_at {
+            if closes_at <= opens_at {
+                return Err(ApiError::Validation(
+                    "closes_at must be after opens_at".into(),
+                ));
+            }
+        }
+        let release = Release {
+            release_rate: setting("release_rate", self.release_rate, 100, limits::RELEASE_RATE)?,
+            release_interval_ms: setting(
+                "release_interval_ms",
+                self.release_interval_ms,
+                1000,
+                limits::RELEASE_INTERVAL_MS,
+            )?,
+            max_active: self
+                .max_active
+                .map(|v| in_range("max_active", v, limits::MAX_ACTIVE).map(|v| v as u32))
+                .transpose()?,
+            paused: false,
+        };
+        let def = SaleDef {
+            id: SaleId::new(),
+            organizer_id: organizer_id.to_owned(),
+            name,
+            opens_at,
+            closes_at: self.closes_at,
+            zones,
+            pass_ttl_seconds: setting(
+                "pass_ttl_seconds",
+                self.pass_ttl_seconds,
+                300,
+                limits::PASS_TTL_SECONDS,
+            )?,
+            hold_ttl_seconds: setting(
+                "hold_ttl_seconds",
+                self.hold_ttl_seconds,
+                600,
+                limits::HOLD_TTL_SECONDS,
+            )?,
+            per_user_limit: setting(
+                "per_user_limit",
+                self.per_user_limit,
+                4,
+                limits::PER_USER_LIMIT,
+            )?,
+            created_at: now,
+        };
+        Ok((def, release))
+    }
+}
+
+/// Stores a new sale in Postgres and loads it into Redis, committing only
+/// once Redis has it.
+pub async fn create(
+    db: &PgPool,
+    redis: &Pool,
+    scripts: &Scripts,
+    def: &SaleDef,
+    release: &Release,
+) -> Result<(), ApiError> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO sales (id, organizer_id, name, opens_at, closes_at, release_rate,
+             release_interval_ms, max_active, pass_ttl_seconds, hold_ttl_seconds,
+             per_user_limit, paused, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(def.id)
+    .bind(&def.organizer_id)
+    .bind(&def.name)
+    .bind(def.opens_at)
+    .bind(def.closes_at)
+    .bind(release.release_rate as i32)
+    .bind(release.release_interval_ms as i32)
+    .bind(release.max_active.map(|v| v as i32))
+    .bind(def.pass_ttl_seconds as i32)
+    .bind(def.hold_ttl_seconds as i32)
+    .bind(def.per_user_limit as i32)
+    .bind(release.paused)
+    .bind(def.created_at)
+    .execute(&mut *tx)
+    .await?;
+    let codes: Vec<&str> = def.zones.iter().map(|z| z.code.as_str()).collect();
+    let names: Vec<&str> = def.zones.iter().map(|z| z.name.as_str()).collect();
+    let capacities: Vec<i32> = def.zones.iter().map(|z| z.capacity as i32).collect();
+    let prices: Vec<i64> = def.zones.iter().map(|z| z.price_cents).collect();
+    sqlx::query(
+        "INSERT INTO zones (sale_id, code, name, capacity, price_cents, position)
+         SELECT $1, code, name, capacity, price, pos - 1
+         FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[])
+              WITH ORDINALITY AS z(code, name, capacity, price, pos)",
+    )
+    .bind(def.id)
+    .bind(&codes)
+    .bind(&names)
+    .bind(&capacities)
+    .bind(&prices)
+    .execute(&mut *tx)
+    .await?;
+    load_into_redis(redis, scripts, def, release).await?;
+    tx.commit().await?;
+    tracing::info!(sale.id = %def.id, zones = def.zones.len(), "sale created");
+    Ok(())
+}
+
+/// Puts a sale into Redis (a no-op if it is already there).
+pub async fn load_into_redis(
+    redis: &Pool,
+    scripts: &Scripts,
+    def: &SaleDef,
+    release: &Release,
+) -> Result<(), ApiError> {
+    let keys = SaleKeys::new(def.id);
+    let def_json = serde_json::to_string(def).map_err(ApiError::internal)?;
+    let mut meta: Vec<(&str, String)> = vec![
+        ("def", def_json),
+        ("opens_at_ms", def.opens_at.timestamp_millis().to_string()),
+        (
+            "closes_at_ms",
+            def.closes_at
+                .map_or(0, |t| t.timestamp_millis())
+                .to_string(),
+        ),
+        ("per_user_limit", def.per_user_limit.to_string()),
+        (
+            "hold_ttl_ms",
+            (u64::from(def.hold_ttl_seconds) * 1000).to_string(),
+        ),
+        ("pass_ttl_seconds", def.pass_ttl_seconds.to_string()),
+    ];
+    meta.extend(release_fields(release));
+    let mut args: Vec<Value> = Vec::with_capacity(1 + meta.len() * 2 + def.zones.len() * 2);
+    args.push(Value::from(meta.len() as i64));
+    for (k, v) in meta {
+        args.push(Value::from(k));
+        args.push(Value::from(v));
+    }
+    for z in &def.zones {
+        args.push(Value::from(z.code.as_str()));
+        args.push(Value::from(i64::from(z.capacity)));
+    }
+    let _: i64 = scripts
+        .load_sale
+        .run(redis, vec![keys.meta(), keys.zones()], args)
+        .await?;
+    let _: i64 = redis.sadd(keys::SALES, def.id.to_string()).await?;
+    Ok(())
+}
+
+/// The release settings as Redis meta fields (`max_active` 0 means no cap).
+fn release_fields(r: &Release) -> Vec<(&'static str, String)> {
+    vec![
+        ("release_rate", r.release_rate.to_string()),
+        ("release_interval_ms", r.release_interval_ms.to_string()),
+        ("max_active", r.max_active.unwrap_or(0).to_string()),
+        ("paused", u8::from(r.paused).to_string()),
+    ]
+}
+
+/// Writes changed release settings to Redis; the next release tick reads them.
+pub async fn apply_release(redis: &Pool, sale: SaleId, r: &Release) -> Result<(), ApiError> {
+    let _: () = redis
+        .hset(SaleKeys::new(sale).meta(), release_fields(r))
+        .await?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleState {
+    Scheduled,
+    Open,
+    Paused,
+    SoldOut,
+    Closed,
+}
+
+/// A zone's live counters, read in one HGETALL (so they are consistent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ZoneStock {
+    pub capacity: i64,
+    pub available: i64,
+    pub held: i64,
+    pub confirmed: i64,
+}
+
+/// A sale as Redis sees it right now.
+#[derive(Clone, Debug)]
+pub struct LiveSale {
+    pub def: SaleDef,
+    pub release: Release,
+    /// Stock per zone, in the order of `def.zones`.
+    pub stock: Vec<ZoneStock>,
+    pub waiting: i64,
+}
+
+impl LiveSale {
+    pub fn state(&self, now: DateTime<Utc>) -> SaleState {
+        if self.def.closes_at.is_some_and(|c| now >= c) {
+            SaleState::Closed
+        } else if self.stock.iter().all(|s| s.available == 0 && s.held == 0) {
+            SaleState::SoldOut
+        } else if now < self.def.opens_at {
+            SaleState::Scheduled
+        } else if self.release.paused {
+            SaleState::Paused
+        } else {
+            SaleState::Open
+        }
+    }
+}
+
+/// Reads a sale's definition, settings and stock from Redis in one round
+/// trip. `None` when Redis does not know the sale.
+pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, ApiError> {
+    let keys = SaleKeys::new(sale);
+    let pipe = redis.next().pipeline();
+    let _: () = pipe.hgetall(keys.meta()).await?;
+    let _: () = pipe.hgetall(keys.zones()).await?;
+    let _: () = pipe.zcard(keys.waiting()).await?;
+    let (meta, zones, waiting): (HashMap<String, String>, HashMap<String, i64>, i64) =
+        pipe.all().await?;
+    let Some(def_json) = meta.get("def") else {
+        return Ok(None);
+    };
+    let def: SaleDef = serde_json::from_str(def_json).map_err(ApiError::internal)?;
+    let num = |k: &str| meta.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    let release = Release {
+        release_rate: num("release_rate"),
+        release_interval_ms: num("release_interval_ms"),
+        max_active: Some(num("max_active")).filter(|v| *v > 0),
+        paused: num("paused") == 1,
+    };
+    let stock = def
+        .zones
+        .iter()
+        .map(|z| {
+            let get = |what: &str| {
+                zones
+                    .get(&format!("{}:{what}", z.code))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            ZoneStock {
+                capacity: get("cap"),
+                available: get("avail"),
+                held: get("held"),
+                confirmed: get("conf"),
+            }
+        })
+        .collect();
+    Ok(Some(LiveSale {
+        def,
+        release,
+        stock,
+        waiting,
+    }))
+}
+
+/// Milliseconds since the epoch as a UTC time.
+pub fn from_millis(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}

@@ -1,0 +1,113 @@
+//! The Lua scripts, loaded once and called by SHA.
+//!
+//! Each script lives in `lua/` (one per file, with a header naming KEYS, ARGV
+//! and the result) and is compiled into the binary. Calls go by EVALSHA; when
+//! Redis answers NOSCRIPT (a restart, a failover, `SCRIPT FLUSH`) the call is
+//! repeated once with EVAL, which also puts the script back in the cache, so
+//! no client ever sees the miss.
+
+use fred::{
+    clients::Pool,
+    interfaces::LuaInterface,
+    prelude::{Error, FromValue},
+    types::Value,
+};
+
+pub struct Script {
+    pub name: &'static str,
+    source: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(name: &'static str, source: &'static str) -> Self {
+        Self {
+            name,
+            source,
+            sha: fred::util::sha1_hash(source),
+        }
+    }
+
+    pub fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// Runs the script by SHA, reloading it if Redis no longer has it.
+    pub async fn run<R: FromValue>(
+        &self,
+        redis: &Pool,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<R, Error> {
+        let client = redis.next();
+        match client
+            .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+            .await
+        {
+            Err(err) if err.details().contains("NOSCRIPT") => {
+                metrics::counter!("flashsale_script_reloads_total", "script" => self.name)
+                    .increment(1);
+                tracing::info!(script = self.name, "script missing from Redis, reloading");
+                client.eval::<R, _, _, _>(self.source, keys, args).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Every script the service runs.
+pub struct Scripts {
+    pub load_sale: Script,
+    pub hold: Script,
+    pub confirm: Script,
+    pub cancel: Script,
+    pub expire: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Self {
+            load_sale: Script::new("load_sale", include_str!("../lua/load_sale.lua")),
+            hold: Script::new("hold_tickets", include_str!("../lua/hold_tickets.lua")),
+            confirm: Script::new("confirm_hold", include_str!("../lua/confirm_hold.lua")),
+            cancel: Script::new(
+                "cancel_reservation",
+                include_str!("../lua/cancel_reservation.lua"),
+            ),
+            expire: Script::new("expire_holds", include_str!("../lua/expire_holds.lua")),
+        }
+    }
+
+    fn all(&self) -> [&Script; 5] {
+        [
+            &self.load_sale,
+            &self.hold,
+            &self.confirm,
+            &self.cancel,
+            &self.expire,
+        ]
+    }
+
+    /// Loads every script into Redis's cache (SCRIPT LOAD), so the first
+    /// request does not pay for it. Checks Redis agrees on each SHA.
+    pub async fn load(&self, redis: &Pool) -> anyhow::Result<()> {
+        for script in self.all() {
+            for client in redis.clients() {
+                let sha: String = client.script_load(script.source).await?;
+                anyhow::ensure!(
+                    sha == script.sha,
+                    "redis hashed script {} as {sha}, expected {}",
+                    script.name,
+                    script.sha
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! Test harness: the real router on 127.0.0.1:0, real Redis, and a fresh
+//! Postgres database per test, so tests run in parallel without sharing
+//! state (each sale has its own Redis keys).
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use flashsale::{
+    config::JwtConfig,
+    http::AppState,
+    ids::SaleId,
+    scripts::Scripts,
+    tokens::{AccessTokens, Role},
+};
+use fred::clients::Pool;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123456789";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub db: PgPool,
+    pub redis: Pool,
+    pub scripts: Arc<Scripts>,
+    pub tokens: Arc<AccessTokens>,
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/flashsale".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn jwt() -> JwtConfig {
+    JwtConfig {
+        secret: SECRET.into(),
+        issuer: None,
+        audience: None,
+        leeway_seconds: 2,
+    }
+}
+
+/// Creates an empty, migrated database of its own for one test.
+pub async fn fresh_database() -> PgPool {
+    let base = database_url();
+    let admin = PgPool::connect(&base)
+        .await
+        .expect("connect to DATABASE_URL");
+    let name = format!("fs_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    let url = match base.rfind('/') {
+        Some(i) => format!("{}/{name}", &base[..i]),
+        None => panic!("DATABASE_URL has no database name"),
+    };
+    let db = PgPool::connect(&url)
+        .await
+        .expect("connect to test database");
+    flashsale::db::migrate(&db)
+        .await
+        .expect("migrate test database");
+    db
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with_redis(&redis_url()).await
+    }
+
+    /// An app whose Redis is `redis_url` (e.g. a closed port, to see how it
+    /// behaves when Redis is down).
+    pub async fn spawn_with_redis(redis_url: &str) -> Self {
+        let db = fresh_database().await;
+        let redis = flashsale::redis::connect(redis_url, 2, Duration::from_millis(500))
+            .await
+            .expect("redis pool");
+        let scripts = Arc::new(Scripts::new());
+        let _ = scripts.load(&redis).await;
+        let tokens = Arc::new(AccessTokens::new(&jwt()));
+        let state = AppState {
+            db: db.clone(),
+            redis: redis.clone(),
+            scripts: scripts.clone(),
+            tokens: tokens.clone(),
+            metrics: flashsale::telemetry::metrics(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = flashsale::http::router(state);
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        Self {
+            addr,
+            http: reqwest::Client::new(),
+            db,
+            redis,
+            scripts,
+            tokens,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn token(&self, sub: &str, role: Role) -> String {
+        self.tokens.issue(sub, role, 3600).unwrap()
+    }
+
+    pub fn buyer(&self, sub: &str) -> String {
+        self.token(sub, Role::Buyer)
+    }
+
+    pub fn organizer(&self, sub: &str) -> String {
+        self.token(sub, Role::Organizer)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// Creates a sale as `organizer` and returns its body. `overrides` are
+    /// merged into a default body with zones A (10) and B (5).
+    pub async fn create_sale(&self, organizer: &str, overrides: Value) -> Value {
+        let mut body = json!({
+            "name": "Test sale",
+            "zones": [
+                {"code": "A", "name": "Floor", "capacity": 10, "price_cents": 5000},
+                {"code": "B", "name": "Balcony", "capacity": 5, "price_cents": 9000}
+            ],
+            "per_user_limit": 4,
+            "hold_ttl_seconds": 600
+        });
+        if let (Some(b), Some(o)) = (body.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let res = self
+            .post("/v1/sales", Some(&self.organizer(organizer)), body)
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "create sale");
+        res.json().await.unwrap()
+    }
+
+    pub async fn sale_id(&self, overrides: Value) -> SaleId {
+        let sale = self.create_sale("org-1", overrides).await;
+        sale["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn hold(
+        &self,
+        sale: SaleId,
+        buyer: &str,
+        zone: &str,
+        qty: i64,
+        key: Option<&str>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/v1/sales/{sale}/reservations")))
+            .bearer_auth(self.buyer(buyer))
+            .json(&json!({"zone": zone, "quantity": qty}));
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send().await.expect("request")
+    }
+
+    pub async fn confirm(&self, id: &str, buyer: &str) -> Response {
+        self.post(
+            &format!("/v1/reservations/{id}/confirm"),
+            Some(&self.buyer(buyer)),
+            json!({}),
+        )
+        .await
+    }
+
+    pub async fn cancel(&self, id: &str, buyer: &str) -> Response {
+        self.post(
+            &format!("/v1/reservations/{id}/cancel"),
+            Some(&self.buyer(buyer)),
+            json!({}),
+        )
+        .await
+    }
+
+    /// The zone's (available, held, confirmed, capacity) straight from Redis.
+    pub async fn stock(&self, sale: SaleId, zone: &str) -> (i64, i64, i64, i64) {
+        let live = flashsale::sales::live(&self.redis, sale)
+            .await
+            .unwrap()
+            .unwrap();
+        let i = live.def.zones.iter().position(|z| z.code == zone).unwrap();
+        let s = live.stock[i];
+        (s.available, s.held, s.confirmed, s.capacity)
+    }
+}
+
+/// Asserts a problem+json response with `status` and `code`; returns the body.
+pub async fn assert_problem(res: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(res.status(), status, "status");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert_eq!(ct, "application/problem+json", "content type");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], code, "code in {body}");
+    assert_eq!(body["status"], status.as_u16(), "status in {body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "detail in {body}"
+    );
+    assert!(
+        body["title"].is_string() && body["type"].is_string(),
+        "{body}"
+    );
+    body
+}
