@@ -28,7 +28,7 @@ use crate::{
 pub mod limits {
     pub const ZONES: usize = 100;
     pub const CAPACITY: (i64, i64) = (1, 10_000_000);
-    pub const PRICE_CENTS: (i64, i64) = (0, 100_000_000_00);
+    pub const PRICE_CENTS: (i64, i64) = (0, 10_000_000_000);
     pub const RELEASE_RATE: (i64, i64) = (1, 100_000);
     pub const RELEASE_INTERVAL_MS: (i64, i64) = (100, 60_000);
     pub const MAX_ACTIVE: (i64, i64) = (1, 10_000_000);

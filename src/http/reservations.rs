@@ -234,7 +234,7 @@ async fn my_reservations(
             out.push(r);
         }
     }
-    out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     Ok(axum::Json(serde_json::json!({ "reservations": out })))
 }
 

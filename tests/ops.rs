@@ -1,0 +1,102 @@
+//! Operations endpoints, request ids, metrics, and behaviour with a store down.
+
+mod common;
+
+use common::{assert_problem, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn health_and_ready_answer_when_both_stores_are_up() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
+    let res = app.get("/ready", None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "ready", "redis": "ok", "postgres": "ok"})
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_echoing_the_clients() {
+    let app = TestApp::spawn().await;
+    let res = app.get("/health", None).await;
+    let made = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(made.len(), 36, "a uuid");
+    let res = app
+        .http
+        .get(app.url("/v1/sales/nope"))
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-me-123");
+    assert_problem(res, StatusCode::NOT_FOUND, "sale_not_found").await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let app = TestApp::spawn().await;
+    assert_problem(
+        app.get("/v1/nothing-here", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let res = app.http.delete(app.url("/v1/sales")).send().await.unwrap();
+    assert_problem(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status_and_inventory_events() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1}]}))
+        .await;
+    let r: Value = app
+        .hold(sale, "m-alice", "A", 1, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.hold(sale, "m-bob", "A", 1, None).await; // sold out
+    app.confirm(r["id"].as_str().unwrap(), "m-alice").await;
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    for needle in [
+        "flashsale_http_requests_total{route=\"/v1/sales/{sale_id}/reservations\",method=\"POST\",status=\"201\"}",
+        "flashsale_http_requests_total{route=\"/v1/sales/{sale_id}/reservations\",method=\"POST\",status=\"409\"}",
+        "flashsale_http_request_duration_seconds_bucket{route=\"/v1/sales/{sale_id}/reservations\"",
+        "flashsale_holds_total",
+        "flashsale_confirms_total",
+        "flashsale_sold_out_refusals_total",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}");
+    }
+}
+
+#[tokio::test]
+async fn with_redis_down_the_api_answers_503_with_retry_after_and_ready_names_redis() {
+    // Nothing listens on this port.
+    let app = TestApp::spawn_with_redis("redis://127.0.0.1:1").await;
+    let res = app.get("/ready", None).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["redis"], "down");
+    assert_eq!(body["postgres"], "ok");
+    assert!(body["detail"].as_str().unwrap().contains("redis"));
+
+    let res = app
+        .hold(flashsale::ids::SaleId::new(), "alice", "A", 1, None)
+        .await;
+    assert!(res.headers().get("retry-after").is_some());
+    assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let res = app
+        .get(
+            &format!("/v1/sales/{}", flashsale::ids::SaleId::new()),
+            None,
+        )
+        .await;
+    assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+}
