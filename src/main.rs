@@ -23,6 +23,10 @@ enum Command {
         /// The user id the token names (`sub`).
         #[arg(long)]
         sub: String,
+        /// Print this many tokens, one a line, for users `<sub>-0` to
+        /// `<sub>-<count-1>` (load tests need many buyers).
+        #[arg(long)]
+        count: Option<u32>,
         /// `buyer` or `organizer`.
         #[arg(long, default_value = "buyer")]
         role: Role,
@@ -52,9 +56,19 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Token { sub, role, ttl } => {
+        Command::Token { sub, count, role, ttl } => {
             let tokens = flashsale::tokens::AccessTokens::new(&config.jwt);
-            println!("{}", tokens.issue(&sub, role, ttl)?);
+            match count {
+                None => println!("{}", tokens.issue(&sub, role, ttl)?),
+                Some(n) => {
+                    let mut out = String::new();
+                    for i in 0..n {
+                        out.push_str(&tokens.issue(&format!("{sub}-{i}"), role, ttl)?);
+                        out.push('\n');
+                    }
+                    print!("{out}");
+                }
+            }
             Ok(())
         }
         Command::Demo { base_url } => demo(config, &base_url).await,

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, SubsecRound, TimeZone, Utc};
 use fred::{
     clients::Pool,
     interfaces::{HashesInterface, SetsInterface, SortedSetsInterface},
@@ -142,6 +142,8 @@ impl NewSale {
         organizer_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(SaleDef, Release), ApiError> {
+        // Milliseconds, as Redis keeps times: both stores then agree exactly.
+        let now = now.trunc_subsecs(3);
         let name = self.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(ApiError::Validation(
@@ -191,8 +193,9 @@ impl NewSale {
                 name: zone_name,
             });
         }
-        let opens_at = self.opens_at.unwrap_or(now);
-        if let Some(closes_at) = self.closes_at {
+        let opens_at = self.opens_at.unwrap_or(now).trunc_subsecs(3);
+        let closes_at = self.closes_at.map(|t| t.trunc_subsecs(3));
+        if let Some(closes_at) = closes_at {
             if closes_at <= opens_at {
                 return Err(ApiError::Validation(
                     "closes_at must be after opens_at".into(),
@@ -218,7 +221,7 @@ impl NewSale {
             organizer_id: organizer_id.to_owned(),
             name,
             opens_at,
-            closes_at: self.closes_at,
+            closes_at,
             zones,
             pass_ttl_seconds: setting(
                 "pass_ttl_seconds",
