@@ -56,7 +56,12 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Token { sub, count, role, ttl } => {
+        Command::Token {
+            sub,
+            count,
+            role,
+            ttl,
+        } => {
             let tokens = flashsale::tokens::AccessTokens::new(&config.jwt);
             match count {
                 None => println!("{}", tokens.issue(&sub, role, ttl)?),
