@@ -17,6 +17,9 @@
 -- KEYS[4]  {sale:<id>}:users       user id -> tickets held + confirmed
 -- KEYS[5]  {sale:<id>}:deadlines   zset rid -> hold deadline (ms)
 -- KEYS[6]  {sale:<id>}:ures:<uid>  set of the user's reservation ids
+-- KEYS[7]  {sale:<id>}:admitted    zset buyer -> queue pass deadline (ms):
+--                                  the pass's signature was checked by the
+--                                  caller; here it must still be admitted
 -- ARGV[1]  user id
 -- ARGV[2]  zone code
 -- ARGV[3]  quantity (integer >= 1)
@@ -28,6 +31,8 @@
 --           open, 2 = closed), zone_not_found, invalid_quantity,
 --           limit_exceeded (tickets the user may still hold),
 --           sold_out (tickets left in the zone), idempotency_key_reused,
+--           pass_revoked (not admitted: left the queue or was dropped),
+--           pass_expired,
 --           id_taken (the random id collided: retry with another)
 
 local uid, zone, rid, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
@@ -51,6 +56,14 @@ if existing[1] then
     return {'ok', rid, existing[2], existing[3], 'held', existing[5], existing[6], '0', '0', '1'}
   end
   return {'err', 'id_taken', '0'}
+end
+
+local admitted_until = redis.call('ZSCORE', KEYS[7], uid)
+if not admitted_until then
+  return {'err', 'pass_revoked', '0'}
+end
+if tonumber(admitted_until) <= now then
+  return {'err', 'pass_expired', '0'}
 end
 
 local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms')

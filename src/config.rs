@@ -25,6 +25,8 @@ pub struct Config {
     pub store_timeout: Duration,
     /// `json` for one JSON object a line (production), `text` for people.
     pub log_format: LogFormat,
+    /// A waiting buyer who has not polled this long loses the place.
+    pub queue_idle_seconds: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +74,7 @@ impl Config {
             database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 10u32)?.max(1),
             store_timeout: Duration::from_millis(parse_or("STORE_TIMEOUT_MS", 2000u64)?.max(1)),
             log_format,
+            queue_idle_seconds: parse_or("QUEUE_IDLE_SECONDS", 300u64)?.max(1),
         })
     }
 

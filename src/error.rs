@@ -16,6 +16,14 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("this needs a queue pass: join the sale's queue and send the pass you are given as `X-Queue-Pass`")]
+    PassRequired,
+    #[error("{0}")]
+    PassInvalid(String),
+    #[error("the queue pass has expired; join the queue again")]
+    PassExpired,
+    #[error("you are not in this sale's queue")]
+    NotInQueue,
     #[error("sale not found")]
     SaleNotFound,
     #[error("zone `{0}` is not part of this sale")]
@@ -80,8 +88,8 @@ impl ApiError {
         use ApiError::*;
         match self {
             Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Forbidden(_) => StatusCode::FORBIDDEN,
-            SaleNotFound | ZoneNotFound(_) | ReservationNotFound | NotFound => {
+            Forbidden(_) | PassRequired | PassInvalid(_) | PassExpired => StatusCode::FORBIDDEN,
+            SaleNotFound | ZoneNotFound(_) | ReservationNotFound | NotFound | NotInQueue => {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -109,6 +117,10 @@ impl ApiError {
         match self {
             Unauthenticated(_) => "unauthenticated",
             Forbidden(_) => "forbidden",
+            PassRequired => "pass_required",
+            PassInvalid(_) => "pass_invalid",
+            PassExpired => "pass_expired",
+            NotInQueue => "not_in_queue",
             SaleNotFound => "sale_not_found",
             ZoneNotFound(_) => "zone_not_found",
             ReservationNotFound => "reservation_not_found",

@@ -61,6 +61,10 @@ pub enum Refusal {
     NotYetOpen,
     /// The sale has closed.
     Closed,
+    /// The buyer is no longer admitted (left the queue, or was dropped).
+    PassRevoked,
+    /// The buyer's admission ran out.
+    PassExpired,
     ZoneNotFound,
     InvalidQuantity,
     LimitExceeded {
@@ -114,6 +118,7 @@ pub async fn hold(redis: &Pool, scripts: &Scripts, req: HoldRequest<'_>) -> ApiR
                 keys.users(),
                 keys.deadlines(),
                 keys.user_reservations(req.user),
+                keys.admitted(),
             ],
             vec![
                 Value::from(req.user),
@@ -322,6 +327,8 @@ fn decode(sale: SaleId, reply: &[String]) -> anyhow::Result<Outcome> {
                 "sold_out" => Refusal::SoldOut { left: n.max(0) },
                 "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
                 "id_taken" => Refusal::IdTaken,
+                "pass_revoked" => Refusal::PassRevoked,
+                "pass_expired" => Refusal::PassExpired,
                 "reservation_not_found" => Refusal::ReservationNotFound,
                 "hold_expired" => Refusal::HoldExpired {
                     expired_now: n == 1,

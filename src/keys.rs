@@ -31,9 +31,40 @@ impl SaleKeys {
     pub fn meta(&self) -> String {
         self.key("meta")
     }
-    /// Sorted set of buyers waiting in the virtual queue.
+    /// Sorted set of buyers waiting in the virtual queue, by place: pre-queue
+    /// buyers score in [0, 1) (their HMAC draw), later ones 1, 2, 3, ...
     pub fn waiting(&self) -> String {
         self.key("waiting")
+    }
+    /// Counter of arrivals after opening: the order of first come, first served.
+    pub fn arrivals(&self) -> String {
+        self.key("arrivals")
+    }
+    /// Sorted set of waiting buyers by their last poll (ms), for abandonment.
+    pub fn last_seen(&self) -> String {
+        self.key("seen")
+    }
+    /// Hash of waiting buyer -> join time (ms), for the join-to-admission time.
+    pub fn joined_at(&self) -> String {
+        self.key("joined")
+    }
+    /// Set of buyers who joined before the sale opened (the pre-queue).
+    pub fn early(&self) -> String {
+        self.key("early")
+    }
+    /// Sorted set of admitted buyers by pass deadline (ms). A member whose
+    /// deadline has not passed holds a valid pass; it counts as active.
+    pub fn admitted(&self) -> String {
+        self.key("admitted")
+    }
+    /// Set of buyers whose pass expired unused, or who were dropped for not
+    /// polling: their next poll says `expired`.
+    pub fn expired(&self) -> String {
+        self.key("expired")
+    }
+    /// List of recent release ticks, "ms:admitted", for the measured rate.
+    pub fn ticks(&self) -> String {
+        self.key("ticks")
     }
     /// Hash of zone counters: `<code>:cap`, `:avail`, `:held`, `:conf`.
     pub fn zones(&self) -> String {

@@ -18,6 +18,10 @@ pub mod ids;
 pub mod inventory;
 /// Redis key names, all under the sale's hash tag.
 pub mod keys;
+/// Queue passes: EdDSA JWTs bound to a buyer and a sale, with a JWKS.
+pub mod passes;
+/// The virtual queue: join, status, leave, release ticks, pre-queue draws.
+pub mod queue;
 /// The Redis client pool.
 pub mod redis;
 /// Sale definitions, their live Redis copy and state.
@@ -53,11 +57,15 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         // Not fatal: every call reloads a missing script on its own.
         tracing::warn!(error = %err, "could not preload Lua scripts");
     }
+    let passes = Arc::new(passes::PassKeys::from_env(&redis).await?);
     Ok(http::AppState {
         db,
         redis,
         scripts,
         tokens: Arc::new(tokens::AccessTokens::new(&config.jwt)),
+        passes,
+        seeds: Arc::new(http::Seeds::default()),
+        seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
         metrics: telemetry::metrics(),
     })
 }

@@ -34,6 +34,17 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Recompute a sale's pre-queue order from the organizer's export
+    /// (`GET /v1/sales/{id}/prequeue`, saved as JSON): prints the early
+    /// buyers' ids in queue order, one a line. Needs no server or store.
+    PrequeueOrder {
+        /// The export file (`-` for standard input).
+        #[arg(long)]
+        export: String,
+        /// The seed (hex), if not taken from the export itself.
+        #[arg(long)]
+        seed: Option<String>,
+    },
     /// Create a demo sale that opens now, and print tokens and curl commands
     /// to try it.
     Demo {
@@ -46,6 +57,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::PrequeueOrder { export, seed } = &cli.command {
+        return prequeue_order(export, seed.as_deref());
+    }
     let config = Config::from_env()?;
     telemetry::init_tracing(config.log_format);
     match cli.command {
@@ -77,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { base_url } => demo(config, &base_url).await,
+        Command::PrequeueOrder { .. } => unreachable!("handled before configuration"),
     }
 }
 
@@ -101,6 +116,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the pre-queue order an export and its seed imply, after checking
+/// the seed against its published SHA-256.
+fn prequeue_order(export: &str, seed: Option<&str>) -> anyhow::Result<()> {
+    let text = if export == "-" {
+        std::io::read_to_string(std::io::stdin()).context("read the export from standard input")?
+    } else {
+        std::fs::read_to_string(export).with_context(|| format!("read {export}"))?
+    };
+    let doc: serde_json::Value = serde_json::from_str(&text).context("the export is not JSON")?;
+    let seed = match seed {
+        Some(s) => s.to_owned(),
+        None => doc["seed"]
+            .as_str()
+            .context("the export has no `seed`; pass --seed")?
+            .to_owned(),
+    };
+    if let Some(published) = doc["seed_sha256"].as_str() {
+        anyhow::ensure!(
+            flashsale::queue::seed_commitment(&seed) == published,
+            "the seed does not match its published SHA-256 {published}"
+        );
+    }
+    let buyers: Vec<String> = serde_json::from_value(doc["buyers"].clone())
+        .context("the export's `buyers` is not a list of ids")?;
+    let seed = hex::decode(&seed).context("the seed is not hex")?;
+    for buyer in flashsale::queue::prequeue_order(&seed, &buyers) {
+        println!("{buyer}");
+    }
+    Ok(())
+}
+
 async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
     let state = flashsale::state(&config).await?;
     let organizer = "demo-organizer";
@@ -113,10 +159,10 @@ async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
         "per_user_limit": 4,
         "hold_ttl_seconds": 300
     }))?;
-    let (def, release) = new_sale
+    let (mut def, release) = new_sale
         .validate(organizer, Utc::now())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    sales::create(&state.db, &state.redis, &state.scripts, &def, &release)
+    sales::create(&state.db, &state.redis, &state.scripts, &mut def, &release)
         .await
         .map_err(|e| anyhow::anyhow!("create demo sale: {e}"))?;
     let buyer = state.tokens.issue("demo-buyer", Role::Buyer, 24 * 3600)?;

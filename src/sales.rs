@@ -32,7 +32,7 @@ pub mod limits {
     pub const RELEASE_RATE: (i64, i64) = (1, 100_000);
     pub const RELEASE_INTERVAL_MS: (i64, i64) = (100, 60_000);
     pub const MAX_ACTIVE: (i64, i64) = (1, 10_000_000);
-    pub const PASS_TTL_SECONDS: (i64, i64) = (10, 3_600);
+    pub const PASS_TTL_SECONDS: (i64, i64) = (1, 3_600);
     pub const HOLD_TTL_SECONDS: (i64, i64) = (1, 3_600);
     pub const PER_USER_LIMIT: (i64, i64) = (1, 100);
 }
@@ -87,6 +87,8 @@ pub struct SaleDef {
     pub hold_ttl_seconds: u32,
     pub per_user_limit: u32,
     pub created_at: DateTime<Utc>,
+    /// SHA-256 of the pre-queue seed, public from creation.
+    pub prequeue_seed_sha256: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -242,26 +244,30 @@ impl NewSale {
                 limits::PER_USER_LIMIT,
             )?,
             created_at: now,
+            prequeue_seed_sha256: String::new(),
         };
         Ok((def, release))
     }
 }
 
 /// Stores a new sale in Postgres and loads it into Redis, committing only
-/// once Redis has it.
+/// once Redis has it. Draws the sale's secret pre-queue seed and records its
+/// SHA-256 in `def`.
 pub async fn create(
     db: &PgPool,
     redis: &Pool,
     scripts: &Scripts,
-    def: &SaleDef,
+    def: &mut SaleDef,
     release: &Release,
 ) -> Result<(), ApiError> {
+    let seed = crate::queue::new_seed();
+    def.prequeue_seed_sha256 = crate::queue::seed_commitment(&seed);
     let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO sales (id, organizer_id, name, opens_at, closes_at, release_rate,
              release_interval_ms, max_active, pass_ttl_seconds, hold_ttl_seconds,
-             per_user_limit, paused, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             per_user_limit, paused, created_at, prequeue_seed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(def.id)
     .bind(&def.organizer_id)
@@ -276,6 +282,7 @@ pub async fn create(
     .bind(def.per_user_limit as i32)
     .bind(release.paused)
     .bind(def.created_at)
+    .bind(&seed)
     .execute(&mut *tx)
     .await?;
     let codes: Vec<&str> = def.zones.iter().map(|z| z.code.as_str()).collect();
@@ -295,7 +302,7 @@ pub async fn create(
     .bind(&prices)
     .execute(&mut *tx)
     .await?;
-    load_into_redis(redis, scripts, def, release).await?;
+    load_into_redis(redis, scripts, def, release, &seed).await?;
     tx.commit().await?;
     tracing::info!(sale.id = %def.id, zones = def.zones.len(), "sale created");
     Ok(())
@@ -307,6 +314,7 @@ pub async fn load_into_redis(
     scripts: &Scripts,
     def: &SaleDef,
     release: &Release,
+    seed: &str,
 ) -> Result<(), ApiError> {
     let keys = SaleKeys::new(def.id);
     let def_json = serde_json::to_string(def).map_err(ApiError::internal)?;
@@ -325,6 +333,7 @@ pub async fn load_into_redis(
             (u64::from(def.hold_ttl_seconds) * 1000).to_string(),
         ),
         ("pass_ttl_seconds", def.pass_ttl_seconds.to_string()),
+        ("seed", seed.to_owned()),
     ];
     meta.extend(release_fields(release));
     let mut args: Vec<Value> = Vec::with_capacity(1 + meta.len() * 2 + def.zones.len() * 2);
@@ -390,6 +399,10 @@ pub struct LiveSale {
     /// Stock per zone, in the order of `def.zones`.
     pub stock: Vec<ZoneStock>,
     pub waiting: i64,
+    /// The pre-queue seed (hex). Secret until the sale opens.
+    pub seed: String,
+    /// Buyers admitted from the queue so far.
+    pub admitted_total: i64,
 }
 
 impl LiveSale {
@@ -448,6 +461,11 @@ pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, ApiErr
         })
         .collect();
     Ok(Some(LiveSale {
+        seed: meta.get("seed").cloned().unwrap_or_default(),
+        admitted_total: meta
+            .get("admitted_total")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         def,
         release,
         stock,

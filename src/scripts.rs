@@ -62,6 +62,10 @@ pub struct Scripts {
     pub confirm: Script,
     pub cancel: Script,
     pub expire: Script,
+    pub join: Script,
+    pub status: Script,
+    pub leave: Script,
+    pub release: Script,
 }
 
 impl Default for Scripts {
@@ -81,16 +85,24 @@ impl Scripts {
                 include_str!("../lua/cancel_reservation.lua"),
             ),
             expire: Script::new("expire_holds", include_str!("../lua/expire_holds.lua")),
+            join: Script::new("join_queue", include_str!("../lua/join_queue.lua")),
+            status: Script::new("queue_status", include_str!("../lua/queue_status.lua")),
+            leave: Script::new("leave_queue", include_str!("../lua/leave_queue.lua")),
+            release: Script::new("release_batch", include_str!("../lua/release_batch.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 5] {
+    fn all(&self) -> [&Script; 9] {
         [
             &self.load_sale,
             &self.hold,
             &self.confirm,
             &self.cancel,
             &self.expire,
+            &self.join,
+            &self.status,
+            &self.leave,
+            &self.release,
         ]
     }
 

@@ -53,10 +53,13 @@ async fn unknown_routes_and_methods_are_problems() {
 async fn metrics_count_requests_by_route_and_status_and_inventory_events() {
     let app = TestApp::spawn().await;
     let sale = app
-        .sale_id(json!({"zones": [{"code": "A", "capacity": 1}]}))
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 2}]}))
         .await;
+    // Both admitted while there is stock; then alice takes it all.
+    app.pass_for(sale, "m-alice").await;
+    app.pass_for(sale, "m-bob").await;
     let r: Value = app
-        .hold(sale, "m-alice", "A", 1, None)
+        .hold(sale, "m-alice", "A", 2, None)
         .await
         .json()
         .await
@@ -87,9 +90,7 @@ async fn with_redis_down_the_api_answers_503_with_retry_after_and_ready_names_re
     assert_eq!(body["postgres"], "ok");
     assert!(body["detail"].as_str().unwrap().contains("redis"));
 
-    let res = app
-        .hold(flashsale::ids::SaleId::new(), "alice", "A", 1, None)
-        .await;
+    let res = app.join(flashsale::ids::SaleId::new(), "alice").await;
     assert!(res.headers().get("retry-after").is_some());
     assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     let res = app

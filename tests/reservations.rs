@@ -338,6 +338,7 @@ async fn idempotent_retries_replay_the_first_response_and_a_new_body_is_refused(
             .post(app.url(&format!("/v1/sales/{sale}/reservations")))
             .bearer_auth(app.buyer("carol"))
             .header("Idempotency-Key", key)
+            .header("x-queue-pass", app.pass_for(sale, "carol").await)
             .json(&json!({"zone": "A", "quantity": 1}))
             .send()
             .await
@@ -358,6 +359,15 @@ async fn bad_quantities_are_refused_with_invalid_quantity_and_nothing_moves() {
     let sale = app.sale_id(json!({})).await;
     let path = format!("/v1/sales/{sale}/reservations");
     let token = app.buyer("alice");
+    let pass = app.pass_for(sale, "alice").await;
+    let send = |body: Value| {
+        app.http
+            .post(app.url(&path))
+            .bearer_auth(&token)
+            .header("x-queue-pass", &pass)
+            .json(&body)
+            .send()
+    };
     for q in [
         json!(0),
         json!(-1),
@@ -367,12 +377,10 @@ async fn bad_quantities_are_refused_with_invalid_quantity_and_nothing_moves() {
         json!(2.5),
         json!(101),
     ] {
-        let res = app
-            .post(&path, Some(&token), json!({"zone": "A", "quantity": q}))
-            .await;
+        let res = send(json!({"zone": "A", "quantity": q})).await.unwrap();
         assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity").await;
     }
-    let res = app.post(&path, Some(&token), json!({"zone": "A"})).await;
+    let res = send(json!({"zone": "A"})).await.unwrap();
     assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity").await;
     assert_eq!(app.stock(sale, "A").await, (10, 0, 0, 10));
 }
@@ -385,8 +393,21 @@ async fn unknown_zones_and_sales_are_404() {
         let res = app.hold(sale, "alice", zone, 1, None).await;
         assert_problem(res, StatusCode::NOT_FOUND, "zone_not_found").await;
     }
-    let res = app.hold(SaleId::new(), "alice", "A", 1, None).await;
-    assert_problem(res, StatusCode::NOT_FOUND, "sale_not_found").await;
+    // An unknown sale: no pass can name it, so the pass is refused first.
+    let pass = app.pass_for(sale, "alice").await;
+    let res = app
+        .hold_with_pass(SaleId::new(), "alice", &pass, "A", 1, None)
+        .await;
+    assert_problem(res, StatusCode::FORBIDDEN, "pass_invalid").await;
+    let res = app
+        .post(
+            &format!("/v1/sales/{}/reservations", SaleId::new()),
+            Some(&app.buyer("alice")),
+            json!({"zone": "A", "quantity": 1}),
+        )
+        .await;
+    assert_problem(res, StatusCode::FORBIDDEN, "pass_required").await;
+    // An id that is not a sale id at all is simply not found.
     let res = app
         .post(
             "/v1/sales/garbage/reservations",

@@ -6,6 +6,7 @@
 
 mod extract;
 mod ops;
+mod queue;
 mod reservations;
 mod sales;
 
@@ -30,8 +31,9 @@ use tower_http::{
 };
 
 pub use extract::{AuthUser, Json, Organizer};
+pub use queue::Seeds;
 
-use crate::{error::ApiError, scripts::Scripts, tokens::AccessTokens};
+use crate::{error::ApiError, passes::PassKeys, scripts::Scripts, tokens::AccessTokens};
 
 /// Largest JSON body accepted: every request of the API fits in a few hundred
 /// bytes, and a sale with 100 zones in a few KiB.
@@ -46,13 +48,20 @@ pub struct AppState {
     pub redis: Pool,
     pub scripts: Arc<Scripts>,
     pub tokens: Arc<AccessTokens>,
+    pub passes: Arc<PassKeys>,
+    pub seeds: Arc<Seeds>,
     pub metrics: PrometheusHandle,
+    /// How stale a waiting buyer's last-seen mark may get before a poll
+    /// refreshes it: a tenth of the idle limit, at most five seconds, so most
+    /// polls write nothing and nobody polling is ever taken for gone.
+    pub seen_refresh_ms: u64,
 }
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(sales::router())
+        .merge(queue::router())
         .merge(reservations::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound })

@@ -21,6 +21,7 @@ use crate::{
     ids::{ReservationId, SaleId},
     inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation},
     keys::{self, SaleKeys},
+    passes::PassError,
 };
 
 pub fn router() -> Router<AppState> {
@@ -82,6 +83,7 @@ async fn hold(
     Json(body): Json<HoldBody>,
 ) -> ApiResult<Response> {
     let sale = parse_sale_id(&sale_id)?;
+    check_pass(&state, &headers, sale, &who.user_id)?;
     let idempotency_key = parse_idempotency_key(&headers)?;
     let zone = match &body.zone {
         serde_json::Value::String(z) => z.as_str(),
@@ -131,6 +133,41 @@ async fn hold(
             Ok(res)
         }
         Err(refusal) => Err(refused(refusal, zone)),
+    }
+}
+
+/// Checks the `X-Queue-Pass` by signature (cached after the first check), and
+/// that it names this buyer and this sale. The hold script then checks the
+/// buyer is still admitted, so a revoked pass fails there.
+fn check_pass(state: &AppState, headers: &HeaderMap, sale: SaleId, user: &str) -> ApiResult<()> {
+    let refuse = |reason: &'static str, err: ApiError| {
+        metrics::counter!("flashsale_pass_refusals_total", "reason" => reason).increment(1);
+        Err(err)
+    };
+    let Some(raw) = headers.get("x-queue-pass") else {
+        return refuse("missing", ApiError::PassRequired);
+    };
+    let Ok(token) = raw.to_str() else {
+        return refuse(
+            "malformed",
+            ApiError::PassInvalid("the queue pass is malformed".into()),
+        );
+    };
+    match state.passes.verify(token.trim()) {
+        Err(PassError::Expired) => refuse("expired", ApiError::PassExpired),
+        Err(PassError::Invalid(why)) => refuse(
+            "invalid",
+            ApiError::PassInvalid(format!("the queue pass is invalid: {why}")),
+        ),
+        Ok(claims) if claims.sub != user => refuse(
+            "other_buyer",
+            ApiError::PassInvalid("the queue pass was issued to another account".into()),
+        ),
+        Ok(claims) if claims.sale != sale.to_string() => refuse(
+            "other_sale",
+            ApiError::PassInvalid("the queue pass is for another sale".into()),
+        ),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -271,9 +308,21 @@ fn refused(refusal: Refusal, zone: &str) -> ApiError {
             left,
         },
         Refusal::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+        Refusal::PassRevoked => pass_refused_in_script(
+            "revoked",
+            ApiError::PassInvalid(
+                "the queue pass was revoked: you left the queue or were dropped from it".into(),
+            ),
+        ),
+        Refusal::PassExpired => pass_refused_in_script("expired", ApiError::PassExpired),
         Refusal::IdTaken => ApiError::internal(anyhow::anyhow!("reservation id collided")),
         Refusal::ReservationNotFound => ApiError::ReservationNotFound,
         Refusal::HoldExpired { .. } => ApiError::HoldExpired,
         Refusal::Cancelled => ApiError::ReservationCancelled,
     }
+}
+
+fn pass_refused_in_script(reason: &'static str, err: ApiError) -> ApiError {
+    metrics::counter!("flashsale_pass_refusals_total", "reason" => reason).increment(1);
+    err
 }

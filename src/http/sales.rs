@@ -43,6 +43,12 @@ pub struct SaleBody {
     per_user_limit: u32,
     waiting: i64,
     created_at: DateTime<Utc>,
+    /// SHA-256 of the pre-queue seed: fixed, and public, from creation.
+    prequeue_seed_sha256: String,
+    /// The seed itself, once the sale has opened, so anyone can recompute
+    /// the pre-queue order from the organizer's export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prequeue_seed: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -56,13 +62,17 @@ struct ZoneBody {
 
 impl SaleBody {
     fn new(live: LiveSale) -> Self {
-        let state = live.state(Utc::now());
+        let now = Utc::now();
+        let state = live.state(now);
         let LiveSale {
             def,
             release,
             stock,
             waiting,
+            seed,
+            ..
         } = live;
+        let prequeue_seed = (now >= def.opens_at).then_some(seed);
         Self {
             id: def.id,
             name: def.name,
@@ -90,6 +100,8 @@ impl SaleBody {
             per_user_limit: def.per_user_limit,
             waiting,
             created_at: def.created_at,
+            prequeue_seed_sha256: def.prequeue_seed_sha256,
+            prequeue_seed,
         }
     }
 }
@@ -103,8 +115,8 @@ async fn create_sale(
     Organizer(who): Organizer,
     Json(body): Json<NewSale>,
 ) -> ApiResult<Response> {
-    let (def, release) = body.validate(&who.user_id, Utc::now())?;
-    sales::create(&state.db, &state.redis, &state.scripts, &def, &release).await?;
+    let (mut def, release) = body.validate(&who.user_id, Utc::now())?;
+    sales::create(&state.db, &state.redis, &state.scripts, &mut def, &release).await?;
     let live = sales::live(&state.redis, def.id).await?.ok_or_else(|| {
         ApiError::internal(anyhow::anyhow!(
             "sale missing from redis right after creation"

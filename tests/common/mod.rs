@@ -8,8 +8,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use flashsale::{
     config::JwtConfig,
-    http::AppState,
+    http::{AppState, Seeds},
     ids::SaleId,
+    passes::{PassKeys, SigningKey},
+    queue,
     scripts::Scripts,
     tokens::{AccessTokens, Role},
 };
@@ -27,6 +29,9 @@ pub struct TestApp {
     pub redis: Pool,
     pub scripts: Arc<Scripts>,
     pub tokens: Arc<AccessTokens>,
+    pub passes: Arc<PassKeys>,
+    /// Queue passes already obtained, by (sale, buyer).
+    held_passes: std::sync::Mutex<std::collections::HashMap<(SaleId, String), String>>,
 }
 
 fn database_url() -> String {
@@ -81,18 +86,22 @@ impl TestApp {
     /// behaves when Redis is down).
     pub async fn spawn_with_redis(redis_url: &str) -> Self {
         let db = fresh_database().await;
-        let redis = flashsale::redis::connect(redis_url, 2, Duration::from_millis(500))
+        let redis = flashsale::redis::connect(redis_url, 2, Duration::from_secs(2))
             .await
             .expect("redis pool");
         let scripts = Arc::new(Scripts::new());
         let _ = scripts.load(&redis).await;
         let tokens = Arc::new(AccessTokens::new(&jwt()));
+        let passes = Arc::new(PassKeys::new(SigningKey::generate("test-key"), vec![]).unwrap());
         let state = AppState {
             db: db.clone(),
             redis: redis.clone(),
             scripts: scripts.clone(),
             tokens: tokens.clone(),
+            passes: passes.clone(),
+            seeds: Arc::new(Seeds::default()),
             metrics: flashsale::telemetry::metrics(),
+            seen_refresh_ms: 100,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -112,6 +121,8 @@ impl TestApp {
             redis,
             scripts,
             tokens,
+            passes,
+            held_passes: Default::default(),
         }
     }
 
@@ -152,6 +163,9 @@ impl TestApp {
     pub async fn create_sale(&self, organizer: &str, overrides: Value) -> Value {
         let mut body = json!({
             "name": "Test sale",
+            "release_rate": 1000,
+            "release_interval_ms": 100,
+            "pass_ttl_seconds": 600,
             "zones": [
                 {"code": "A", "name": "Floor", "capacity": 10, "price_cents": 5000},
                 {"code": "B", "name": "Balcony", "capacity": 5, "price_cents": 9000}
@@ -176,6 +190,106 @@ impl TestApp {
         sale["id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// Joins the queue as `buyer`.
+    pub async fn join(&self, sale: SaleId, buyer: &str) -> Response {
+        self.post(
+            &format!("/v1/sales/{sale}/queue"),
+            Some(&self.buyer(buyer)),
+            json!({}),
+        )
+        .await
+    }
+
+    /// Polls the queue as `buyer`.
+    pub async fn poll(&self, sale: SaleId, buyer: &str) -> Response {
+        self.get(&format!("/v1/sales/{sale}/queue"), Some(&self.buyer(buyer)))
+            .await
+    }
+
+    /// Runs release ticks (as the releaser worker does) until one is due and
+    /// has run; returns it. Bounded: gives up after five seconds.
+    pub async fn tick(&self, sale: SaleId, idle_ms: u64) -> queue::Tick {
+        for _ in 0..500 {
+            if let Some(tick) = queue::release_tick(&self.redis, &self.scripts, sale, idle_ms, 5000)
+                .await
+                .unwrap()
+            {
+                return tick;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no release tick came due within five seconds");
+    }
+
+    /// The buyer's queue pass for the sale: joins, lets the releaser admit,
+    /// and polls, as a browser would.
+    pub async fn pass_for(&self, sale: SaleId, buyer: &str) -> String {
+        if let Some(p) = self
+            .held_passes
+            .lock()
+            .unwrap()
+            .get(&(sale, buyer.to_owned()))
+        {
+            return p.clone();
+        }
+        let res = self.join(sale, buyer).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED, "join");
+        for _ in 0..500 {
+            let body: Value = self.poll(sale, buyer).await.json().await.unwrap();
+            match body["state"].as_str() {
+                Some("admitted") => {
+                    let pass = body["pass"].as_str().unwrap().to_owned();
+                    self.held_passes
+                        .lock()
+                        .unwrap()
+                        .insert((sale, buyer.to_owned()), pass.clone());
+                    return pass;
+                }
+                Some("waiting") => {
+                    let _ = queue::release_tick(&self.redis, &self.scripts, sale, 300_000, 5000)
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => panic!("{buyer} cannot be admitted: {body}"),
+            }
+        }
+        panic!("{buyer} was not admitted within five seconds");
+    }
+
+    /// Queues every buyer, runs release ticks until all are admitted (the
+    /// sale's rate and stock must allow it), and collects their passes.
+    pub async fn admit_all(&self, sale: SaleId, buyers: &[String]) -> Vec<String> {
+        for chunk in buyers.chunks(50) {
+            let joins = chunk.iter().map(|b| self.join(sale, b));
+            for res in futures::future::join_all(joins).await {
+                assert_eq!(res.status(), StatusCode::ACCEPTED, "join");
+            }
+        }
+        let mut admitted = 0;
+        while admitted < buyers.len() as u64 {
+            let tick = self.tick(sale, 300_000).await;
+            assert!(
+                tick.admitted > 0 || tick.waiting == 0,
+                "admission stalled: {tick:?}"
+            );
+            admitted += tick.admitted;
+        }
+        let mut passes = Vec::with_capacity(buyers.len());
+        for b in buyers {
+            let body: Value = self.poll(sale, b).await.json().await.unwrap();
+            assert_eq!(body["state"], "admitted", "{body}");
+            let pass = body["pass"].as_str().unwrap().to_owned();
+            self.held_passes
+                .lock()
+                .unwrap()
+                .insert((sale, b.clone()), pass.clone());
+            passes.push(pass);
+        }
+        passes
+    }
+
+    /// Places a hold as `buyer`, with a queue pass obtained through the queue.
     pub async fn hold(
         &self,
         sale: SaleId,
@@ -184,10 +298,25 @@ impl TestApp {
         qty: i64,
         key: Option<&str>,
     ) -> Response {
+        let pass = self.pass_for(sale, buyer).await;
+        self.hold_with_pass(sale, buyer, &pass, zone, qty, key)
+            .await
+    }
+
+    pub async fn hold_with_pass(
+        &self,
+        sale: SaleId,
+        buyer: &str,
+        pass: &str,
+        zone: &str,
+        qty: i64,
+        key: Option<&str>,
+    ) -> Response {
         let mut req = self
             .http
             .post(self.url(&format!("/v1/sales/{sale}/reservations")))
             .bearer_auth(self.buyer(buyer))
+            .header("x-queue-pass", pass)
             .json(&json!({"zone": zone, "quantity": qty}));
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);

@@ -6,6 +6,8 @@
 
 /// Sweeps passed hold deadlines and returns their tickets.
 pub mod expirer;
+/// Admits waiting buyers in queue order, one batch per release interval.
+pub mod releaser;
 
 use std::time::Duration;
 

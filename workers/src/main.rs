@@ -8,7 +8,7 @@ use flashsale::{
     scripts::Scripts,
     telemetry,
 };
-use flashsale_workers::{every, expirer};
+use flashsale_workers::{every, expirer, releaser};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -16,8 +16,14 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let expire_every =
         Duration::from_millis(config::parse_or("EXPIRE_INTERVAL_MS", 250u64)?.max(10));
+    let release_poll = Duration::from_millis(config::parse_or("RELEASE_POLL_MS", 50u64)?.max(5));
+    let idle_ms = config.queue_idle_seconds * 1000;
+    let metrics_addr: std::net::SocketAddr = config::parse_or(
+        "WORKERS_METRICS_ADDR",
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9091)),
+    )?;
     telemetry::init_tracing(config.log_format);
-    let _metrics = telemetry::metrics();
+    let metrics = telemetry::metrics();
     let redis = flashsale::redis::connect(&config.redis_url, 2, config.store_timeout).await?;
     let scripts = Arc::new(Scripts::new());
     if let Err(err) = scripts.load(&redis).await {
@@ -32,14 +38,45 @@ async fn main() -> anyhow::Result<()> {
             async move { expirer::run_once(&redis, &scripts).await.map(|_| ()) }
         }))
     };
+    let releasing = {
+        let (redis, scripts) = (redis.clone(), scripts.clone());
+        tokio::spawn(every("releaser", release_poll, stop.clone(), move || {
+            let (redis, scripts) = (redis.clone(), scripts.clone());
+            async move {
+                releaser::run_once(&redis, &scripts, idle_ms)
+                    .await
+                    .map(|_| ())
+            }
+        }))
+    };
+    // The workers' own metrics (admissions, expiries, queue gauges).
+    let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.render() }
+        }),
+    );
+    let serving = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
+    };
     tracing::info!(
         expire_every_ms = expire_every.as_millis() as u64,
+        release_poll_ms = release_poll.as_millis() as u64,
+        queue_idle_seconds = idle_ms / 1000,
+        metrics = %metrics_addr,
         "flashsale workers running"
     );
 
     flashsale::shutdown_signal().await;
     stop.cancel();
-    let _ = expiring.await;
+    let _ = tokio::join!(expiring, releasing, serving);
     tracing::info!("flashsale workers stopped");
     Ok(())
 }

@@ -6,6 +6,7 @@ use chrono::Utc;
 use flashsale::{
     ids::{ReservationId, SaleId},
     inventory::{self, HoldRequest},
+    queue,
     sales::{self, NewSale},
     scripts::Scripts,
 };
@@ -47,10 +48,21 @@ async fn sale_with_holds(db: &PgPool, redis: &Pool, scripts: &Scripts, holds: us
         "name": "expiry", "zones": [{"code": "A", "capacity": 10}], "hold_ttl_seconds": 1
     }))
     .unwrap();
-    let (def, release) = new.validate("org", Utc::now()).unwrap();
-    sales::create(db, redis, scripts, &def, &release)
+    let (mut def, release) = new.validate("org", Utc::now()).unwrap();
+    sales::create(db, redis, scripts, &mut def, &release)
         .await
         .unwrap();
+    // Holds need admitted buyers: queue them and run one release tick.
+    for i in 0..holds {
+        queue::join(redis, scripts, def.id, &format!("u{i}"), b"seed")
+            .await
+            .unwrap();
+    }
+    let tick = queue::release_tick(redis, scripts, def.id, 300_000, 100)
+        .await
+        .unwrap()
+        .expect("the first tick of a sale is due");
+    assert_eq!(tick.admitted, holds as u64);
     for i in 0..holds {
         let user = format!("u{i}");
         let outcome = inventory::hold(
@@ -102,6 +114,7 @@ async fn the_workers_process_expires_holds_and_stops_cleanly_on_sigterm() {
     let sale = sale_with_holds(&db, &redis, &scripts, 2).await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flashsale-workers"))
         .env("EXPIRE_INTERVAL_MS", "100")
+        .env("WORKERS_METRICS_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)

@@ -1,0 +1,19 @@
+-- leave_queue: a buyer gives up the place, or the pass (which revokes it).
+--
+-- KEYS[1]  {sale:<id>}:waiting
+-- KEYS[2]  {sale:<id>}:seen
+-- KEYS[3]  {sale:<id>}:joined
+-- KEYS[4]  {sale:<id>}:admitted
+-- KEYS[5]  {sale:<id>}:expired
+-- ARGV[1]  buyer id
+-- Returns  1 if the buyer was waiting or admitted, else 0
+
+local user = ARGV[1]
+local was = redis.call('ZREM', KEYS[1], user) + redis.call('ZREM', KEYS[4], user)
+redis.call('ZREM', KEYS[2], user)
+redis.call('HDEL', KEYS[3], user)
+redis.call('SREM', KEYS[5], user)
+if was > 0 then
+  return 1
+end
+return 0

@@ -1,0 +1,285 @@
+//! The virtual queue over HTTP: buyers join, poll and leave; admitted buyers
+//! receive a signed queue pass; organizers export the pre-queue and read the
+//! sale's figures; anyone reads the passes' public keys (JWKS).
+
+use std::collections::HashMap;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use chrono::{DateTime, Utc};
+use fred::interfaces::HashesInterface;
+use serde::Serialize;
+
+use super::{sales::parse_sale_id, AppState, AuthUser, Organizer};
+use crate::{
+    error::{ApiError, ApiResult},
+    ids::SaleId,
+    keys::SaleKeys,
+    passes::PassClaims,
+    queue::{self, Standing},
+    sales::{self, from_millis, LiveSale},
+    tokens::Identity,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/sales/{sale_id}/queue",
+            get(status).post(join).delete(leave),
+        )
+        .route("/v1/sales/{sale_id}/prequeue", get(export_prequeue))
+        .route("/v1/sales/{sale_id}/stats", get(stats))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// QueueStatus of API.md.
+#[derive(Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum QueueStatus {
+    Waiting {
+        position: u64,
+        eta_seconds: Option<u64>,
+        /// Present and true while the organizer has paused the release.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        paused: bool,
+    },
+    Admitted {
+        pass: String,
+        pass_expires_at: DateTime<Utc>,
+    },
+    SoldOut,
+    Expired,
+}
+
+fn render(
+    state: &AppState,
+    sale: SaleId,
+    who: &Identity,
+    standing: Standing,
+) -> ApiResult<QueueStatus> {
+    let now = Utc::now();
+    Ok(match standing {
+        Standing::Waiting {
+            position, paused, ..
+        } => QueueStatus::Waiting {
+            position,
+            eta_seconds: standing.eta_seconds(now),
+            paused,
+        },
+        Standing::Admitted {
+            deadline_ms,
+            pass_ttl_seconds,
+        } => {
+            let claims = PassClaims {
+                sub: who.user_id.clone(),
+                sale: sale.to_string(),
+                iat: ((deadline_ms / 1000) - pass_ttl_seconds).max(0) as u64,
+                exp: (deadline_ms / 1000) as u64,
+                jti: queue::pass_id(sale, &who.user_id, deadline_ms),
+            };
+            QueueStatus::Admitted {
+                pass: state.passes.sign(&claims).map_err(ApiError::internal)?,
+                pass_expires_at: from_millis(deadline_ms).unwrap_or(now),
+            }
+        }
+        Standing::SoldOut => QueueStatus::SoldOut,
+        Standing::Expired => QueueStatus::Expired,
+        Standing::NotInQueue => return Err(ApiError::NotInQueue),
+    })
+}
+
+async fn join(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(sale_id): Path<String>,
+) -> ApiResult<Response> {
+    let sale = parse_sale_id(&sale_id)?;
+    let seed = state.seeds.get(&state.redis, sale).await?;
+    let standing = queue::join(&state.redis, &state.scripts, sale, &who.user_id, &seed).await?;
+    metrics::counter!("flashsale_queue_joins_total").increment(1);
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(render(&state, sale, &who, standing)?),
+    )
+        .into_response())
+}
+
+async fn status(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(sale_id): Path<String>,
+) -> ApiResult<axum::Json<QueueStatus>> {
+    let sale = parse_sale_id(&sale_id)?;
+    let standing = queue::status(
+        &state.redis,
+        &state.scripts,
+        sale,
+        &who.user_id,
+        state.seen_refresh_ms,
+    )
+    .await?;
+    Ok(axum::Json(render(&state, sale, &who, standing)?))
+}
+
+async fn leave(
+    State(state): State<AppState>,
+    AuthUser(who): AuthUser,
+    Path(sale_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let sale = parse_sale_id(&sale_id)?;
+    queue::leave(&state.redis, &state.scripts, sale, &who.user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The sale, if `who` is its organizer.
+async fn own_sale(state: &AppState, sale_id: &str, who: &Identity) -> ApiResult<LiveSale> {
+    let sale = parse_sale_id(sale_id)?;
+    let live = sales::live(&state.redis, sale)
+        .await?
+        .ok_or(ApiError::SaleNotFound)?;
+    if live.def.organizer_id != who.user_id {
+        return Err(ApiError::Forbidden(
+            "only the sale's organizer may read this".into(),
+        ));
+    }
+    Ok(live)
+}
+
+#[derive(Serialize)]
+struct PrequeueExport {
+    sale_id: SaleId,
+    seed: String,
+    seed_sha256: String,
+    /// Everyone who joined before opening, sorted by id (not by place: the
+    /// order is for the auditor to recompute).
+    buyers: Vec<String>,
+}
+
+/// The pre-queue's buyers and seed, once the sale has opened (the seed is
+/// secret until then). `flashsale prequeue-order` recomputes the order.
+async fn export_prequeue(
+    State(state): State<AppState>,
+    Organizer(who): Organizer,
+    Path(sale_id): Path<String>,
+) -> ApiResult<axum::Json<PrequeueExport>> {
+    let live = own_sale(&state, &sale_id, &who).await?;
+    if Utc::now() < live.def.opens_at {
+        return Err(ApiError::SaleNotOpen(
+            "the pre-queue can be exported once the sale has opened; its seed is secret until then"
+                .into(),
+        ));
+    }
+    Ok(axum::Json(PrequeueExport {
+        sale_id: live.def.id,
+        buyers: queue::early_buyers(&state.redis, live.def.id).await?,
+        seed_sha256: live.def.prequeue_seed_sha256,
+        seed: live.seed,
+    }))
+}
+
+#[derive(Serialize)]
+struct Stats {
+    waiting: i64,
+    admitted_total: i64,
+    active: i64,
+    zones: Vec<ZoneStats>,
+    /// When the reconciler last compared Redis with Postgres (none yet).
+    reconciled_at: Option<DateTime<Utc>>,
+    drift: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct ZoneStats {
+    code: String,
+    capacity: i64,
+    available: i64,
+    held: i64,
+    confirmed: i64,
+    /// Confirmed tickets recorded in Postgres.
+    persisted: i64,
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    Organizer(who): Organizer,
+    Path(sale_id): Path<String>,
+) -> ApiResult<axum::Json<Stats>> {
+    let live = own_sale(&state, &sale_id, &who).await?;
+    let active: i64 = {
+        use fred::interfaces::SortedSetsInterface;
+        state
+            .redis
+            .zcard(SaleKeys::new(live.def.id).admitted())
+            .await?
+    };
+    let persisted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT zone_code, COALESCE(SUM(quantity), 0)::bigint FROM reservations
+         WHERE sale_id = $1 AND status = 'confirmed' GROUP BY zone_code",
+    )
+    .bind(live.def.id)
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(axum::Json(Stats {
+        waiting: live.waiting,
+        admitted_total: live.admitted_total,
+        active,
+        zones: live
+            .def
+            .zones
+            .iter()
+            .zip(&live.stock)
+            .map(|(z, s)| ZoneStats {
+                code: z.code.clone(),
+                capacity: s.capacity,
+                available: s.available,
+                held: s.held,
+                confirmed: s.confirmed,
+                persisted: persisted.get(&z.code).copied().unwrap_or(0),
+            })
+            .collect(),
+        reconciled_at: None,
+        drift: None,
+    }))
+}
+
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(state.passes.jwks()),
+    )
+}
+
+/// Each sale's pre-queue seed, read from Redis once and kept: a sale's seed
+/// never changes, and joins should cost one Redis call.
+#[derive(Default)]
+pub struct Seeds {
+    known: std::sync::RwLock<HashMap<SaleId, std::sync::Arc<Vec<u8>>>>,
+}
+
+impl Seeds {
+    pub async fn get(
+        &self,
+        redis: &fred::clients::Pool,
+        sale: SaleId,
+    ) -> ApiResult<std::sync::Arc<Vec<u8>>> {
+        if let Some(seed) = self.known.read().ok().and_then(|m| m.get(&sale).cloned()) {
+            return Ok(seed);
+        }
+        let hex_seed: Option<String> = redis.hget(SaleKeys::new(sale).meta(), "seed").await?;
+        let seed = hex::decode(hex_seed.ok_or(ApiError::SaleNotFound)?).map_err(|e| {
+            ApiError::internal(anyhow::anyhow!("sale {sale} has a malformed seed: {e}"))
+        })?;
+        let seed = std::sync::Arc::new(seed);
+        if let Ok(mut m) = self.known.write() {
+            m.insert(sale, seed.clone());
+        }
+        Ok(seed)
+    }
+}

@@ -1,0 +1,335 @@
+//! The virtual queue: join, status, leave, the releaser's tick, and the
+//! pre-queue draw.
+//!
+//! Waiting buyers are a sorted set per sale. A buyer's place is fixed at
+//! join: before opening, a draw in [0, 1) (HMAC-SHA256 of the buyer id under
+//! the sale's secret seed, so the pre-queue is shuffled once, reproducibly,
+//! and the seed's SHA-256 is public from creation); after opening, the next
+//! value of a per-sale counter (1, 2, 3, ...). Every change is a Lua script,
+//! so order holds however many API and releaser replicas run.
+
+use chrono::{DateTime, Utc};
+use fred::{clients::Pool, interfaces::SetsInterface, types::Value};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    ids::SaleId,
+    keys::SaleKeys,
+    scripts::Scripts,
+};
+
+/// A buyer's standing in a sale's queue, as the scripts report it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Standing {
+    Waiting {
+        /// 1 is the next buyer to be admitted.
+        position: u64,
+        /// Buyers admitted per second over the last ticks (0 before any).
+        measured_rate: f64,
+        release_rate: f64,
+        paused: bool,
+        opens_at_ms: i64,
+    },
+    Admitted {
+        /// When the queue pass expires (ms since the epoch).
+        deadline_ms: i64,
+        pass_ttl_seconds: i64,
+    },
+    SoldOut,
+    Expired,
+    NotInQueue,
+}
+
+impl Standing {
+    /// Seconds until admission, from the admission rate actually measured
+    /// (the configured rate until there is a measurement), plus the time
+    /// until opening for the pre-queue.
+    pub fn eta_seconds(&self, now: DateTime<Utc>) -> Option<u64> {
+        let Standing::Waiting {
+            position,
+            measured_rate,
+            release_rate,
+            opens_at_ms,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let rate = if *measured_rate > 0.0 {
+            *measured_rate
+        } else {
+            *release_rate
+        };
+        if rate <= 0.0 {
+            return None;
+        }
+        let until_open = ((*opens_at_ms - now.timestamp_millis()).max(0) as f64) / 1000.0;
+        Some((until_open + *position as f64 / rate).ceil() as u64)
+    }
+}
+
+/// The pre-queue draw of `user` under a sale's `seed`: the first 53 bits of
+/// HMAC-SHA256(seed, user) as a number in [0, 1). Exact in an f64, so Redis
+/// scores and an auditor's recomputation agree bit for bit.
+pub fn prequeue_draw(seed: &[u8], user: &str) -> f64 {
+    let mut mac = Hmac::<Sha256>::new_from_slice(seed).expect("HMAC accepts keys of any length");
+    mac.update(user.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The pre-queue order: early buyers by draw, ties (never seen in practice)
+/// by id, as Redis orders equal scores. This is what `flashsale
+/// prequeue-order` prints for an auditor.
+pub fn prequeue_order(seed: &[u8], buyers: &[String]) -> Vec<String> {
+    let mut drawn: Vec<(f64, &String)> =
+        buyers.iter().map(|b| (prequeue_draw(seed, b), b)).collect();
+    drawn.sort_by(|a, b| {
+        a.0.total_cmp(&b.0)
+            .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+    });
+    drawn.into_iter().map(|(_, b)| b.clone()).collect()
+}
+
+/// A fresh secret seed for a sale's pre-queue, hex.
+pub fn new_seed() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// SHA-256 of the seed's text, published from the sale's creation.
+pub fn seed_commitment(seed_hex: &str) -> String {
+    hex::encode(Sha256::digest(seed_hex.as_bytes()))
+}
+
+/// Ids of passes: unique per admission, the same on every poll.
+pub fn pass_id(sale: SaleId, user: &str, deadline_ms: i64) -> String {
+    let digest = Sha256::digest(format!("{sale}\0{user}\0{deadline_ms}"));
+    hex::encode(&digest[..16])
+}
+
+pub async fn join(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    user: &str,
+    seed: &[u8],
+) -> ApiResult<Standing> {
+    let k = SaleKeys::new(sale);
+    let reply: Vec<Option<String>> = scripts
+        .join
+        .run(
+            redis,
+            vec![
+                k.meta(),
+                k.waiting(),
+                k.arrivals(),
+                k.last_seen(),
+                k.joined_at(),
+                k.early(),
+                k.admitted(),
+                k.expired(),
+            ],
+            vec![
+                Value::from(user),
+                Value::from(format!("{:.17}", prequeue_draw(seed, user))),
+            ],
+        )
+        .await?;
+    decode(&reply)
+}
+
+/// A buyer's standing. `seen_refresh_ms`: how stale the buyer's last-seen
+/// mark may get before this poll refreshes it.
+pub async fn status(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    user: &str,
+    seen_refresh_ms: u64,
+) -> ApiResult<Standing> {
+    let k = SaleKeys::new(sale);
+    let reply: Vec<Option<String>> = scripts
+        .status
+        .run(
+            redis,
+            vec![
+                k.meta(),
+                k.waiting(),
+                k.last_seen(),
+                k.admitted(),
+                k.expired(),
+            ],
+            vec![Value::from(user), Value::from(seen_refresh_ms as i64)],
+        )
+        .await?;
+    decode(&reply)
+}
+
+/// Gives up the buyer's place or pass. True if there was one.
+pub async fn leave(redis: &Pool, scripts: &Scripts, sale: SaleId, user: &str) -> ApiResult<bool> {
+    let k = SaleKeys::new(sale);
+    let was: i64 = scripts
+        .leave
+        .run(
+            redis,
+            vec![
+                k.waiting(),
+                k.last_seen(),
+                k.joined_at(),
+                k.admitted(),
+                k.expired(),
+            ],
+            vec![Value::from(user)],
+        )
+        .await?;
+    Ok(was == 1)
+}
+
+/// The buyers who joined before opening, for the organizer's export.
+pub async fn early_buyers(redis: &Pool, sale: SaleId) -> ApiResult<Vec<String>> {
+    let mut buyers: Vec<String> = redis.smembers(SaleKeys::new(sale).early()).await?;
+    buyers.sort();
+    Ok(buyers)
+}
+
+/// What one releaser tick did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    pub admitted: u64,
+    pub lapsed: u64,
+    pub abandoned: u64,
+    pub sold_out: bool,
+    pub waiting: u64,
+    pub active: u64,
+    /// How long each admitted buyer waited, join to admission (ms).
+    pub waits_ms: Vec<u64>,
+}
+
+/// Runs the releaser's script for one sale: `None` when no tick was due.
+pub async fn release_tick(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    idle_ms: u64,
+    max_batch: u32,
+) -> ApiResult<Option<Tick>> {
+    let k = SaleKeys::new(sale);
+    let reply: Vec<String> = scripts
+        .release
+        .run(
+            redis,
+            vec![
+                k.meta(),
+                k.waiting(),
+                k.last_seen(),
+                k.joined_at(),
+                k.admitted(),
+                k.expired(),
+                k.zones(),
+                k.ticks(),
+            ],
+            vec![
+                Value::from(idle_ms as i64),
+                Value::from(i64::from(max_batch)),
+            ],
+        )
+        .await?;
+    let num = |i: usize| {
+        reply
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    match reply.first().map(String::as_str) {
+        Some("not_due") => Ok(None),
+        Some("err") => Err(ApiError::SaleNotFound),
+        Some("ticked") if reply.len() >= 7 => Ok(Some(Tick {
+            admitted: num(1),
+            lapsed: num(2),
+            abandoned: num(3),
+            sold_out: num(4) == 1,
+            waiting: num(5),
+            active: num(6),
+            waits_ms: (7..reply.len()).map(num).collect(),
+        })),
+        _ => Err(ApiError::internal(anyhow::anyhow!(
+            "release_batch replied {reply:?}"
+        ))),
+    }
+}
+
+/// Decodes the replies of join_queue and queue_status.
+fn decode(reply: &[Option<String>]) -> ApiResult<Standing> {
+    let text = |i: usize| reply.get(i).cloned().flatten().unwrap_or_default();
+    let float = |i: usize| text(i).parse::<f64>().unwrap_or(0.0);
+    let int = |i: usize| float(i) as i64;
+    Ok(match text(0).as_str() {
+        "waiting" => Standing::Waiting {
+            position: int(1).max(1) as u64,
+            measured_rate: float(2),
+            release_rate: float(3),
+            paused: text(4) == "1",
+            opens_at_ms: int(5),
+        },
+        "admitted" => Standing::Admitted {
+            deadline_ms: int(1),
+            pass_ttl_seconds: int(2),
+        },
+        "sold_out" => Standing::SoldOut,
+        "expired" => Standing::Expired,
+        "not_in_queue" => Standing::NotInQueue,
+        "err" => match text(1).as_str() {
+            "sale_not_found" => return Err(ApiError::SaleNotFound),
+            "sale_closed" => return Err(ApiError::SaleNotOpen("the sale has closed".into())),
+            other => {
+                return Err(ApiError::internal(anyhow::anyhow!(
+                    "queue script refused: {other}"
+                )))
+            }
+        },
+        other => {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "queue script replied `{other}`"
+            )))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_are_in_the_unit_interval_and_depend_on_the_seed() {
+        for i in 0..1000 {
+            let d = prequeue_draw(b"seed", &format!("user-{i}"));
+            assert!((0.0..1.0).contains(&d));
+        }
+        assert_ne!(prequeue_draw(b"a", "u"), prequeue_draw(b"b", "u"));
+    }
+
+    #[test]
+    fn a_draw_survives_its_decimal_text_exactly() {
+        let d = prequeue_draw(b"seed", "someone");
+        assert_eq!(format!("{d:.17}").parse::<f64>().unwrap(), d);
+    }
+
+    #[test]
+    fn eta_comes_from_the_measured_rate_and_the_time_to_opening() {
+        let now = Utc::now();
+        let w = |measured: f64, opens_in_ms: i64| Standing::Waiting {
+            position: 100,
+            measured_rate: measured,
+            release_rate: 10.0,
+            paused: false,
+            opens_at_ms: now.timestamp_millis() + opens_in_ms,
+        };
+        assert_eq!(w(50.0, -1000).eta_seconds(now), Some(2));
+        assert_eq!(w(0.0, -1000).eta_seconds(now), Some(10));
+        assert_eq!(w(50.0, 30_000).eta_seconds(now), Some(32));
+    }
+}

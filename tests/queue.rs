@@ -1,0 +1,678 @@
+//! The virtual queue through HTTP: fair order, the auditable pre-queue, the
+//! releaser (two at once, live rate changes, pause, stock), sold out,
+//! abandonment, and queue passes.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{assert_problem, TestApp};
+use flashsale::{
+    ids::SaleId,
+    passes::{PassClaims, PassKeys, SigningKey},
+    tokens::unix_now,
+};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn patch(app: &TestApp, sale: SaleId, body: Value) {
+    let res = app
+        .http
+        .patch(app.url(&format!("/v1/sales/{sale}")))
+        .bearer_auth(app.organizer("org-1"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn standing(app: &TestApp, sale: SaleId, buyer: &str) -> Value {
+    let res = app.poll(sale, buyer).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn joining_twice_keeps_the_place_and_leaving_gives_it_up() {
+    let app = TestApp::spawn().await;
+    let sale = app.sale_id(json!({})).await;
+    let (a, b) = (unique("a"), unique("b"));
+    let first: Value = app.join(sale, &a).await.json().await.unwrap();
+    assert_eq!(first["state"], "waiting");
+    assert_eq!(first["position"], 1);
+    assert!(first["eta_seconds"].is_u64());
+    let res = app.join(sale, &b).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.json::<Value>().await.unwrap()["position"], 2);
+    // Joining again: same place.
+    assert_eq!(
+        app.join(sale, &a).await.json::<Value>().await.unwrap()["position"],
+        1
+    );
+    assert_eq!(standing(&app, sale, &b).await["position"], 2);
+
+    let res = app
+        .http
+        .delete(app.url(&format!("/v1/sales/{sale}/queue")))
+        .bearer_auth(app.buyer(&a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(standing(&app, sale, &b).await["position"], 1);
+    assert_problem(
+        app.poll(sale, &a).await,
+        StatusCode::NOT_FOUND,
+        "not_in_queue",
+    )
+    .await;
+    // Rejoining goes to the back.
+    assert_eq!(
+        app.join(sale, &a).await.json::<Value>().await.unwrap()["position"],
+        2
+    );
+
+    assert_problem(
+        app.join(SaleId::new(), &a).await,
+        StatusCode::NOT_FOUND,
+        "sale_not_found",
+    )
+    .await;
+    assert_problem(
+        app.poll(SaleId::new(), &a).await,
+        StatusCode::NOT_FOUND,
+        "sale_not_found",
+    )
+    .await;
+    let res = app
+        .post(&format!("/v1/sales/{sale}/queue"), None, json!({}))
+        .await;
+    assert_problem(res, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+}
+
+#[tokio::test]
+async fn buyers_who_join_after_opening_are_admitted_in_arrival_order() {
+    let app = TestApp::spawn().await;
+    // 20 admissions a tick; stock for everyone.
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1000}], "release_rate": 200, "release_interval_ms": 100}))
+        .await;
+    let run = unique("fifo");
+    // Hundreds join at once; the place each is given is its arrival order.
+    let buyers: Vec<String> = (0..240).map(|i| format!("{run}-{i}")).collect();
+    let mut place: HashMap<String, u64> = HashMap::new();
+    let app = &app;
+    for chunk in buyers.chunks(60) {
+        let joins = chunk
+            .iter()
+            .map(|b| async move { (b.clone(), app.join(sale, b).await) });
+        for (b, res) in futures::future::join_all(joins).await {
+            let body: Value = res.json().await.unwrap();
+            place.insert(b, body["position"].as_u64().unwrap());
+        }
+    }
+    let mut places: Vec<u64> = place.values().copied().collect();
+    places.sort();
+    assert_eq!(
+        places,
+        (1..=240).collect::<Vec<_>>(),
+        "every arrival has its own place"
+    );
+    let mut by_place: Vec<&String> = buyers.iter().collect();
+    by_place.sort_by_key(|b| place[*b]);
+
+    // After every tick, those admitted are exactly the first arrivals.
+    let mut admitted = 0usize;
+    while admitted < buyers.len() {
+        let tick = app.tick(sale, 300_000).await;
+        assert_eq!(tick.admitted, 20, "a full batch each tick");
+        admitted += tick.admitted as usize;
+        for (rank, b) in by_place.iter().enumerate() {
+            let state = standing(app, sale, b).await;
+            if rank < admitted {
+                assert_eq!(
+                    state["state"],
+                    "admitted",
+                    "arrival {} should be admitted",
+                    rank + 1
+                );
+            } else {
+                assert_eq!(state["state"], "waiting");
+                assert_eq!(state["position"], (rank - admitted + 1) as u64);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_prequeue_is_shuffled_by_the_published_seed_and_can_be_recomputed() {
+    let app = TestApp::spawn().await;
+    let opens_at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let sale_body = app
+        .create_sale(
+            "org-1",
+            json!({"opens_at": opens_at.to_rfc3339(), "zones": [{"code": "A", "capacity": 1000}]}),
+        )
+        .await;
+    let sale: SaleId = sale_body["id"].as_str().unwrap().parse().unwrap();
+    let commitment = sale_body["prequeue_seed_sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(commitment.len(), 64);
+    assert!(
+        sale_body.get("prequeue_seed").is_none(),
+        "the seed is secret before opening"
+    );
+
+    let run = unique("early");
+    let arrivals: Vec<String> = (0..40).map(|i| format!("{run}-{i:02}")).collect();
+    for b in &arrivals {
+        let body: Value = app.join(sale, b).await.json().await.unwrap();
+        assert_eq!(body["state"], "waiting");
+        assert!(
+            body["eta_seconds"].as_u64().unwrap() >= 1,
+            "ETA counts the time to opening"
+        );
+    }
+    let org = app.organizer("org-1");
+    let res = app
+        .get(&format!("/v1/sales/{sale}/prequeue"), Some(&org))
+        .await;
+    assert_problem(res, StatusCode::CONFLICT, "sale_not_open").await;
+
+    // Wait for the opening (bounded: it is three seconds away).
+    while chrono::Utc::now() < opens_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let late = format!("{run}-late");
+    let body: Value = app.join(sale, &late).await.json().await.unwrap();
+    assert_eq!(
+        body["position"], 41,
+        "after opening, behind the whole pre-queue"
+    );
+
+    let read: Value = app
+        .get(&format!("/v1/sales/{sale}"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let seed = read["prequeue_seed"]
+        .as_str()
+        .expect("the seed is public once open")
+        .to_owned();
+    assert_eq!(
+        flashsale::queue::seed_commitment(&seed),
+        commitment,
+        "the seed matches its commitment"
+    );
+
+    // The organizer's export, and the documented command's recomputation.
+    let export: Value = app
+        .get(&format!("/v1/sales/{sale}/prequeue"), Some(&org))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut exported: Vec<String> = serde_json::from_value(export["buyers"].clone()).unwrap();
+    exported.sort();
+    assert_eq!(
+        exported, arrivals,
+        "the export lists exactly the early buyers"
+    );
+    let file = std::env::temp_dir().join(format!("{run}.json"));
+    std::fs::write(&file, export.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["prequeue-order", "--export", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recomputed: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    std::fs::remove_file(&file).ok();
+    assert_eq!(recomputed.len(), 40);
+    assert_ne!(
+        recomputed, arrivals,
+        "the pre-queue is not in arrival order"
+    );
+
+    // The live queue is in exactly that order.
+    for (i, b) in recomputed.iter().enumerate() {
+        assert_eq!(
+            standing(&app, sale, b).await["position"],
+            (i + 1) as u64,
+            "{b}"
+        );
+    }
+    // A seed that does not match the commitment is refused by the command.
+    let mut forged = export.clone();
+    forged["seed"] = json!("00".repeat(32));
+    std::fs::write(&file, forged.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .args(["prequeue-order", "--export", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).ok();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn two_releasers_running_at_once_admit_exactly_the_configured_number() {
+    let app = TestApp::spawn().await;
+    // One buyer a second, released every minute: 60 per tick.
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1000}], "release_rate": 1, "release_interval_ms": 60000}))
+        .await;
+    let run = unique("two");
+    for i in 0..100 {
+        app.join(sale, &format!("{run}-{i}")).await;
+    }
+    let releaser = || async {
+        let mut admitted = 0;
+        for _ in 0..25 {
+            if let Some(t) =
+                flashsale::queue::release_tick(&app.redis, &app.scripts, sale, 300_000, 5000)
+                    .await
+                    .unwrap()
+            {
+                admitted += t.admitted;
+            }
+        }
+        admitted
+    };
+    let (a, b) = tokio::join!(releaser(), releaser());
+    assert_eq!(a + b, 60, "one tick's batch, whoever ran it");
+    let stats: Value = app
+        .get(
+            &format!("/v1/sales/{sale}/stats"),
+            Some(&app.organizer("org-1")),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["admitted_total"], 60);
+    assert_eq!(stats["active"], 60);
+    assert_eq!(stats["waiting"], 40);
+}
+
+#[tokio::test]
+async fn a_rate_change_and_a_pause_take_effect_at_the_next_tick() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1000}], "release_rate": 10, "release_interval_ms": 100}))
+        .await;
+    let run = unique("rate");
+    for i in 0..200 {
+        app.join(sale, &format!("{run}-{i}")).await;
+    }
+    assert_eq!(
+        app.tick(sale, 300_000).await.admitted,
+        1,
+        "10/s in 100 ms ticks"
+    );
+    assert_eq!(app.tick(sale, 300_000).await.admitted, 1);
+
+    patch(&app, sale, json!({"release_rate": 500})).await;
+    assert_eq!(
+        app.tick(sale, 300_000).await.admitted,
+        50,
+        "the very next tick uses 500/s"
+    );
+
+    patch(&app, sale, json!({"paused": true})).await;
+    let tick = app.tick(sale, 300_000).await;
+    assert_eq!(tick.admitted, 0, "paused: nobody is admitted");
+    let last = format!("{run}-199");
+    let body = standing(&app, sale, &last).await;
+    assert_eq!(body["state"], "waiting");
+    assert_eq!(body["paused"], true);
+    assert_eq!(body["position"], 148);
+    let read: Value = app
+        .get(&format!("/v1/sales/{sale}"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["state"], "paused");
+
+    patch(&app, sale, json!({"paused": false})).await;
+    assert_eq!(
+        app.tick(sale, 300_000).await.admitted,
+        50,
+        "no burst after a pause"
+    );
+}
+
+#[tokio::test]
+async fn eta_follows_the_measured_admission_rate() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1000}], "release_rate": 100, "release_interval_ms": 100}))
+        .await;
+    let run = unique("eta");
+    for i in 0..300 {
+        app.join(sale, &format!("{run}-{i}")).await;
+    }
+    for _ in 0..4 {
+        app.tick(sale, 300_000).await;
+    }
+    let measured: f64 = {
+        use fred::interfaces::HashesInterface;
+        let v: String = app
+            .redis
+            .hget(flashsale::keys::SaleKeys::new(sale).meta(), "measured_rate")
+            .await
+            .unwrap();
+        v.parse().unwrap()
+    };
+    assert!(measured > 0.0);
+    let body = standing(&app, sale, &format!("{run}-299")).await;
+    let position = body["position"].as_u64().unwrap();
+    assert_eq!(position, 300 - 40);
+    let expected = (position as f64 / measured).ceil() as u64;
+    assert_eq!(
+        body["eta_seconds"].as_u64().unwrap(),
+        expected,
+        "ETA = position / measured rate ({measured}/s)"
+    );
+}
+
+#[tokio::test]
+async fn admission_stops_at_the_stock_and_sold_out_is_told_to_everyone_waiting() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 2}], "per_user_limit": 2}))
+        .await;
+    let run = unique("so");
+    let buyers: Vec<String> = (0..5).map(|i| format!("{run}-{i}")).collect();
+    for b in &buyers {
+        app.join(sale, b).await;
+    }
+    let tick = app.tick(sale, 300_000).await;
+    assert_eq!(tick.admitted, 2, "no more active buyers than tickets");
+    let pass = standing(&app, sale, &buyers[0]).await["pass"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r: Value = app
+        .hold_with_pass(sale, &buyers[0], &pass, "A", 2, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // Held but not confirmed: the tickets may come back, so the line waits.
+    app.tick(sale, 300_000).await;
+    assert_eq!(standing(&app, sale, &buyers[4]).await["state"], "waiting");
+
+    assert_eq!(
+        app.confirm(r["id"].as_str().unwrap(), &buyers[0])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let tick = app.tick(sale, 300_000).await;
+    assert!(tick.sold_out);
+    assert_eq!(tick.admitted, 0);
+    for b in &buyers[2..] {
+        assert_eq!(standing(&app, sale, b).await, json!({"state": "sold_out"}));
+    }
+    assert_eq!(
+        app.join(sale, &unique("newcomer"))
+            .await
+            .json::<Value>()
+            .await
+            .unwrap(),
+        json!({"state": "sold_out"})
+    );
+    let read: Value = app
+        .get(&format!("/v1/sales/{sale}"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["state"], "sold_out");
+}
+
+#[tokio::test]
+async fn silent_buyers_lose_their_place_and_unused_passes_expire() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 100}], "pass_ttl_seconds": 1, "max_active": 1}))
+        .await;
+    let (first, silent, patient) = (unique("first"), unique("silent"), unique("patient"));
+    app.join(sale, &first).await;
+    // Admit `first` before the others join, so they stay waiting.
+    assert_eq!(app.tick(sale, 300_000).await.admitted, 1);
+    app.join(sale, &silent).await;
+    app.join(sale, &patient).await;
+
+    // `first` never uses the pass; `silent` stops polling; `patient` polls.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    standing(&app, sale, &patient).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A two-second idle limit: `silent` (last seen at join) is over it,
+    // `patient` (seen 0.7 s ago) is not; `first`'s one-second pass lapsed.
+    let tick = app.tick(sale, 2_000).await;
+    assert_eq!(tick.lapsed, 1);
+    assert_eq!(tick.abandoned, 1);
+    assert_eq!(
+        tick.admitted, 1,
+        "the lapsed pass freed the one active slot"
+    );
+    assert_eq!(
+        standing(&app, sale, &first).await,
+        json!({"state": "expired"})
+    );
+    assert_eq!(
+        standing(&app, sale, &silent).await,
+        json!({"state": "expired"})
+    );
+    assert_eq!(standing(&app, sale, &patient).await["state"], "admitted");
+    // Rejoining after expiry queues again, at the back.
+    assert_eq!(
+        app.join(sale, &silent).await.json::<Value>().await.unwrap()["state"],
+        "waiting"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_pass_is_bound_to_its_buyer_and_sale_and_checked_every_way() {
+    let app = TestApp::spawn().await;
+    let sale = app.sale_id(json!({})).await;
+    let other_sale = app.sale_id(json!({})).await;
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let pass = app.pass_for(sale, &alice).await;
+    app.pass_for(other_sale, &bob).await;
+
+    // The pass's header names its key, published in the JWKS.
+    let jwks: Value = app
+        .get("/.well-known/jwks.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(&pass).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let kid = header.kid.unwrap();
+    assert!(jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["kid"] == kid && k["crv"] == "Ed25519"));
+
+    let refused = |who: &str, pass: &str, on: SaleId| {
+        let (who, pass) = (who.to_owned(), pass.to_owned());
+        let app = &app;
+        async move { app.hold_with_pass(on, &who, &pass, "A", 1, None).await }
+    };
+    // Another account, another sale.
+    assert_problem(
+        refused(&bob, &pass, sale).await,
+        StatusCode::FORBIDDEN,
+        "pass_invalid",
+    )
+    .await;
+    assert_problem(
+        refused(&alice, &pass, other_sale).await,
+        StatusCode::FORBIDDEN,
+        "pass_invalid",
+    )
+    .await;
+    // No pass at all.
+    let res = app
+        .post(
+            &format!("/v1/sales/{sale}/reservations"),
+            Some(&app.buyer(&alice)),
+            json!({"zone": "A", "quantity": 1}),
+        )
+        .await;
+    assert_problem(res, StatusCode::FORBIDDEN, "pass_required").await;
+    // Expired: signed by the service's own key, but past its exp.
+    let now = unix_now();
+    let claims = |exp: u64| PassClaims {
+        sub: alice.clone(),
+        sale: sale.to_string(),
+        iat: now - 600,
+        exp,
+        jti: "j".into(),
+    };
+    let expired = app.passes.sign(&claims(now - 60)).unwrap();
+    assert_problem(
+        refused(&alice, &expired, sale).await,
+        StatusCode::FORBIDDEN,
+        "pass_expired",
+    )
+    .await;
+    // Forged: right claims, another key under the same kid.
+    let forger = PassKeys::new(SigningKey::generate(kid.clone()), vec![]).unwrap();
+    let forged = forger.sign(&claims(now + 600)).unwrap();
+    assert_problem(
+        refused(&alice, &forged, sale).await,
+        StatusCode::FORBIDDEN,
+        "pass_invalid",
+    )
+    .await;
+    // alg: none.
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let unsigned = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT", "kid": kid})),
+        b64(serde_json::to_value(claims(now + 600)).unwrap())
+    );
+    assert_problem(
+        refused(&alice, &unsigned, sale).await,
+        StatusCode::FORBIDDEN,
+        "pass_invalid",
+    )
+    .await;
+    // An access token is not a queue pass.
+    let access = app.buyer(&alice);
+    assert_problem(
+        refused(&alice, &access, sale).await,
+        StatusCode::FORBIDDEN,
+        "pass_invalid",
+    )
+    .await;
+
+    // The genuine pass works; once alice leaves the queue it is revoked.
+    assert_eq!(
+        refused(&alice, &pass, sale).await.status(),
+        StatusCode::CREATED
+    );
+    app.http
+        .delete(app.url(&format!("/v1/sales/{sale}/queue")))
+        .bearer_auth(app.buyer(&alice))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        refused(&alice, &pass, sale).await,
+        StatusCode::FORBIDDEN,
+        "pass_invalid",
+    )
+    .await;
+    assert_eq!(
+        app.stock(sale, "A").await,
+        (9, 1, 0, 10),
+        "only the genuine hold took stock"
+    );
+
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for reason in [
+        "other_buyer",
+        "other_sale",
+        "missing",
+        "expired",
+        "invalid",
+        "revoked",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "flashsale_pass_refusals_total{{reason=\"{reason}\"}}"
+            )),
+            "no refusal counted for {reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stats_and_the_prequeue_export_are_for_the_sales_own_organizer() {
+    let app = TestApp::spawn().await;
+    let sale = app.sale_id(json!({})).await;
+    let buyer = unique("s");
+    let r: Value = app
+        .hold(sale, &buyer, "A", 2, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.confirm(r["id"].as_str().unwrap(), &buyer).await;
+    let stats: Value = app
+        .get(
+            &format!("/v1/sales/{sale}/stats"),
+            Some(&app.organizer("org-1")),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["admitted_total"], 1);
+    assert_eq!(stats["active"], 1);
+    assert_eq!(stats["waiting"], 0);
+    assert_eq!(
+        stats["zones"][0],
+        json!({"code": "A", "capacity": 10, "available": 8, "held": 0, "confirmed": 2, "persisted": 0})
+    );
+    for path in [
+        format!("/v1/sales/{sale}/stats"),
+        format!("/v1/sales/{sale}/prequeue"),
+    ] {
+        assert_problem(
+            app.get(&path, Some(&app.organizer("org-2"))).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+        assert_problem(
+            app.get(&path, Some(&app.buyer("org-1"))).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+    }
+}
