@@ -58,14 +58,6 @@ if existing[1] then
   return {'err', 'id_taken', '0'}
 end
 
-local admitted_until = redis.call('ZSCORE', KEYS[7], uid)
-if not admitted_until then
-  return {'err', 'pass_revoked', '0'}
-end
-if tonumber(admitted_until) <= now then
-  return {'err', 'pass_expired', '0'}
-end
-
 local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms')
 local opens, closes = tonumber(m[1]), tonumber(m[2])
 local limit, ttl = tonumber(m[3]), tonumber(m[4])
@@ -74,6 +66,14 @@ if now < opens then
 end
 if closes > 0 and now >= closes then
   return {'err', 'sale_not_open', '2'}
+end
+
+local admitted_until = redis.call('ZSCORE', KEYS[7], uid)
+if not admitted_until then
+  return {'err', 'pass_revoked', '0'}
+end
+if tonumber(admitted_until) <= now then
+  return {'err', 'pass_expired', '0'}
 end
 
 local avail = redis.call('HGET', KEYS[2], zone .. ':avail')

@@ -6,6 +6,21 @@ use common::{assert_problem, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// A queue pass for `buyer`, signed by the service's own key, as if the
+/// buyer had been admitted (the queue cannot admit anyone here).
+fn signed_pass(app: &TestApp, sale: &str, buyer: &str) -> String {
+    let now = flashsale::tokens::unix_now();
+    app.passes
+        .sign(&flashsale::passes::PassClaims {
+            sub: buyer.into(),
+            sale: sale.into(),
+            iat: now,
+            exp: now + 300,
+            jti: "t".into(),
+        })
+        .unwrap()
+}
+
 #[tokio::test]
 async fn organizer_creates_a_sale_and_anyone_reads_its_live_stock() {
     let app = TestApp::spawn().await;
@@ -91,8 +106,12 @@ async fn a_sale_that_opens_later_is_scheduled_and_refuses_holds() {
         .await;
     assert_eq!(sale["state"], "scheduled");
     let id = sale["id"].as_str().unwrap().parse().unwrap();
+    // Buyers may queue early, but nobody is admitted before opening.
+    assert_eq!(app.join(id, "b").await.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.tick(id, 300_000).await.admitted, 0);
+    let pass = signed_pass(&app, sale["id"].as_str().unwrap(), "b");
     let body = assert_problem(
-        app.hold(id, "b", "A", 1, None).await,
+        app.hold_with_pass(id, "b", &pass, "A", 1, None).await,
         StatusCode::CONFLICT,
         "sale_not_open",
     )
@@ -113,7 +132,14 @@ async fn a_closed_sale_refuses_holds() {
     assert_eq!(sale["state"], "closed");
     let id = sale["id"].as_str().unwrap().parse().unwrap();
     assert_problem(
-        app.hold(id, "b", "A", 1, None).await,
+        app.join(id, "b").await,
+        StatusCode::CONFLICT,
+        "sale_not_open",
+    )
+    .await;
+    let pass = signed_pass(&app, sale["id"].as_str().unwrap(), "b");
+    assert_problem(
+        app.hold_with_pass(id, "b", &pass, "A", 1, None).await,
         StatusCode::CONFLICT,
         "sale_not_open",
     )
