@@ -45,6 +45,20 @@ enum Command {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// Load-test setup: queue `count` buyers `<prefix>-0..` in a sale, let
+    /// them through the queue (the sale's release settings permitting), and
+    /// write one line per buyer: `<access token> <queue pass>`.
+    PrepareBuyers {
+        #[arg(long)]
+        sale: String,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value = "buyer")]
+        prefix: String,
+        /// Output file.
+        #[arg(long)]
+        out: String,
+    },
     /// Create a demo sale that opens now, and print tokens and curl commands
     /// to try it.
     Demo {
@@ -91,6 +105,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { base_url } => demo(config, &base_url).await,
+        Command::PrepareBuyers {
+            sale,
+            count,
+            prefix,
+            out,
+        } => prepare_buyers(config, &sale, count, &prefix, &out).await,
         Command::PrequeueOrder { .. } => unreachable!("handled before configuration"),
     }
 }
@@ -147,6 +167,49 @@ fn prequeue_order(export: &str, seed: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn prepare_buyers(config: Config, sale: &str, count: u32, prefix: &str, out: &str) -> anyhow::Result<()> {
+    use flashsale::{passes::PassClaims, queue};
+    let state = flashsale::state(&config).await?;
+    let sale: flashsale::ids::SaleId = sale.parse().context("--sale is not a sale id")?;
+    let seed = state.seeds.get(&state.redis, sale).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let buyers: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    for b in &buyers {
+        queue::join(&state.redis, &state.scripts, sale, b, &seed)
+            .await
+            .map_err(|e| anyhow::anyhow!("join {b}: {e}"))?;
+    }
+    let mut lines = String::new();
+    for b in &buyers {
+        let deadline = loop {
+            match queue::status(&state.redis, &state.scripts, sale, b, 1_000)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                queue::Standing::Admitted { deadline_ms, .. } => break deadline_ms,
+                queue::Standing::Waiting { .. } => {
+                    queue::release_tick(&state.redis, &state.scripts, sale, 3_600_000, 5_000)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => anyhow::bail!("{b} cannot be admitted: {other:?}"),
+            }
+        };
+        let pass = state.passes.sign(&PassClaims {
+            sub: b.clone(),
+            sale: sale.to_string(),
+            iat: flashsale::tokens::unix_now(),
+            exp: (deadline / 1000) as u64,
+            jti: queue::pass_id(sale, b, deadline),
+        })?;
+        let token = state.tokens.issue(b, Role::Buyer, 3600)?;
+        lines.push_str(&format!("{token} {pass}\n"));
+    }
+    std::fs::write(out, lines).with_context(|| format!("write {out}"))?;
+    eprintln!("{count} buyers admitted to sale {sale}; tokens and passes in {out}");
+    Ok(())
+}
+
 async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
     let state = flashsale::state(&config).await?;
     let organizer = "demo-organizer";
@@ -178,15 +241,22 @@ Demo sale created: {id}  (zones FLOOR: 100 tickets, BALCONY: 40)
 
   # the sale, with live stock
   curl -s {base_url}/v1/sales/$SALE
+  # join the virtual queue, then poll: within a second the releaser admits you
+  # and the answer carries your queue pass
+  curl -s -X POST {base_url}/v1/sales/$SALE/queue -H "Authorization: Bearer $BUYER"
+  curl -s {base_url}/v1/sales/$SALE/queue -H "Authorization: Bearer $BUYER"
+  export PASS=<the "pass" from the answer above>
   # hold two Floor tickets
   curl -s -X POST {base_url}/v1/sales/$SALE/reservations \
-       -H "Authorization: Bearer $BUYER" -H 'Content-Type: application/json' \
-       -H 'Idempotency-Key: demo-1' -d '{{"zone":"FLOOR","quantity":2}}'
+       -H "Authorization: Bearer $BUYER" -H "X-Queue-Pass: $PASS" \
+       -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' \
+       -d '{{"zone":"FLOOR","quantity":2}}'
   # confirm it (use the id from the answer above)
   curl -s -X POST {base_url}/v1/reservations/<id>/confirm -H "Authorization: Bearer $BUYER"
   # your reservations
   curl -s {base_url}/v1/me/reservations -H "Authorization: Bearer $BUYER"
-  # organizer: pause the release
+  # organizer: the sale's figures, and pausing the release
+  curl -s {base_url}/v1/sales/$SALE/stats -H "Authorization: Bearer $ORGANIZER"
   curl -s -X PATCH {base_url}/v1/sales/$SALE -H "Authorization: Bearer $ORGANIZER" \
        -H 'Content-Type: application/json' -d '{{"paused":true}}'
 "#

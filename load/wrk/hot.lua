@@ -1,0 +1,50 @@
+-- wrk script for the hot endpoints: join, poll, hold.
+-- Environment:
+--   MODE    join | poll | hold
+--   SALE    the sale id
+--   BUYERS  file with one buyer a line: "<access token>" or, for hold,
+--           "<access token> <queue pass>"
+-- Each request takes the next buyer in the file (each thread starts at its
+-- own offset), so joins are mostly fresh buyers and holds stay within the
+-- per-user limit.
+
+local mode = os.getenv("MODE")
+local sale = os.getenv("SALE")
+local buyers = {}
+for line in io.lines(os.getenv("BUYERS")) do
+  local token, pass = line:match("^(%S+)%s*(%S*)$")
+  buyers[#buyers + 1] = { token = token, pass = pass }
+end
+
+local queue_path = "/v1/sales/" .. sale .. "/queue"
+local hold_path = "/v1/sales/" .. sale .. "/reservations"
+local hold_body = '{"zone":"A","quantity":1}'
+local i = 0
+
+function setup(thread)
+  thread:set("offset", math.random(0, #buyers - 1))
+end
+
+request = function()
+  i = i + 1
+  local b = buyers[((i + (offset or 0)) % #buyers) + 1]
+  if mode == "join" then
+    return wrk.format("POST", queue_path, { ["Authorization"] = "Bearer " .. b.token })
+  elseif mode == "poll" then
+    return wrk.format("GET", queue_path, { ["Authorization"] = "Bearer " .. b.token })
+  else
+    return wrk.format("POST", hold_path, {
+      ["Authorization"] = "Bearer " .. b.token,
+      ["X-Queue-Pass"] = b.pass,
+      ["Content-Type"] = "application/json",
+    }, hold_body)
+  end
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %s %.0f req/s p50 %.2f ms p99 %.2f ms non2xx %d errors %d\n",
+    mode, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
