@@ -82,6 +82,14 @@ impl SaleKeys {
     pub fn stream(&self) -> String {
         self.key("stream")
     }
+    /// Stream entries the sink could not record, with the reason.
+    pub fn dead_letters(&self) -> String {
+        self.key("deadletter")
+    }
+    /// Hash of the reconciler's last findings (`at_ms`, `drift`, per zone).
+    pub fn reconciliation(&self) -> String {
+        self.key("recon")
+    }
     /// Prefix of reservation hashes, for scripts that sweep them.
     pub fn reservation_prefix(&self) -> String {
         self.key("res:")

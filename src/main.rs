@@ -167,11 +167,21 @@ fn prequeue_order(export: &str, seed: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn prepare_buyers(config: Config, sale: &str, count: u32, prefix: &str, out: &str) -> anyhow::Result<()> {
+async fn prepare_buyers(
+    config: Config,
+    sale: &str,
+    count: u32,
+    prefix: &str,
+    out: &str,
+) -> anyhow::Result<()> {
     use flashsale::{passes::PassClaims, queue};
     let state = flashsale::state(&config).await?;
     let sale: flashsale::ids::SaleId = sale.parse().context("--sale is not a sale id")?;
-    let seed = state.seeds.get(&state.redis, sale).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let seed = state
+        .seeds
+        .get(&state.redis, sale)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let buyers: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
     for b in &buyers {
         queue::join(&state.redis, &state.scripts, sale, b, &seed)

@@ -66,6 +66,8 @@ pub struct Scripts {
     pub status: Script,
     pub leave: Script,
     pub release: Script,
+    pub trim_stream: Script,
+    pub reconcile_read: Script,
 }
 
 impl Default for Scripts {
@@ -89,10 +91,15 @@ impl Scripts {
             status: Script::new("queue_status", include_str!("../lua/queue_status.lua")),
             leave: Script::new("leave_queue", include_str!("../lua/leave_queue.lua")),
             release: Script::new("release_batch", include_str!("../lua/release_batch.lua")),
+            trim_stream: Script::new("trim_stream", include_str!("../lua/trim_stream.lua")),
+            reconcile_read: Script::new(
+                "reconcile_read",
+                include_str!("../lua/reconcile_read.lua"),
+            ),
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 11] {
         [
             &self.load_sale,
             &self.hold,
@@ -103,6 +110,8 @@ impl Scripts {
             &self.status,
             &self.leave,
             &self.release,
+            &self.trim_stream,
+            &self.reconcile_read,
         ]
     }
 

@@ -188,8 +188,10 @@ struct Stats {
     admitted_total: i64,
     active: i64,
     zones: Vec<ZoneStats>,
-    /// When the reconciler last compared Redis with Postgres (none yet).
+    /// When the reconciler last compared Redis with Postgres.
     reconciled_at: Option<DateTime<Utc>>,
+    /// Redis's confirmed tickets, less those still on their way, minus
+    /// Postgres's, over all zones at that moment (0 when they agree).
     drift: Option<i64>,
 }
 
@@ -226,6 +228,10 @@ async fn stats(
     .await?
     .into_iter()
     .collect();
+    let recon: HashMap<String, String> = state
+        .redis
+        .hgetall(SaleKeys::new(live.def.id).reconciliation())
+        .await?;
     Ok(axum::Json(Stats {
         waiting: live.waiting,
         admitted_total: live.admitted_total,
@@ -244,8 +250,11 @@ async fn stats(
                 persisted: persisted.get(&z.code).copied().unwrap_or(0),
             })
             .collect(),
-        reconciled_at: None,
-        drift: None,
+        reconciled_at: recon
+            .get("at_ms")
+            .and_then(|ms| ms.parse().ok())
+            .and_then(from_millis),
+        drift: recon.get("drift").and_then(|d| d.parse().ok()),
     }))
 }
 

@@ -6,8 +6,12 @@
 
 /// Sweeps passed hold deadlines and returns their tickets.
 pub mod expirer;
+/// Checks Redis against itself and against Postgres, every few seconds.
+pub mod reconciler;
 /// Admits waiting buyers in queue order, one batch per release interval.
 pub mod releaser;
+/// Records each sale's stream of confirmations and cancellations in Postgres.
+pub mod sink;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use flashsale::{
     scripts::Scripts,
     telemetry,
 };
-use flashsale_workers::{every, expirer, releaser};
+use flashsale_workers::{every, expirer, reconciler::Reconciler, releaser, sink::Sink};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -24,7 +24,22 @@ async fn main() -> anyhow::Result<()> {
     )?;
     telemetry::init_tracing(config.log_format);
     let metrics = telemetry::metrics();
+    let sink_every = Duration::from_millis(config::parse_or("SINK_INTERVAL_MS", 100u64)?.max(5));
+    let reconcile_every =
+        Duration::from_secs(config::parse_or("RECONCILE_INTERVAL_SECONDS", 5u64)?.max(1));
+    let sink = Arc::new(Sink {
+        consumer: std::env::var("SINK_CONSUMER").unwrap_or_else(|_| {
+            format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "sink".into()),
+                std::process::id()
+            )
+        }),
+        batch: config::parse_or("SINK_BATCH", 500u64)?.clamp(1, 10_000),
+        claim_idle_ms: config::parse_or("SINK_CLAIM_IDLE_MS", 30_000u64)?,
+    });
     let redis = flashsale::redis::connect(&config.redis_url, 2, config.store_timeout).await?;
+    let db = flashsale::db::connect(&config.database_url, 4, config.store_timeout).await?;
     let scripts = Arc::new(Scripts::new());
     if let Err(err) = scripts.load(&redis).await {
         tracing::warn!(error = %err, "could not preload Lua scripts");
@@ -48,6 +63,32 @@ async fn main() -> anyhow::Result<()> {
                     .map(|_| ())
             }
         }))
+    };
+    let sinking = {
+        let (redis, scripts, db, sink) = (redis.clone(), scripts.clone(), db.clone(), sink.clone());
+        tokio::spawn(every("sink", sink_every, stop.clone(), move || {
+            let (redis, scripts, db, sink) =
+                (redis.clone(), scripts.clone(), db.clone(), sink.clone());
+            async move { sink.run_once(&redis, &scripts, &db).await.map(|_| ()) }
+        }))
+    };
+    let reconciling = {
+        let (redis, scripts, db) = (redis.clone(), scripts.clone(), db.clone());
+        let reconciler = Arc::new(Reconciler::default());
+        tokio::spawn(every(
+            "reconciler",
+            reconcile_every,
+            stop.clone(),
+            move || {
+                let (redis, scripts, db, reconciler) = (
+                    redis.clone(),
+                    scripts.clone(),
+                    db.clone(),
+                    reconciler.clone(),
+                );
+                async move { reconciler.run_once(&redis, &scripts, &db).await.map(|_| ()) }
+            },
+        ))
     };
     // The workers' own metrics (admissions, expiries, queue gauges).
     let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
@@ -76,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
 
     flashsale::shutdown_signal().await;
     stop.cancel();
-    let _ = tokio::join!(expiring, releasing, serving);
+    let _ = tokio::join!(expiring, releasing, sinking, reconciling, serving);
     tracing::info!("flashsale workers stopped");
     Ok(())
 }

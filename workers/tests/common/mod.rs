@@ -1,0 +1,296 @@
+//! Helpers for the workers' tests: stores, a private redis-server for tests
+//! that run the real workers process or kill Redis, and sales with buyers
+//! who went through the queue.
+
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use chrono::Utc;
+use flashsale::{
+    ids::{ReservationId, SaleId},
+    inventory::{self, HoldRequest},
+    queue,
+    sales::{self, NewSale},
+    scripts::Scripts,
+};
+use fred::clients::Pool;
+use sqlx::PgPool;
+
+pub fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A fresh, migrated database; returns the pool and its URL.
+pub async fn fresh_database() -> (PgPool, String) {
+    let base = env(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/flashsale",
+    );
+    let admin = PgPool::connect(&base).await.unwrap();
+    let name = format!("fs_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+    let db = PgPool::connect(&url).await.unwrap();
+    flashsale::db::migrate(&db).await.unwrap();
+    (db, url)
+}
+
+pub async fn redis(url: &str) -> Pool {
+    flashsale::redis::connect(url, 2, Duration::from_secs(2))
+        .await
+        .unwrap()
+}
+
+/// The machine's Redis, shared by tests that touch only their own sales.
+pub fn shared_redis_url() -> String {
+    env("REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// A redis-server of the test's own on a free loopback port, with AOF on
+/// (`appendfsync always` unless told otherwise), killed when dropped.
+pub struct PrivateRedis {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("fs-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Self {
+            port,
+            dir,
+            child: None,
+        };
+        r.launch();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or restarts) the server on the same port and data folder.
+    pub fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis-server did not start");
+    }
+
+    /// kill -9: no shutdown, no final save.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The real `flashsale-workers` binary against the given stores, killed
+/// when dropped.
+pub struct Workers {
+    pub child: Child,
+}
+
+impl Workers {
+    pub fn start(redis_url: &str, database_url: &str, extra: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale-workers"));
+        cmd.env("REDIS_URL", redis_url)
+            .env("DATABASE_URL", database_url)
+            .env("WORKERS_METRICS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("start flashsale-workers"),
+        }
+    }
+
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("workers did not exit within ten seconds of SIGTERM");
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sale opening now with zones A and B of `capacity` each, that admits
+/// up to 10,000 buyers a tick.
+pub async fn sale(
+    db: &PgPool,
+    redis: &Pool,
+    scripts: &Scripts,
+    capacity: u32,
+    hold_ttl: u32,
+) -> SaleId {
+    let new: NewSale = serde_json::from_value(serde_json::json!({
+        "name": "workers test",
+        "zones": [{"code": "A", "capacity": capacity}, {"code": "B", "capacity": capacity}],
+        "hold_ttl_seconds": hold_ttl,
+        "per_user_limit": 10,
+        "release_rate": 100000,
+        "release_interval_ms": 100
+    }))
+    .unwrap();
+    let (mut def, release) = new.validate("org", Utc::now()).unwrap();
+    sales::create(db, redis, scripts, &mut def, &release)
+        .await
+        .unwrap();
+    def.id
+}
+
+/// Queues `users` and lets them all through the queue.
+pub async fn admit(redis: &Pool, scripts: &Scripts, sale: SaleId, users: &[String]) {
+    for u in users {
+        queue::join(redis, scripts, sale, u, b"seed").await.unwrap();
+    }
+    let mut admitted = 0;
+    while admitted < users.len() as u64 {
+        match queue::release_tick(redis, scripts, sale, 300_000, 10_000)
+            .await
+            .unwrap()
+        {
+            Some(t) => admitted += t.admitted,
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Holds `qty` in `zone` for each user; returns the reservation ids.
+pub async fn hold_each(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    users: &[String],
+    zone: &str,
+    qty: u32,
+) -> Vec<ReservationId> {
+    let mut ids = Vec::new();
+    for u in users {
+        let id = ReservationId::random(sale);
+        let req = HoldRequest {
+            sale,
+            user: u,
+            zone,
+            quantity: qty,
+            id: id.clone(),
+            fingerprint: None,
+        };
+        inventory::hold(redis, scripts, req)
+            .await
+            .unwrap()
+            .expect("hold placed");
+        ids.push(id);
+    }
+    ids
+}
+
+/// `n` buyers each confirm `qty` tickets in `zone`; returns (user, id).
+pub async fn confirmations(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    prefix: &str,
+    n: usize,
+    zone: &str,
+    qty: u32,
+) -> Vec<(String, ReservationId)> {
+    let users: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    admit(redis, scripts, sale, &users).await;
+    let ids = hold_each(redis, scripts, sale, &users, zone, qty).await;
+    for (u, id) in users.iter().zip(&ids) {
+        inventory::confirm(redis, scripts, id, u, "")
+            .await
+            .unwrap()
+            .expect("confirmed");
+    }
+    users.into_iter().zip(ids).collect()
+}
+
+pub fn scripts() -> Arc<Scripts> {
+    Arc::new(Scripts::new())
+}
+
+/// Confirmed rows and tickets in Postgres for a sale, and the zones' `sold`.
+pub async fn persisted(db: &PgPool, sale: SaleId) -> (i64, i64, i64) {
+    let (rows, tickets): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(quantity), 0)::bigint FROM reservations WHERE sale_id = $1 AND status = 'confirmed'",
+    )
+    .bind(sale.0)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let sold: i64 =
+        sqlx::query_scalar("SELECT COALESCE(SUM(sold), 0)::bigint FROM zones WHERE sale_id = $1")
+            .bind(sale.0)
+            .fetch_one(db)
+            .await
+            .unwrap();
+    (rows, tickets, sold)
+}
