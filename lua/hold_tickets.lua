@@ -32,7 +32,7 @@
 --           limit_exceeded (tickets the user may still hold),
 --           sold_out (tickets left in the zone), idempotency_key_reused,
 --           pass_revoked (not admitted: left the queue or was dropped),
---           pass_expired,
+--           pass_expired, sale_frozen (its Redis state is being restored),
 --           id_taken (the random id collided: retry with another)
 
 local uid, zone, rid, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
@@ -58,9 +58,12 @@ if existing[1] then
   return {'err', 'id_taken', '0'}
 end
 
-local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms')
+local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms', 'frozen')
 local opens, closes = tonumber(m[1]), tonumber(m[2])
 local limit, ttl = tonumber(m[3]), tonumber(m[4])
+if m[5] == '1' then
+  return {'err', 'sale_frozen', '0'}
+end
 if now < opens then
   return {'err', 'sale_not_open', '1'}
 end

@@ -9,7 +9,7 @@
 -- buyers' next poll says `expired`); (2) waiting buyers who stopped polling
 -- for idle_ms lose their place; (3) the zones' stock decides `sold_out`
 -- (nothing available and nothing held: held tickets may still come back);
--- (4) unless paused, not yet open, closed or sold out, admits
+-- (4) unless paused, not yet open, closed, sold out or frozen, admits
 -- floor(credit) buyers, where credit grows by release_rate per second of
 -- elapsed time (capped at one interval's worth, so a pause or an outage
 -- never releases a burst), limited by max_active and by the stock: never more
@@ -39,7 +39,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local m = redis.call('HMGET', KEYS[1], 'release_rate', 'release_interval_ms', 'max_active',
-  'paused', 'opens_at_ms', 'closes_at_ms', 'last_tick_ms', 'credit', 'pass_ttl_seconds')
+  'paused', 'opens_at_ms', 'closes_at_ms', 'last_tick_ms', 'credit', 'pass_ttl_seconds', 'frozen')
 if not m[1] then
   return {'err', 'sale_not_found'}
 end
@@ -83,7 +83,7 @@ local sold_out = avail == 0 and held == 0
 -- (4) admission
 local admitted, waits = 0, {}
 local active = redis.call('ZCARD', KEYS[5])
-if paused or now < opens or (closes > 0 and now >= closes) or sold_out then
+if paused or now < opens or (closes > 0 and now >= closes) or sold_out or m[10] == '1' then
   credit = 0
 else
   local cap = math.max(1, rate * interval / 1000)

@@ -26,6 +26,8 @@ pub enum ApiError {
     NotInQueue,
     #[error("sale not found")]
     SaleNotFound,
+    #[error("this sale is paused while its live state is restored; retry shortly")]
+    SaleFrozen,
     #[error("zone `{0}` is not part of this sale")]
     ZoneNotFound(String),
     #[error("reservation not found")]
@@ -82,6 +84,8 @@ struct Problem<'a> {
 
 /// Seconds a client should wait before retrying while a store is down.
 const UNAVAILABLE_RETRY_AFTER: u64 = 1;
+/// A restore takes an operator: ask clients to come back later.
+const FROZEN_RETRY_AFTER: u64 = 30;
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -106,7 +110,7 @@ impl ApiError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable { .. } | SaleFrozen => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,6 +126,7 @@ impl ApiError {
             PassExpired => "pass_expired",
             NotInQueue => "not_in_queue",
             SaleNotFound => "sale_not_found",
+            SaleFrozen => "sale_frozen",
             ZoneNotFound(_) => "zone_not_found",
             ReservationNotFound => "reservation_not_found",
             NotFound => "not_found",
@@ -149,6 +154,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
             ApiError::Unavailable { .. } => Some(UNAVAILABLE_RETRY_AFTER),
+            ApiError::SaleFrozen => Some(FROZEN_RETRY_AFTER),
             _ => None,
         }
     }
@@ -190,15 +196,40 @@ impl IntoResponse for ApiError {
 
 impl From<fred::error::Error> for ApiError {
     fn from(err: fred::error::Error) -> Self {
-        use fred::error::ErrorKind::*;
-        match err.kind() {
-            IO | Timeout | Canceled | Cluster | Backpressure => {
-                tracing::warn!(error = %err, "redis call failed");
-                ApiError::Unavailable { what: "redis" }
-            }
-            _ => ApiError::Internal(anyhow::Error::new(err).context("redis call")),
+        if redis_is_unavailable(&err) {
+            tracing::warn!(error = %err, "redis call failed");
+            ApiError::Unavailable { what: "redis" }
+        } else {
+            ApiError::Internal(anyhow::Error::new(err).context("redis call"))
         }
     }
+}
+
+/// Whether a Redis error means "Redis cannot answer right now" (so the
+/// client should retry) rather than a bug: a lost or refused connection, a
+/// timeout, and Redis's own transient refusals while it replays its AOF
+/// (LOADING), fails over (READONLY, MASTERDOWN) or reshards (TRYAGAIN,
+/// CLUSTERDOWN).
+pub fn redis_is_unavailable(err: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind::*;
+    if matches!(
+        err.kind(),
+        IO | Timeout | Canceled | Cluster | Backpressure | Routing
+    ) {
+        return true;
+    }
+    let details = err.details();
+    [
+        "Failed to route",
+        "LOADING",
+        "READONLY",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "onnection",
+    ]
+    .iter()
+    .any(|marker| details.contains(marker))
 }
 
 impl From<sqlx::Error> for ApiError {

@@ -65,6 +65,8 @@ pub enum Refusal {
     PassRevoked,
     /// The buyer's admission ran out.
     PassExpired,
+    /// The sale's Redis state is being restored.
+    Frozen,
     ZoneNotFound,
     InvalidQuantity,
     LimitExceeded {
@@ -329,6 +331,7 @@ fn decode(sale: SaleId, reply: &[String]) -> anyhow::Result<Outcome> {
                 "id_taken" => Refusal::IdTaken,
                 "pass_revoked" => Refusal::PassRevoked,
                 "pass_expired" => Refusal::PassExpired,
+                "sale_frozen" => Refusal::Frozen,
                 "reservation_not_found" => Refusal::ReservationNotFound,
                 "hold_expired" => Refusal::HoldExpired {
                     expired_now: n == 1,

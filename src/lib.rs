@@ -22,6 +22,8 @@ pub mod keys;
 pub mod passes;
 /// The virtual queue: join, status, leave, release ticks, pre-queue draws.
 pub mod queue;
+/// Rebuilding a sale's Redis state from Postgres.
+pub mod recovery;
 /// The Redis client pool.
 pub mod redis;
 /// Sale definitions, their live Redis copy and state.

@@ -59,6 +59,12 @@ enum Command {
         #[arg(long)]
         out: String,
     },
+    /// Rebuild a sale's Redis state from Postgres after Redis lost it
+    /// (confirmed reservations stand, holds and the queue start afresh).
+    Restore {
+        #[arg(long)]
+        sale: String,
+    },
     /// Create a demo sale that opens now, and print tokens and curl commands
     /// to try it.
     Demo {
@@ -105,6 +111,17 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { base_url } => demo(config, &base_url).await,
+        Command::Restore { sale } => {
+            let state = flashsale::state(&config).await?;
+            let sale = sale.parse().context("--sale is not a sale id")?;
+            let done =
+                flashsale::recovery::restore(&state.db, &state.redis, &state.scripts, sale).await?;
+            println!(
+                "sale {sale} restored: epoch {}, {} confirmed reservations ({} tickets)",
+                done.epoch, done.reservations, done.tickets
+            );
+            Ok(())
+        }
         Command::PrepareBuyers {
             sale,
             count,

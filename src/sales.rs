@@ -302,19 +302,22 @@ pub async fn create(
     .bind(&prices)
     .execute(&mut *tx)
     .await?;
-    load_into_redis(redis, scripts, def, release, &seed).await?;
+    load_into_redis(redis, scripts, def, release, &seed, 1, false).await?;
     tx.commit().await?;
     tracing::info!(sale.id = %def.id, zones = def.zones.len(), "sale created");
     Ok(())
 }
 
-/// Puts a sale into Redis (a no-op if it is already there).
+/// Puts a sale into Redis (a no-op if it is already there), under `epoch`;
+/// `frozen` keeps it refusing holds (a restore unfreezes it when done).
 pub async fn load_into_redis(
     redis: &Pool,
     scripts: &Scripts,
     def: &SaleDef,
     release: &Release,
     seed: &str,
+    epoch: i32,
+    frozen: bool,
 ) -> Result<(), ApiError> {
     let keys = SaleKeys::new(def.id);
     let def_json = serde_json::to_string(def).map_err(ApiError::internal)?;
@@ -334,6 +337,8 @@ pub async fn load_into_redis(
         ),
         ("pass_ttl_seconds", def.pass_ttl_seconds.to_string()),
         ("seed", seed.to_owned()),
+        ("epoch", epoch.to_string()),
+        ("frozen", u8::from(frozen).to_string()),
     ];
     meta.extend(release_fields(release));
     let mut args: Vec<Value> = Vec::with_capacity(1 + meta.len() * 2 + def.zones.len() * 2);
@@ -364,12 +369,27 @@ fn release_fields(r: &Release) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Writes changed release settings to Redis; the next release tick reads them.
-pub async fn apply_release(redis: &Pool, sale: SaleId, r: &Release) -> Result<(), ApiError> {
-    let _: () = redis
-        .hset(SaleKeys::new(sale).meta(), release_fields(r))
+/// Writes changed release settings to Redis; the next release tick reads
+/// them. `SaleNotFound` when Redis does not have the sale.
+pub async fn apply_release(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    r: &Release,
+) -> Result<(), ApiError> {
+    let args: Vec<Value> = release_fields(r)
+        .into_iter()
+        .flat_map(|(k, v)| [Value::from(k), Value::from(v)])
+        .collect();
+    let applied: i64 = scripts
+        .set_release
+        .run(redis, vec![SaleKeys::new(sale).meta()], args)
         .await?;
-    Ok(())
+    if applied == 1 {
+        Ok(())
+    } else {
+        Err(ApiError::SaleNotFound)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -403,6 +423,8 @@ pub struct LiveSale {
     pub seed: String,
     /// Buyers admitted from the queue so far.
     pub admitted_total: i64,
+    /// Refusing holds while its state is restored.
+    pub frozen: bool,
 }
 
 impl LiveSale {
@@ -462,6 +484,7 @@ pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, ApiErr
         .collect();
     Ok(Some(LiveSale {
         seed: meta.get("seed").cloned().unwrap_or_default(),
+        frozen: meta.get("frozen").is_some_and(|f| f == "1"),
         admitted_total: meta
             .get("admitted_total")
             .and_then(|v| v.parse().ok())

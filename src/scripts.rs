@@ -68,6 +68,7 @@ pub struct Scripts {
     pub release: Script,
     pub trim_stream: Script,
     pub reconcile_read: Script,
+    pub set_release: Script,
 }
 
 impl Default for Scripts {
@@ -96,10 +97,11 @@ impl Scripts {
                 "reconcile_read",
                 include_str!("../lua/reconcile_read.lua"),
             ),
+            set_release: Script::new("set_release", include_str!("../lua/set_release.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 11] {
+    fn all(&self) -> [&Script; 12] {
         [
             &self.load_sale,
             &self.hold,
@@ -112,6 +114,7 @@ impl Scripts {
             &self.release,
             &self.trim_stream,
             &self.reconcile_read,
+            &self.set_release,
         ]
     }
 

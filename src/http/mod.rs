@@ -84,6 +84,32 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Redis does not know `sale`. If Postgres does, Redis lost it (flushed,
+/// restarted without its AOF, an empty replica): the sale is frozen until
+/// `flashsale restore` rebuilds it, rather than unknown. Never sells from an
+/// empty Redis.
+pub(crate) async fn or_frozen<T>(
+    state: &AppState,
+    sale: crate::ids::SaleId,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match result {
+        Err(ApiError::SaleNotFound) => {
+            let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM sales WHERE id = $1")
+                .bind(sale)
+                .fetch_optional(&state.db)
+                .await?;
+            Err(if known.is_some() {
+                tracing::error!(sale.id = %sale, "sale is in Postgres but not in Redis: frozen until restored");
+                ApiError::SaleFrozen
+            } else {
+                ApiError::SaleNotFound
+            })
+        }
+        other => other,
+    }
+}
+
 /// Counts requests and times them, labelled by route template (never the raw
 /// path, so ids do not explode the label space) and status.
 async fn record_metrics(req: Request, next: Next) -> Response {

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use fred::interfaces::HashesInterface;
 use serde::Serialize;
 
-use super::{sales::parse_sale_id, AppState, AuthUser, Organizer};
+use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, Organizer};
 use crate::{
     error::{ApiError, ApiResult},
     ids::SaleId,
@@ -99,8 +99,9 @@ async fn join(
     Path(sale_id): Path<String>,
 ) -> ApiResult<Response> {
     let sale = parse_sale_id(&sale_id)?;
-    let seed = state.seeds.get(&state.redis, sale).await?;
-    let standing = queue::join(&state.redis, &state.scripts, sale, &who.user_id, &seed).await?;
+    let seed = or_frozen(&state, sale, state.seeds.get(&state.redis, sale).await).await?;
+    let joined = queue::join(&state.redis, &state.scripts, sale, &who.user_id, &seed).await;
+    let standing = or_frozen(&state, sale, joined).await?;
     metrics::counter!("flashsale_queue_joins_total").increment(1);
     Ok((
         StatusCode::ACCEPTED,
@@ -115,14 +116,15 @@ async fn status(
     Path(sale_id): Path<String>,
 ) -> ApiResult<axum::Json<QueueStatus>> {
     let sale = parse_sale_id(&sale_id)?;
-    let standing = queue::status(
+    let polled = queue::status(
         &state.redis,
         &state.scripts,
         sale,
         &who.user_id,
         state.seen_refresh_ms,
     )
-    .await?;
+    .await;
+    let standing = or_frozen(&state, sale, polled).await?;
     Ok(axum::Json(render(&state, sale, &who, standing)?))
 }
 
@@ -141,7 +143,8 @@ async fn own_sale(state: &AppState, sale_id: &str, who: &Identity) -> ApiResult<
     let sale = parse_sale_id(sale_id)?;
     let live = sales::live(&state.redis, sale)
         .await?
-        .ok_or(ApiError::SaleNotFound)?;
+        .ok_or(ApiError::SaleNotFound);
+    let live = or_frozen(state, sale, live).await?;
     if live.def.organizer_id != who.user_id {
         return Err(ApiError::Forbidden(
             "only the sale's organizer may read this".into(),

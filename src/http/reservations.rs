@@ -15,7 +15,7 @@ use fred::interfaces::SetsInterface;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{sales::parse_sale_id, AppState, AuthUser, Json};
+use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, Json};
 use crate::{
     error::{ApiError, ApiResult},
     ids::{ReservationId, SaleId},
@@ -132,7 +132,7 @@ async fn hold(
             }
             Ok(res)
         }
-        Err(refusal) => Err(refused(refusal, zone)),
+        Err(refusal) => or_frozen(&state, sale, Err(refused(refusal, zone))).await,
     }
 }
 
@@ -298,6 +298,7 @@ fn render(status: StatusCode, acted: Acted) -> Response {
 fn refused(refusal: Refusal, zone: &str) -> ApiError {
     match refusal {
         Refusal::SaleNotFound => ApiError::SaleNotFound,
+        Refusal::Frozen => ApiError::SaleFrozen,
         Refusal::NotYetOpen => ApiError::SaleNotOpen("the sale has not opened yet".into()),
         Refusal::Closed => ApiError::SaleNotOpen("the sale has closed".into()),
         Refusal::ZoneNotFound => ApiError::ZoneNotFound(zone.to_owned()),

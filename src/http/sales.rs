@@ -11,7 +11,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, Json, Organizer};
+use super::{or_frozen, AppState, Json, Organizer};
 use crate::{
     error::{ApiError, ApiResult},
     ids::SaleId,
@@ -45,6 +45,10 @@ pub struct SaleBody {
     created_at: DateTime<Utc>,
     /// SHA-256 of the pre-queue seed: fixed, and public, from creation.
     prequeue_seed_sha256: String,
+    /// Present and true while the sale refuses holds because its live state
+    /// is being restored from Postgres.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    frozen: bool,
     /// The seed itself, once the sale has opened, so anyone can recompute
     /// the pre-queue order from the organizer's export.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +74,7 @@ impl SaleBody {
             stock,
             waiting,
             seed,
+            frozen,
             ..
         } = live;
         let prequeue_seed = (now >= def.opens_at).then_some(seed);
@@ -101,6 +106,7 @@ impl SaleBody {
             waiting,
             created_at: def.created_at,
             prequeue_seed_sha256: def.prequeue_seed_sha256,
+            frozen,
             prequeue_seed,
         }
     }
@@ -137,8 +143,10 @@ async fn get_sale(
     let id = parse_sale_id(&sale_id)?;
     let live = sales::live(&state.redis, id)
         .await?
-        .ok_or(ApiError::SaleNotFound)?;
-    Ok(axum::Json(SaleBody::new(live)))
+        .ok_or(ApiError::SaleNotFound);
+    Ok(axum::Json(SaleBody::new(
+        or_frozen(&state, id, live).await?,
+    )))
 }
 
 /// `PATCH /v1/sales/{id}`: any of the release settings. `max_active: null`
@@ -244,7 +252,12 @@ async fn patch_sale(
     }
     // Redis first, then commit: a failure in between leaves Postgres as it
     // was, and a retry of the same PATCH converges both.
-    sales::apply_release(&state.redis, id, &after).await?;
+    or_frozen(
+        &state,
+        id,
+        sales::apply_release(&state.redis, &state.scripts, id, &after).await,
+    )
+    .await?;
     tx.commit().await?;
     if after != before {
         tracing::info!(sale.id = %id, actor = %who.user_id, ?before, ?after, "sale settings changed");

@@ -8,6 +8,10 @@
 //! - drift: Redis's confirmed, less what is still in flight, against
 //!   Postgres's. An in-flight entry reads as lag, never as drift.
 //!
+//! It also checks the sale's epoch: Redis without the sale (flushed,
+//! restarted without its AOF) or with another epoch than Postgres (an older
+//! replica after a restore) freezes the sale until `flashsale restore`.
+//!
 //! It exports the figures as metrics and stores the last result for the
 //! sale's stats. A drift that persists over three runs is logged as an error
 //! naming the sale, the zone, the direction and the size. It never rewrites
@@ -15,12 +19,8 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use flashsale::{ids::SaleId, keys, keys::SaleKeys, scripts::Scripts};
-use fred::{
-    clients::Pool,
-    interfaces::{HashesInterface, SetsInterface},
-    types::Value,
-};
+use flashsale::{ids::SaleId, keys::SaleKeys, scripts::Scripts};
+use fred::{clients::Pool, interfaces::HashesInterface, types::Value};
 use sqlx::PgPool;
 
 use crate::sink::GROUP;
@@ -53,6 +53,9 @@ pub struct SaleReport {
     pub zones: Vec<ZoneReport>,
     /// Stream entries not yet acknowledged by the sink.
     pub lag_entries: i64,
+    /// Why the sale is frozen, if it is: `missing` from Redis, `epoch`
+    /// mismatch, or `restoring`.
+    pub frozen: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -62,19 +65,63 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// Checks every sale once.
+    /// Checks every sale Postgres knows, once: a Redis that lost its data
+    /// has also lost its list of sales.
     pub async fn run_once(
         &self,
         redis: &Pool,
         scripts: &Scripts,
         db: &PgPool,
     ) -> anyhow::Result<Vec<SaleReport>> {
-        let sales: Vec<String> = redis.smembers(keys::SALES).await?;
+        let sales: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM sales ORDER BY created_at")
+            .fetch_all(db)
+            .await?;
         let mut reports = Vec::new();
-        for sale in sales.iter().filter_map(|s| s.parse::<SaleId>().ok()) {
+        for sale in sales.into_iter().map(SaleId) {
             reports.push(self.check(redis, scripts, db, sale).await?);
         }
         Ok(reports)
+    }
+
+    /// Compares the sale's epoch in Redis with Postgres's; freezes it on a
+    /// mismatch. `Some(reason)` when the sale is frozen.
+    async fn fence(
+        &self,
+        redis: &Pool,
+        db: &PgPool,
+        sale: SaleId,
+    ) -> anyhow::Result<Option<&'static str>> {
+        let k = SaleKeys::new(sale);
+        let (epoch, frozen): (Option<i32>, Option<String>) =
+            redis.hmget(k.meta(), vec!["epoch", "frozen"]).await?;
+        let known: Option<i32> = sqlx::query_scalar("SELECT epoch FROM sales WHERE id = $1")
+            .bind(sale.0)
+            .fetch_optional(db)
+            .await?;
+        let Some(known) = known else {
+            return Ok(None);
+        };
+        let label = sale.to_string();
+        let reason = match epoch {
+            None => {
+                tracing::error!(sale.id = %sale, "sale is missing from Redis: holds refused; run `flashsale restore --sale {sale}`");
+                Some("missing")
+            }
+            Some(e) if e != known => {
+                let _: () = redis.hset(k.meta(), ("frozen", "1")).await?;
+                tracing::error!(sale.id = %sale, redis_epoch = e, postgres_epoch = known,
+                    "Redis holds another epoch of this sale (an older state): frozen; run `flashsale restore --sale {sale}`");
+                Some("epoch")
+            }
+            Some(_) if frozen.as_deref() == Some("1") => Some("restoring"),
+            Some(_) => None,
+        };
+        metrics::gauge!("flashsale_sale_frozen", "sale" => label).set(if reason.is_some() {
+            1.0
+        } else {
+            0.0
+        });
+        Ok(reason)
     }
 
     pub async fn check(
@@ -85,6 +132,14 @@ impl Reconciler {
         sale: SaleId,
     ) -> anyhow::Result<SaleReport> {
         let k = SaleKeys::new(sale);
+        let frozen = self.fence(redis, db, sale).await?;
+        if frozen == Some("missing") {
+            return Ok(SaleReport {
+                sale: Some(sale),
+                frozen,
+                ..SaleReport::default()
+            });
+        }
         // Redis first, then Postgres: anything the sink acknowledged before
         // the Redis read was committed before it, so it is in Postgres too.
         let reply: Value = scripts
@@ -116,6 +171,7 @@ impl Reconciler {
             sale: Some(sale),
             zones: Vec::with_capacity(zones.len()),
             lag_entries,
+            frozen,
         };
         let mut stored: Vec<(String, String)> = Vec::new();
         let mut total_drift = 0;

@@ -57,8 +57,8 @@ pub fn shared_redis_url() -> String {
     env("REDIS_URL", "redis://127.0.0.1:6379")
 }
 
-/// A redis-server of the test's own on a free loopback port, with AOF on
-/// (`appendfsync always` unless told otherwise), killed when dropped.
+/// A redis-server of the test's own on a free loopback port, with AOF on and
+/// `appendfsync everysec`, as production runs it; killed when dropped.
 pub struct PrivateRedis {
     pub port: u16,
     pub dir: PathBuf,
@@ -98,7 +98,7 @@ impl PrivateRedis {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -293,4 +293,195 @@ pub async fn persisted(db: &PgPool, sale: SaleId) -> (i64, i64, i64) {
             .await
             .unwrap();
     (rows, tickets, sold)
+}
+
+pub const JWT_SECRET: &str = "workers-test-secret-long-enough-for-hs256-0123";
+
+/// The real API router, in this process, on 127.0.0.1:0.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub tokens: Arc<flashsale::tokens::AccessTokens>,
+    pub passes: Arc<flashsale::passes::PassKeys>,
+}
+
+impl Api {
+    pub async fn spawn(redis: &Pool, db: &PgPool, scripts: Arc<Scripts>) -> Self {
+        use flashsale::{config::JwtConfig, http, passes, tokens};
+        let tokens = Arc::new(tokens::AccessTokens::new(&JwtConfig {
+            secret: JWT_SECRET.into(),
+            issuer: None,
+            audience: None,
+            leeway_seconds: 2,
+        }));
+        let passes =
+            Arc::new(passes::PassKeys::new(passes::SigningKey::generate("k"), vec![]).unwrap());
+        let state = http::AppState {
+            db: db.clone(),
+            redis: redis.clone(),
+            scripts,
+            tokens: tokens.clone(),
+            passes: passes.clone(),
+            seeds: Arc::new(http::Seeds::default()),
+            metrics: flashsale::telemetry::metrics(),
+            seen_refresh_ms: 100,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, http::router(state)).await.unwrap();
+        });
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            tokens,
+            passes,
+        }
+    }
+
+    pub fn buyer(&self, user: &str) -> String {
+        self.tokens
+            .issue(user, flashsale::tokens::Role::Buyer, 3600)
+            .unwrap()
+    }
+
+    /// A pass for `user`, signed by this API's key (as its queue would).
+    pub fn pass(&self, sale: SaleId, user: &str) -> String {
+        let now = flashsale::tokens::unix_now();
+        self.passes
+            .sign(&flashsale::passes::PassClaims {
+                sub: user.into(),
+                sale: sale.to_string(),
+                iat: now,
+                exp: now + 600,
+                jti: format!("{user}-pass"),
+            })
+            .unwrap()
+    }
+}
+
+/// A PostgreSQL cluster of the test's own, from the installed server
+/// binaries, that the test can stop and start. As root, it runs as the
+/// `postgres` user (the server refuses to run as root).
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).max())
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/services.sh installs them)");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("fs-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Self { port, dir, bin };
+        if is_root() {
+            assert!(
+                Command::new("chown")
+                    .arg("postgres")
+                    .arg(&pg.dir)
+                    .status()
+                    .unwrap()
+                    .success(),
+                "chown to postgres"
+            );
+        }
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                pg.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        pg.launch();
+        pg
+    }
+
+    fn data(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let status = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+        } else {
+            Command::new(&exe).args(args).stdout(Stdio::null()).status()
+        }
+        .unwrap();
+        assert!(status.success(), "{tool} {args:?} failed");
+    }
+
+    pub fn launch(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.data()
+        );
+        let log = format!("{}/log", self.data());
+        self.run(
+            "pg_ctl",
+            &["-D", self.data(), "-o", &opts, "-l", &log, "-w", "start"],
+        );
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let args = ["-D", self.data(), "-m", "immediate", "-w", "stop"];
+        let _ = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        } else {
+            Command::new(&exe)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
 }

@@ -1,0 +1,264 @@
+//! Recovery: rebuilding a sale's live Redis state from Postgres.
+//!
+//! Postgres holds every confirmed reservation; Redis holds the live state.
+//! When Redis loses a sale (flushed, restarted without its AOF, failed over
+//! to an empty or older replica), the sale is frozen and `flashsale restore
+//! --sale ID` rebuilds it: confirmed reservations stand, holds are gone and
+//! their tickets return, the queue starts empty, and the sale gets the next
+//! epoch. The sale stays frozen (refusing holds) until the rebuild is whole.
+
+use chrono::{DateTime, Utc};
+use fred::{
+    clients::Pool,
+    interfaces::{HashesInterface, KeysInterface, SetsInterface},
+    types::{scan::Scanner, Value},
+};
+use futures::TryStreamExt;
+use sqlx::PgPool;
+
+use crate::{
+    ids::{ReservationId, SaleId},
+    keys::{self, SaleKeys},
+    sales::{self, Release, SaleDef, ZoneDef},
+    scripts::Scripts,
+};
+
+/// What a restore rebuilt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub epoch: i32,
+    pub reservations: usize,
+    pub tickets: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct SaleRow {
+    organizer_id: String,
+    name: String,
+    opens_at: DateTime<Utc>,
+    closes_at: Option<DateTime<Utc>>,
+    release_rate: i32,
+    release_interval_ms: i32,
+    max_active: Option<i32>,
+    pass_ttl_seconds: i32,
+    hold_ttl_seconds: i32,
+    per_user_limit: i32,
+    paused: bool,
+    created_at: DateTime<Utc>,
+    prequeue_seed: String,
+    epoch: i32,
+}
+
+#[derive(sqlx::FromRow)]
+struct ConfirmedRow {
+    id: String,
+    zone_code: String,
+    user_id: String,
+    quantity: i32,
+    confirmed_at: DateTime<Utc>,
+    payment_ref: Option<String>,
+}
+
+/// The stream's consumer group whose acknowledgements mean "in Postgres".
+const SINK_GROUP: &str = "sink";
+
+pub async fn restore(
+    db: &PgPool,
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+) -> anyhow::Result<Restored> {
+    let k = SaleKeys::new(sale);
+    // Confirmations still on their way to Postgres exist only in Redis:
+    // wiping them would lose them. Let the sink drain them first.
+    let reply: Value = scripts
+        .reconcile_read
+        .run(
+            redis,
+            vec![k.zones(), k.stream()],
+            vec![Value::from(SINK_GROUP)],
+        )
+        .await?;
+    let in_flight = reply
+        .into_array()
+        .get(2)
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        in_flight == 0,
+        "sale {sale}: {in_flight} stream entries are not yet in Postgres; let flashsale-workers drain them, then restore again"
+    );
+
+    let mut tx = db.begin().await?;
+    let row: SaleRow = sqlx::query_as(
+        "SELECT organizer_id, name, opens_at, closes_at, release_rate, release_interval_ms, max_active,
+                pass_ttl_seconds, hold_ttl_seconds, per_user_limit, paused, created_at, prequeue_seed, epoch
+         FROM sales WHERE id = $1 FOR UPDATE",
+    )
+    .bind(sale)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("sale {sale} is not in Postgres"))?;
+    let zones: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "SELECT code, name, capacity, price_cents FROM zones WHERE sale_id = $1 ORDER BY position",
+    )
+    .bind(sale)
+    .fetch_all(&mut *tx)
+    .await?;
+    let confirmed: Vec<ConfirmedRow> = sqlx::query_as(
+        "SELECT id, zone_code, user_id, quantity, confirmed_at, payment_ref FROM reservations
+         WHERE sale_id = $1 AND status = 'confirmed'",
+    )
+    .bind(sale)
+    .fetch_all(&mut *tx)
+    .await?;
+
+    let def = SaleDef {
+        id: sale,
+        organizer_id: row.organizer_id,
+        name: row.name,
+        opens_at: row.opens_at,
+        closes_at: row.closes_at,
+        zones: zones
+            .iter()
+            .map(|(code, name, capacity, price)| ZoneDef {
+                code: code.clone(),
+                name: name.clone(),
+                capacity: *capacity as u32,
+                price_cents: *price,
+            })
+            .collect(),
+        pass_ttl_seconds: row.pass_ttl_seconds as u32,
+        hold_ttl_seconds: row.hold_ttl_seconds as u32,
+        per_user_limit: row.per_user_limit as u32,
+        created_at: row.created_at,
+        prequeue_seed_sha256: crate::queue::seed_commitment(&row.prequeue_seed),
+    };
+    let release = Release {
+        release_rate: row.release_rate as u32,
+        release_interval_ms: row.release_interval_ms as u32,
+        max_active: row.max_active.map(|v| v as u32),
+        paused: row.paused,
+    };
+    let (seed, epoch) = (row.prequeue_seed, row.epoch);
+    let next_epoch = epoch + 1;
+
+    // Freeze, wipe, rebuild frozen, then unfreeze.
+    let _: () = redis.hset(k.meta(), ("frozen", "1")).await?;
+    wipe(redis, &k, sale).await?;
+    sales::load_into_redis(redis, scripts, &def, &release, &seed, next_epoch, true)
+        .await
+        .map_err(|e| anyhow::anyhow!("load sale into redis: {e}"))?;
+
+    let mut sold: std::collections::HashMap<&str, i64> = Default::default();
+    let mut per_user: std::collections::HashMap<&str, i64> = Default::default();
+    let pipe = redis.next().pipeline();
+    for ConfirmedRow {
+        id,
+        zone_code: zone,
+        user_id: user,
+        quantity: qty,
+        confirmed_at: at,
+        payment_ref: payment,
+    } in &confirmed
+    {
+        let rid: ReservationId = id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("reservation id {id} in Postgres is malformed"))?;
+        let at_ms = at.timestamp_millis();
+        let _: () = pipe
+            .hset(
+                k.reservation(&rid),
+                vec![
+                    ("user", user.clone()),
+                    ("zone", zone.clone()),
+                    ("qty", qty.to_string()),
+                    ("status", "confirmed".to_owned()),
+                    ("expires_ms", at_ms.to_string()),
+                    ("created_ms", at_ms.to_string()),
+                    ("confirmed_ms", at_ms.to_string()),
+                    ("payment_ref", payment.clone().unwrap_or_default()),
+                    ("fp", String::new()),
+                ],
+            )
+            .await?;
+        let _: () = pipe.sadd(k.user_reservations(user), id.clone()).await?;
+        *sold.entry(zone).or_default() += i64::from(*qty);
+        *per_user.entry(user).or_default() += i64::from(*qty);
+    }
+    for (code, _, capacity, _) in &zones {
+        let s = sold.get(code.as_str()).copied().unwrap_or(0);
+        let _: () = pipe
+            .hset(
+                k.zones(),
+                vec![
+                    (format!("{code}:conf"), s.to_string()),
+                    (
+                        format!("{code}:avail"),
+                        (i64::from(*capacity) - s).to_string(),
+                    ),
+                ],
+            )
+            .await?;
+    }
+    if !per_user.is_empty() {
+        let users: Vec<(String, String)> = per_user
+            .iter()
+            .map(|(u, q)| (u.to_string(), q.to_string()))
+            .collect();
+        let _: () = pipe.hset(k.users(), users).await?;
+    }
+    let _: Vec<Value> = pipe.all().await?;
+
+    sqlx::query("UPDATE sales SET epoch = $2 WHERE id = $1")
+        .bind(sale)
+        .bind(next_epoch)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let _: () = redis.hset(k.meta(), ("frozen", "0")).await?;
+    let _: i64 = redis.sadd(keys::SALES, sale.to_string()).await?;
+    let tickets = sold.values().sum();
+    tracing::info!(sale.id = %sale, epoch = next_epoch, reservations = confirmed.len(), tickets, "sale restored from Postgres");
+    Ok(Restored {
+        epoch: next_epoch,
+        reservations: confirmed.len(),
+        tickets,
+    })
+}
+
+/// Deletes every live key of the sale but its dead letters (evidence for
+/// whoever investigates), and marks it frozen again afterwards.
+async fn wipe(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow::Result<()> {
+    let mut doomed = vec![
+        k.meta(),
+        k.zones(),
+        k.users(),
+        k.deadlines(),
+        k.stream(),
+        k.waiting(),
+        k.arrivals(),
+        k.last_seen(),
+        k.joined_at(),
+        k.early(),
+        k.admitted(),
+        k.expired(),
+        k.ticks(),
+        k.reconciliation(),
+    ];
+    for pattern in [
+        format!("{}*", k.reservation_prefix()),
+        format!("{{sale:{sale}}}:ures:*"),
+    ] {
+        let mut scan = redis.next().scan(pattern, Some(500), None);
+        while let Some(mut page) = scan.try_next().await? {
+            if let Some(found) = page.take_results() {
+                doomed.extend(found.into_iter().filter_map(|key| key.into_string()));
+            }
+        }
+    }
+    for chunk in doomed.chunks(500) {
+        let _: i64 = redis.del(chunk.to_vec()).await?;
+    }
+    Ok(())
+}
