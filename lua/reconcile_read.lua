@@ -4,16 +4,19 @@
 --
 -- In flight means appended to the stream and not yet acknowledged by the
 -- sink's group: entries after the group's last-delivered-id, and entries
--- delivered but still pending. Without the group, the whole stream is.
+-- delivered but still pending. Without the group, the whole stream is. (A
+-- pending entry may already be committed in Postgres, its acknowledgement
+-- not yet sent: the caller asks Postgres which ones are.)
 --
 -- KEYS[1]  {sale:<id>}:zones
 -- KEYS[2]  {sale:<id>}:stream
 -- ARGV[1]  the sink's consumer group
--- Returns  {zones hash as a flat list, {zone, net tickets in flight, ...},
+-- Returns  {zones hash as a flat list,
+--           {type, reservation id, zone, qty, ...} of each entry in flight,
 --           entries in flight}
 
 local zones = redis.call('HGETALL', KEYS[1])
-local net, count = {}, 0
+local flat, count = {}, 0
 
 local function add(entry)
   local f = {}
@@ -21,12 +24,10 @@ local function add(entry)
   for i = 1, #fields, 2 do
     f[fields[i]] = fields[i + 1]
   end
-  local qty = tonumber(f['qty'] or '0') or 0
-  local zone = f['zone'] or '?'
-  if f['type'] == 'cancelled' then
-    qty = -qty
-  end
-  net[zone] = (net[zone] or 0) + qty
+  flat[#flat + 1] = f['type'] or '?'
+  flat[#flat + 1] = f['id'] or '?'
+  flat[#flat + 1] = f['zone'] or '?'
+  flat[#flat + 1] = f['qty'] or '0'
   count = count + 1
 end
 
@@ -58,9 +59,4 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   end
 end
 
-local flat = {}
-for zone, n in pairs(net) do
-  flat[#flat + 1] = zone
-  flat[#flat + 1] = tostring(n)
-end
 return {zones, flat, count}

@@ -148,8 +148,15 @@ impl Reconciler {
             .await?;
         let mut parts = reply.into_array().into_iter();
         let counters = pairs(parts.next().unwrap_or(Value::Null));
-        let in_flight = pairs(parts.next().unwrap_or(Value::Null));
+        let entries: Vec<String> = parts
+            .next()
+            .unwrap_or(Value::Null)
+            .into_array()
+            .into_iter()
+            .filter_map(|v| v.as_string())
+            .collect();
         let lag_entries = parts.next().and_then(|v| v.as_i64()).unwrap_or(0);
+        let in_flight = unapplied(db, &entries).await?;
 
         let persisted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
             "SELECT zone_code, SUM(quantity)::bigint FROM reservations
@@ -248,6 +255,39 @@ impl Reconciler {
             );
         }
     }
+}
+
+/// Net tickets per zone of the in-flight entries (`type, id, zone, qty`
+/// quadruples) whose effect is not yet in Postgres. The sink acknowledges
+/// after it commits, so an entry can be both pending and applied; counting
+/// it as in flight would show a drift that is not there.
+async fn unapplied(db: &PgPool, flat: &[String]) -> anyhow::Result<HashMap<String, i64>> {
+    let entries: Vec<&[String]> = flat.chunks_exact(4).collect();
+    let ids: Vec<&str> = entries.iter().map(|e| e[1].as_str()).collect();
+    let recorded: HashMap<String, String> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT id, status FROM reservations WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let mut net: HashMap<String, i64> = HashMap::new();
+    for e in entries {
+        let (kind, id, zone, qty) = (&e[0], &e[1], &e[2], e[3].parse::<i64>().unwrap_or(0));
+        let applied = match kind.as_str() {
+            "cancelled" => recorded.get(id).is_some_and(|s| s == "cancelled"),
+            _ => recorded.contains_key(id),
+        };
+        if !applied {
+            *net.entry(zone.clone()).or_default() += if kind == "cancelled" { -qty } else { qty };
+        }
+    }
+    Ok(net)
 }
 
 /// A flat `[k, v, k, v, ...]` reply as a map of numbers.
