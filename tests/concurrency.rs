@@ -176,6 +176,8 @@ async fn one_buyer(
             // The one-second pass lapsed before this buyer polled: queue again.
             "expired" => {
                 app.join(sale, buyer).await;
+                // A new place, at the back: position counts anew from there.
+                last_position = u64::MAX;
             }
             "waiting" => {
                 let position = status["position"].as_u64().unwrap();
