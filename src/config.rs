@@ -27,6 +27,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A waiting buyer who has not polled this long loses the place.
     pub queue_idle_seconds: u64,
+    /// Lifetime of the access tokens that login issues.
+    pub access_token_ttl_seconds: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +77,8 @@ impl Config {
             store_timeout: Duration::from_millis(parse_or("STORE_TIMEOUT_MS", 2000u64)?.max(1)),
             log_format,
             queue_idle_seconds: parse_or("QUEUE_IDLE_SECONDS", 300u64)?.max(1),
+            access_token_ttl_seconds: parse_or("ACCESS_TOKEN_TTL_SECONDS", 3600u64)?
+                .clamp(60, 7 * 24 * 3600),
         })
     }
 

@@ -24,6 +24,14 @@ pub enum ApiError {
     PassExpired,
     #[error("you are not in this sale's queue")]
     NotInQueue,
+    #[error("the email or the password is wrong")]
+    InvalidCredentials,
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("{0}")]
+    InvalidEmail(String),
+    #[error("{0}")]
+    WeakPassword(String),
     #[error("sale not found")]
     SaleNotFound,
     #[error("this sale is paused while its live state is restored; retry shortly")]
@@ -91,7 +99,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Unauthenticated(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            EmailTaken => StatusCode::CONFLICT,
+            InvalidEmail(_) | WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Forbidden(_) | PassRequired | PassInvalid(_) | PassExpired => StatusCode::FORBIDDEN,
             SaleNotFound | ZoneNotFound(_) | ReservationNotFound | NotFound | NotInQueue => {
                 StatusCode::NOT_FOUND
@@ -120,6 +130,10 @@ impl ApiError {
         use ApiError::*;
         match self {
             Unauthenticated(_) => "unauthenticated",
+            InvalidCredentials => "invalid_credentials",
+            EmailTaken => "email_taken",
+            InvalidEmail(_) => "invalid_email",
+            WeakPassword(_) => "weak_password",
             Forbidden(_) => "forbidden",
             PassRequired => "pass_required",
             PassInvalid(_) => "pass_invalid",

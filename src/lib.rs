@@ -4,6 +4,8 @@
 //! Lua scripts (`lua/`), so no ticket is ever sold twice. Confirmed
 //! reservations flow through each sale's Redis stream into Postgres.
 
+/// Accounts: registration, argon2id passwords, login.
+pub mod accounts;
 /// Typed configuration from the environment.
 pub mod config;
 /// Postgres pool and migrations.
@@ -68,6 +70,7 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         passes,
         seeds: Arc::new(http::Seeds::default()),
         seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
+        access_token_ttl: config.access_token_ttl_seconds,
         metrics: telemetry::metrics(),
     })
 }

@@ -59,6 +59,15 @@ enum Command {
         #[arg(long)]
         out: String,
     },
+    /// Create an account (organizers are created only this way). The
+    /// password comes from FLASHSALE_PASSWORD, else the first line of
+    /// standard input. Prints the new user id.
+    AddUser {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "organizer")]
+        role: Role,
+    },
     /// Rebuild a sale's Redis state from Postgres after Redis lost it
     /// (confirmed reservations stand, holds and the queue start afresh).
     Restore {
@@ -111,6 +120,28 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { base_url } => demo(config, &base_url).await,
+        Command::AddUser { email, role } => {
+            let password = match std::env::var("FLASHSALE_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("read the password from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let db = flashsale::db::connect(&config.database_url, 2, config.store_timeout).await?;
+            let email =
+                flashsale::accounts::Email::parse(&email).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let password = flashsale::accounts::Password::parse(&password)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let id = flashsale::accounts::register(&db, &email, password, role)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{id}");
+            Ok(())
+        }
         Command::Restore { sale } => {
             let state = flashsale::state(&config).await?;
             let sale = sale.parse().context("--sale is not a sale id")?;

@@ -4,6 +4,7 @@
 //! request, metrics by route and status, a body limit and a timeout. Every
 //! error, including unknown routes and layer refusals, is problem+json.
 
+mod auth;
 mod extract;
 mod ops;
 mod queue;
@@ -55,11 +56,14 @@ pub struct AppState {
     /// refreshes it: a tenth of the idle limit, at most five seconds, so most
     /// polls write nothing and nobody polling is ever taken for gone.
     pub seen_refresh_ms: u64,
+    /// Lifetime of access tokens issued at login, in seconds.
+    pub access_token_ttl: u64,
 }
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
+                .merge(auth::router())
         .merge(sales::router())
         .merge(queue::router())
         .merge(reservations::router())

@@ -24,6 +24,8 @@ pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256-0123456789";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The test's own database.
+    pub db_url: String,
     pub http: reqwest::Client,
     pub db: PgPool,
     pub redis: Pool,
@@ -53,7 +55,7 @@ pub fn jwt() -> JwtConfig {
 }
 
 /// Creates an empty, migrated database of its own for one test.
-pub async fn fresh_database() -> PgPool {
+pub async fn fresh_database() -> (PgPool, String) {
     let base = database_url();
     let admin = PgPool::connect(&base)
         .await
@@ -74,7 +76,7 @@ pub async fn fresh_database() -> PgPool {
     flashsale::db::migrate(&db)
         .await
         .expect("migrate test database");
-    db
+    (db, url)
 }
 
 impl TestApp {
@@ -85,7 +87,7 @@ impl TestApp {
     /// An app whose Redis is `redis_url` (e.g. a closed port, to see how it
     /// behaves when Redis is down).
     pub async fn spawn_with_redis(redis_url: &str) -> Self {
-        let db = fresh_database().await;
+        let (db, db_url) = fresh_database().await;
         let redis = flashsale::redis::connect(redis_url, 2, Duration::from_secs(2))
             .await
             .expect("redis pool");
@@ -102,6 +104,7 @@ impl TestApp {
             seeds: Arc::new(Seeds::default()),
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,
+            access_token_ttl: 3600,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -116,6 +119,7 @@ impl TestApp {
         });
         Self {
             addr,
+            db_url,
             http: reqwest::Client::new(),
             db,
             redis,

@@ -325,6 +325,7 @@ impl Api {
             seeds: Arc::new(http::Seeds::default()),
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,
+            access_token_ttl: 3600,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,0 +1,216 @@
+//! Accounts: registration, password checks and login.
+//!
+//! Passwords are hashed with argon2id (the crate's default parameters: 19 MiB,
+//! 2 passes) on a blocking thread, never on the async runtime. Emails are
+//! unique ignoring case, enforced by a unique index so two concurrent
+//! registrations cannot both win. A login for an unknown email still
+//! verifies a hash, so response times do not tell which emails exist.
+
+use std::sync::OnceLock;
+
+use argon2::{
+    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+    Argon2,
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{error::ApiError, tokens::Role};
+
+/// An email address, checked for shape (not deliverability).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let email = raw.trim();
+        let bad = || {
+            ApiError::InvalidEmail(format!(
+                "`{}` is not an email address",
+                email.chars().take(64).collect::<String>()
+            ))
+        };
+        if email.len() < 3
+            || email.len() > 254
+            || email.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad());
+        }
+        let (local, domain) = email.rsplit_once('@').ok_or_else(bad)?;
+        if local.is_empty()
+            || local.len() > 64
+            || local.contains('@')
+            || domain.len() < 3
+            || !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || domain.contains("..")
+        {
+            return Err(bad());
+        }
+        Ok(Self(email.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password that meets the policy: 10 to 256 characters, not one
+/// character repeated, not one of the most common passwords.
+pub struct Password(String);
+
+const COMMON: &[&str] = &[
+    "1234567890",
+    "12345678910",
+    "0123456789",
+    "qwertyuiop",
+    "password12",
+    "password123",
+    "iloveyou12",
+    "1q2w3e4r5t",
+    "qwerty1234",
+    "letmein123",
+    "welcome123",
+    "abcdefghij",
+];
+
+impl Password {
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let n = raw.chars().count();
+        if n < 10 {
+            return Err(ApiError::WeakPassword(
+                "the password must have at least 10 characters".into(),
+            ));
+        }
+        if n > 256 {
+            return Err(ApiError::WeakPassword(
+                "the password must have at most 256 characters".into(),
+            ));
+        }
+        let first = raw.chars().next();
+        if raw.chars().all(|c| Some(c) == first) || COMMON.contains(&raw.to_lowercase().as_str()) {
+            return Err(ApiError::WeakPassword(
+                "this password is too easy to guess".into(),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+/// Hashes on a blocking thread: argon2 is deliberately slow.
+async fn hash(password: Password) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.0.as_bytes(), &salt)
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("hash password: {e}")))
+}
+
+/// Verifies on a blocking thread. `stored` None: an unknown email, checked
+/// against a fixed hash so the time taken is the same.
+async fn verify(password: String, stored: Option<String>) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let known = stored.is_some();
+        let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());
+        let ok = PasswordHash::new(&phc)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        known && ok
+    })
+    .await
+    .map_err(ApiError::internal)
+}
+
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(b"not a real password, only for timing", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Creates an account; `EmailTaken` if the email is in use in any case.
+pub async fn register(
+    db: &PgPool,
+    email: &Email,
+    password: Password,
+    role: Role,
+) -> Result<Uuid, ApiError> {
+    let hashed = hash(password).await?;
+    let id = Uuid::new_v4();
+    let role = match role {
+        Role::Buyer => "buyer",
+        Role::Organizer => "organizer",
+    };
+    let inserted =
+        sqlx::query("INSERT INTO users (id, email, password_hash, role) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(email.as_str())
+            .bind(hashed)
+            .bind(role)
+            .execute(db)
+            .await;
+    match inserted {
+        Ok(_) => Ok(id),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(ApiError::EmailTaken),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The account's id and role when the password is right.
+pub async fn login(db: &PgPool, email: &str, password: String) -> Result<(Uuid, Role), ApiError> {
+    let row: Option<(Uuid, String, String)> =
+        sqlx::query_as("SELECT id, password_hash, role FROM users WHERE lower(email) = lower($1)")
+            .bind(email.trim())
+            .fetch_optional(db)
+            .await?;
+    let (id, stored, role) = match row {
+        Some((id, hash, role)) => (Some(id), Some(hash), role),
+        None => (None, None, String::new()),
+    };
+    if !verify(password, stored).await? {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let id = id.ok_or(ApiError::InvalidCredentials)?;
+    let role = role
+        .parse()
+        .map_err(|e: String| ApiError::internal(anyhow::anyhow!(e)))?;
+    Ok((id, role))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_checked_for_shape() {
+        for ok in ["a@b.co", "Someone.Else+tag@example.com"] {
+            assert!(Email::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@.co", "a@b..co", "a b@c.de", "a@b.co.", "a@@b.co",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn weak_passwords_are_refused() {
+        for bad in ["short", "aaaaaaaaaaaa", "Password123", "1234567890"] {
+            assert!(Password::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Password::parse("correct horse battery").is_ok());
+    }
+}
