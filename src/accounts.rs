@@ -98,8 +98,13 @@ impl Password {
     }
 }
 
+/// Password hashes computed at once: each takes ~19 MiB and a core for tens
+/// of milliseconds, so a login flood must queue here, not exhaust memory.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Hashes on a blocking thread: argon2 is deliberately slow.
 async fn hash(password: Password) -> Result<String, ApiError> {
+    let _slot = HASHING.acquire().await.map_err(ApiError::internal)?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -114,6 +119,7 @@ async fn hash(password: Password) -> Result<String, ApiError> {
 /// Verifies on a blocking thread. `stored` None: an unknown email, checked
 /// against a fixed hash so the time taken is the same.
 async fn verify(password: String, stored: Option<String>) -> Result<bool, ApiError> {
+    let _slot = HASHING.acquire().await.map_err(ApiError::internal)?;
     tokio::task::spawn_blocking(move || {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());

@@ -20,6 +20,8 @@ pub mod ids;
 pub mod inventory;
 /// Redis key names, all under the sale's hash tag.
 pub mod keys;
+/// Rate limits and the in-flight cap.
+pub mod limits;
 /// Queue passes: EdDSA JWTs bound to a buyer and a sale, with a JWKS.
 pub mod passes;
 /// The virtual queue: join, status, leave, release ticks, pre-queue draws.
@@ -62,12 +64,30 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         tracing::warn!(error = %err, "could not preload Lua scripts");
     }
     let passes = Arc::new(passes::PassKeys::from_env(&redis).await?);
+    let limits = Arc::new(limits::Limits::new(&limits::LimitsConfig::from_env()?));
+    {
+        // Forget rate-limit keys back at full allowance, so memory follows
+        // the active clients, not every client ever seen.
+        let limits = Arc::downgrade(&limits);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                let Some(limits) = limits.upgrade() else {
+                    break;
+                };
+                limits.shrink();
+                metrics::gauge!("flashsale_rate_limit_keys").set(limits.keys() as f64);
+            }
+        });
+    }
     Ok(http::AppState {
         db,
         redis,
         scripts,
         tokens: Arc::new(tokens::AccessTokens::new(&config.jwt)),
         passes,
+        limits,
         seeds: Arc::new(http::Seeds::default()),
         seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
         access_token_ttl: config.access_token_ttl_seconds,

@@ -4,10 +4,11 @@ use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::po
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{AppState, Json};
+use super::{AppState, ClientAddr, Json};
 use crate::{
     accounts::{self, Email, Password},
     error::ApiResult,
+    limits::Action,
     tokens::Role,
 };
 
@@ -44,8 +45,10 @@ struct Login {
 
 async fn login(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Json(body): Json<Credentials>,
 ) -> ApiResult<axum::Json<Login>> {
+    state.limits.check(Action::Login, None, addr)?;
     let (id, role) = accounts::login(&state.db, &body.email, body.password).await?;
     let access_token = state
         .tokens

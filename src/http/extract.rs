@@ -60,6 +60,52 @@ fn strip_preamble(text: &str) -> String {
     text.to_owned()
 }
 
+/// The client's address: the socket's peer, or, when that peer is a trusted
+/// proxy, the right-most `X-Forwarded-For` entry that is not one. `None`
+/// when the server was started without connection info.
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let trusted = parts
+            .extensions
+            .get::<TrustedProxies>()
+            .map(|t| t.0.as_slice())
+            .unwrap_or_default();
+        let Some(peer) = peer else {
+            return Ok(ClientAddr(None));
+        };
+        if !trusted.contains(&peer) {
+            return Ok(ClientAddr(Some(peer)));
+        }
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+            .collect::<Vec<_>>();
+        Ok(ClientAddr(Some(
+            forwarded
+                .into_iter()
+                .rev()
+                .find(|a| !trusted.contains(a))
+                .unwrap_or(peer),
+        )))
+    }
+}
+
+/// The trusted proxies, put in each request's extensions by the router.
+#[derive(Clone, Default)]
+pub struct TrustedProxies(pub std::sync::Arc<Vec<std::net::IpAddr>>);
+
 /// Any caller with a valid access token.
 pub struct AuthUser(pub Identity);
 

@@ -31,10 +31,12 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-pub use extract::{AuthUser, Json, Organizer};
+pub use extract::{AuthUser, ClientAddr, Json, Organizer};
 pub use queue::Seeds;
 
-use crate::{error::ApiError, passes::PassKeys, scripts::Scripts, tokens::AccessTokens};
+use crate::{
+    error::ApiError, limits::Limits, passes::PassKeys, scripts::Scripts, tokens::AccessTokens,
+};
 
 /// Largest JSON body accepted: every request of the API fits in a few hundred
 /// bytes, and a sale with 100 zones in a few KiB.
@@ -50,6 +52,7 @@ pub struct AppState {
     pub scripts: Arc<Scripts>,
     pub tokens: Arc<AccessTokens>,
     pub passes: Arc<PassKeys>,
+    pub limits: Arc<Limits>,
     pub seeds: Arc<Seeds>,
     pub metrics: PrometheusHandle,
     /// How stale a waiting buyer's last-seen mark may get before a poll
@@ -62,11 +65,16 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
-                .merge(auth::router())
+    // The in-flight cap covers the API, not the operations endpoints, which
+    // must answer most when the service is busiest.
+    let api = Router::new()
+        .merge(auth::router())
         .merge(sales::router())
         .merge(queue::router())
         .merge(reservations::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed_load));
+    Router::new()
+        .merge(api)
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -85,6 +93,9 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+                .layer(axum::Extension(extract::TrustedProxies(Arc::new(
+            state.limits.trusted_proxies.clone(),
+        ))))
         .with_state(state)
 }
 
@@ -131,6 +142,23 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!("flashsale_http_request_duration_seconds", "route" => route, "method" => method)
         .record(start.elapsed().as_secs_f64());
     res
+}
+
+/// Sheds a request with 503 when `MAX_IN_FLIGHT` requests are being served:
+/// past that, queueing only makes every client wait longer.
+async fn shed_load(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(_permit) = state.limits.admit() else {
+        metrics::counter!("flashsale_shed_total").increment(1);
+        return ApiError::Unavailable {
+            what: "the service (overloaded)",
+        }
+        .into_response();
+    };
+    next.run(req).await
 }
 
 /// Answers 503 when a request runs past `REQUEST_TIMEOUT`, so a client is

@@ -15,11 +15,12 @@ use chrono::{DateTime, Utc};
 use fred::interfaces::HashesInterface;
 use serde::Serialize;
 
-use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, Organizer};
+use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, ClientAddr, Organizer};
 use crate::{
     error::{ApiError, ApiResult},
     ids::SaleId,
     keys::SaleKeys,
+    limits::Action,
     passes::PassClaims,
     queue::{self, Standing},
     sales::{self, from_millis, LiveSale},
@@ -96,8 +97,10 @@ fn render(
 async fn join(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
+    ClientAddr(addr): ClientAddr,
     Path(sale_id): Path<String>,
 ) -> ApiResult<Response> {
+    state.limits.check(Action::Join, Some(&who.user_id), addr)?;
     let sale = parse_sale_id(&sale_id)?;
     let seed = or_frozen(&state, sale, state.seeds.get(&state.redis, sale).await).await?;
     let joined = queue::join(&state.redis, &state.scripts, sale, &who.user_id, &seed).await;
@@ -113,8 +116,10 @@ async fn join(
 async fn status(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
+    ClientAddr(addr): ClientAddr,
     Path(sale_id): Path<String>,
 ) -> ApiResult<axum::Json<QueueStatus>> {
+    state.limits.check(Action::Poll, Some(&who.user_id), addr)?;
     let sale = parse_sale_id(&sale_id)?;
     let polled = queue::status(
         &state.redis,

@@ -15,12 +15,13 @@ use fred::interfaces::SetsInterface;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, Json};
+use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, ClientAddr, Json};
 use crate::{
     error::{ApiError, ApiResult},
     ids::{ReservationId, SaleId},
     inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation},
     keys::{self, SaleKeys},
+    limits::Action,
     passes::PassError,
 };
 
@@ -78,10 +79,12 @@ fn parse_idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
 async fn hold(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
+    ClientAddr(addr): ClientAddr,
     Path(sale_id): Path<String>,
     headers: HeaderMap,
     Json(body): Json<HoldBody>,
 ) -> ApiResult<Response> {
+    state.limits.check(Action::Hold, Some(&who.user_id), addr)?;
     let sale = parse_sale_id(&sale_id)?;
     check_pass(&state, &headers, sale, &who.user_id)?;
     let idempotency_key = parse_idempotency_key(&headers)?;

@@ -10,6 +10,7 @@ use flashsale::{
     config::JwtConfig,
     http::{AppState, Seeds},
     ids::SaleId,
+    limits::LimitsConfig,
     passes::{PassKeys, SigningKey},
     queue,
     scripts::Scripts,
@@ -84,9 +85,18 @@ impl TestApp {
         Self::spawn_with_redis(&redis_url()).await
     }
 
+    /// An app with these rate limits (the others run without any).
+    pub async fn spawn_with_limits(limits: LimitsConfig) -> Self {
+        Self::build(&redis_url(), limits).await
+    }
+
     /// An app whose Redis is `redis_url` (e.g. a closed port, to see how it
     /// behaves when Redis is down).
     pub async fn spawn_with_redis(redis_url: &str) -> Self {
+        Self::build(redis_url, LimitsConfig::unlimited()).await
+    }
+
+    async fn build(redis_url: &str, limits: LimitsConfig) -> Self {
         let (db, db_url) = fresh_database().await;
         let redis = flashsale::redis::connect(redis_url, 2, Duration::from_secs(2))
             .await
@@ -101,6 +111,7 @@ impl TestApp {
             scripts: scripts.clone(),
             tokens: tokens.clone(),
             passes: passes.clone(),
+            limits: Arc::new(flashsale::limits::Limits::new(&limits)),
             seeds: Arc::new(Seeds::default()),
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,

@@ -316,12 +316,14 @@ impl Api {
         }));
         let passes =
             Arc::new(passes::PassKeys::new(passes::SigningKey::generate("k"), vec![]).unwrap());
+        let limits = flashsale::limits::LimitsConfig::unlimited();
         let state = http::AppState {
             db: db.clone(),
             redis: redis.clone(),
             scripts,
             tokens: tokens.clone(),
             passes: passes.clone(),
+            limits: Arc::new(flashsale::limits::Limits::new(&limits)),
             seeds: Arc::new(http::Seeds::default()),
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,

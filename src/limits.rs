@@ -1,0 +1,219 @@
+//! Abuse limits: per-user and per-address rate limits (governor), and a cap
+//! on requests in flight.
+//!
+//! Each limited action (join, poll, hold, login) has a keyed limiter by user
+//! (login: by client address, since there is no user yet), and all of them
+//! share a limiter by client address. A refusal is `429 rate_limited` with
+//! `Retry-After`. The keyed stores forget keys that are back to full
+//! allowance on every `shrink()` (run periodically), so a million distinct
+//! keys do not grow memory forever. A rate of 0 turns a limiter off.
+//!
+//! The client address is the socket's peer, unless that peer is a configured
+//! trusted proxy: then it is the right-most `X-Forwarded-For` entry that is
+//! not itself a trusted proxy. `X-Forwarded-For` is never trusted by default.
+
+use std::{net::IpAddr, num::NonZeroU32, sync::Arc};
+
+use governor::{
+    clock::{Clock, DefaultClock},
+    DefaultKeyedRateLimiter, Quota,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{config::parse_or, error::ApiError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Join,
+    Poll,
+    Hold,
+    Login,
+}
+
+/// A rate: `per_minute` sustained, `burst` at once. `per_minute == 0`: off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    pub join: Rate,
+    pub poll: Rate,
+    pub hold: Rate,
+    /// Per client address: logins run argon2, which is deliberately costly.
+    pub login: Rate,
+    /// Per client address, over join, poll, hold and login together.
+    pub per_address: Rate,
+    /// Requests being served at once before new ones are shed with 503.
+    pub max_in_flight: usize,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl LimitsConfig {
+    /// `RATE_<JOIN|POLL|HOLD|LOGIN|ADDRESS>_PER_MINUTE` and `..._BURST`,
+    /// `MAX_IN_FLIGHT`, `TRUSTED_PROXIES` (comma-separated addresses);
+    /// `RATE_LIMITS=off` turns every rate limit off (load tests from one
+    /// address).
+    pub fn from_env() -> anyhow::Result<Self> {
+        if std::env::var("RATE_LIMITS").is_ok_and(|v| v == "off") {
+            return Ok(Self::unlimited());
+        }
+        let rate = |name: &str, per_minute: u32, burst: u32| -> anyhow::Result<Rate> {
+            Ok(Rate {
+                per_minute: parse_or(&format!("RATE_{name}_PER_MINUTE"), per_minute)?,
+                burst: parse_or(&format!("RATE_{name}_BURST"), burst)?.max(1),
+            })
+        };
+        let trusted_proxies = match std::env::var("TRUSTED_PROXIES") {
+            Ok(list) if !list.trim().is_empty() => list
+                .split(',')
+                .map(|a| a.trim().parse::<IpAddr>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("TRUSTED_PROXIES is malformed: {e}"))?,
+            _ => Vec::new(),
+        };
+        Ok(Self {
+            // A browser joins once and polls every few seconds; a buyer
+            // holds a handful of times. Bursts absorb retries and reloads.
+            join: rate("JOIN", 60, 5)?,
+            poll: rate("POLL", 120, 10)?,
+            hold: rate("HOLD", 120, 10)?,
+            login: rate("LOGIN", 20, 10)?,
+            // Generous: many buyers can share one address (NAT, offices).
+            per_address: rate("ADDRESS", 6000, 200)?,
+            max_in_flight: parse_or("MAX_IN_FLIGHT", 4096usize)?.max(1),
+            trusted_proxies,
+        })
+    }
+
+    /// Everything off: for benchmarks that drive one address very hard.
+    pub fn unlimited() -> Self {
+        let off = Rate {
+            per_minute: 0,
+            burst: 1,
+        };
+        Self {
+            join: off,
+            poll: off,
+            hold: off,
+            login: off,
+            per_address: off,
+            max_in_flight: 1 << 20,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+type Keyed<K> = Option<DefaultKeyedRateLimiter<K>>;
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(r: Rate) -> Keyed<K> {
+    let per_minute = NonZeroU32::new(r.per_minute)?;
+    let burst = NonZeroU32::new(r.burst).unwrap_or(per_minute);
+    Some(DefaultKeyedRateLimiter::keyed(
+        Quota::per_minute(per_minute).allow_burst(burst),
+    ))
+}
+
+pub struct Limits {
+    join: Keyed<String>,
+    poll: Keyed<String>,
+    hold: Keyed<String>,
+    login: Keyed<IpAddr>,
+    per_address: Keyed<IpAddr>,
+    in_flight: Arc<Semaphore>,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Limits {
+    pub fn new(cfg: &LimitsConfig) -> Self {
+        Self {
+            join: limiter(cfg.join),
+            poll: limiter(cfg.poll),
+            hold: limiter(cfg.hold),
+            login: limiter(cfg.login),
+            per_address: limiter(cfg.per_address),
+            in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            trusted_proxies: cfg.trusted_proxies.clone(),
+        }
+    }
+
+    /// Checks `action` for the user (if any) and the client address (if
+    /// known). The address is checked first: a flood from one address is
+    /// refused before it costs anything per user.
+    pub fn check(
+        &self,
+        action: Action,
+        user: Option<&str>,
+        addr: Option<IpAddr>,
+    ) -> Result<(), ApiError> {
+        if let Some(addr) = addr {
+            check(&self.per_address, &addr, "address")?;
+            if action == Action::Login {
+                check(&self.login, &addr, "login")?;
+            }
+        }
+        if let Some(user) = user {
+            let (limiter, name) = match action {
+                Action::Join => (&self.join, "join"),
+                Action::Poll => (&self.poll, "poll"),
+                Action::Hold => (&self.hold, "hold"),
+                Action::Login => return Ok(()),
+            };
+            check(limiter, &user.to_owned(), name)?;
+        }
+        Ok(())
+    }
+
+    /// A permit to serve one request, or `None` when the service is at its
+    /// in-flight cap and should shed the request.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.in_flight.clone().try_acquire_owned().ok()
+    }
+
+    /// Forgets keys that are back to their full allowance, and returns the
+    /// memory. Run periodically.
+    pub fn shrink(&self) {
+        fn shrink<K: std::hash::Hash + Eq + Clone>(l: &Keyed<K>) {
+            if let Some(l) = l {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+        }
+        shrink(&self.join);
+        shrink(&self.poll);
+        shrink(&self.hold);
+        shrink(&self.login);
+        shrink(&self.per_address);
+    }
+
+    /// Keys currently remembered, over all limiters (for metrics).
+    pub fn keys(&self) -> usize {
+        fn len<K: std::hash::Hash + Eq + Clone>(l: &Keyed<K>) -> usize {
+            l.as_ref().map_or(0, |l| l.len())
+        }
+        len(&self.join)
+            + len(&self.poll)
+            + len(&self.hold)
+            + len(&self.login)
+            + len(&self.per_address)
+    }
+}
+
+fn check<K: std::hash::Hash + Eq + Clone>(
+    limiter: &Keyed<K>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), ApiError> {
+    let Some(limiter) = limiter else {
+        return Ok(());
+    };
+    limiter.check_key(key).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        metrics::counter!("flashsale_rate_limited_total", "limit" => name).increment(1);
+        ApiError::RateLimited {
+            retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        }
+    })
+}

@@ -1,0 +1,186 @@
+//! Rate limits and load shedding through HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_problem, TestApp};
+use flashsale::limits::{LimitsConfig, Rate};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+fn only(f: impl FnOnce(&mut LimitsConfig)) -> LimitsConfig {
+    let mut cfg = LimitsConfig::unlimited();
+    f(&mut cfg);
+    cfg
+}
+
+#[tokio::test]
+async fn a_flooding_buyer_gets_429_with_retry_after_and_others_are_unaffected() {
+    let app = TestApp::spawn_with_limits(only(|c| {
+        c.poll = Rate {
+            per_minute: 60,
+            burst: 3,
+        }
+    }))
+    .await;
+    let sale = app.sale_id(json!({})).await;
+    app.join(sale, "flooder").await;
+    app.join(sale, "patient").await;
+    let mut limited = 0;
+    for _ in 0..10 {
+        let res = app.poll(sale, "flooder").await;
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                (1..=2).contains(&retry),
+                "Retry-After {retry} for one a second"
+            );
+            assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+            limited += 1;
+        } else {
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+    }
+    assert!(
+        limited >= 6,
+        "the burst of 3 let through at most 4 of 10, {limited} refused"
+    );
+    assert_eq!(
+        app.poll(sale, "patient").await.status(),
+        StatusCode::OK,
+        "others are unaffected"
+    );
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(metrics.contains("flashsale_rate_limited_total{limit=\"poll\"}"));
+}
+
+#[tokio::test]
+async fn one_address_is_limited_whatever_x_forwarded_for_claims() {
+    let app = TestApp::spawn_with_limits(only(|c| {
+        c.per_address = Rate {
+            per_minute: 60,
+            burst: 5,
+        }
+    }))
+    .await;
+    let sale = app.sale_id(json!({})).await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let res = app
+            .http
+            .post(app.url(&format!("/v1/sales/{sale}/queue")))
+            .bearer_auth(app.buyer(&format!("user-{i}")))
+            .header("x-forwarded-for", format!("10.0.0.{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status());
+    }
+    assert!(
+        statuses[..5].iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[6..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_allowance() {
+    let app = TestApp::spawn_with_limits(only(|c| {
+        c.per_address = Rate {
+            per_minute: 60,
+            burst: 2,
+        };
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    }))
+    .await;
+    let sale = app.sale_id(json!({})).await;
+    let join = |client: &'static str, user: &str| {
+        app.http
+            .post(app.url(&format!("/v1/sales/{sale}/queue")))
+            .bearer_auth(app.buyer(user))
+            // A client-supplied first entry, then what the proxy appended.
+            .header("x-forwarded-for", format!("6.6.6.6, {client}"))
+            .send()
+    };
+    for i in 0..2 {
+        assert_eq!(
+            join("203.0.113.1", &format!("a{i}"))
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        join("203.0.113.1", "a9").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        join("203.0.113.2", "b0").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn login_attempts_are_limited_per_address() {
+    let app = TestApp::spawn_with_limits(only(|c| {
+        c.login = Rate {
+            per_minute: 1,
+            burst: 2,
+        }
+    }))
+    .await;
+    let attempt = || {
+        app.post(
+            "/v1/auth/login",
+            None,
+            json!({"email": "x@example.com", "password": "wrong password here"}),
+        )
+    };
+    assert_eq!(attempt().await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(attempt().await.status(), StatusCode::UNAUTHORIZED);
+    assert_problem(
+        attempt().await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn past_the_in_flight_cap_requests_are_shed_with_503_and_ops_still_answer() {
+    let app = TestApp::spawn_with_limits(only(|c| c.max_in_flight = 1)).await;
+    let sale = app.sale_id(json!({})).await;
+    // One request that never finishes sending its body holds the only slot.
+    let mut stuck = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/sales/{sale}/reservations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        app.buyer("slow")
+    );
+    stuck.write_all(head.as_bytes()).await.unwrap();
+    let mut shed = false;
+    for _ in 0..100 {
+        let res = app.get(&format!("/v1/sales/{sale}"), None).await;
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(res.headers().get("retry-after").is_some());
+            assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+            shed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(shed, "a second request was shed");
+    assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
+    drop(stuck);
+}
