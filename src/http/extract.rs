@@ -48,16 +48,31 @@ pub fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// serde's message without axum's preamble, and with JSON's words for the
+/// types it expected rather than Rust's (`i64` means nothing to a caller).
 fn strip_preamble(text: &str) -> String {
+    let mut out = text.to_owned();
     for preamble in [
         "Failed to deserialize the JSON body into the target type: ",
         "Failed to parse the request body as JSON: ",
     ] {
-        if let Some(rest) = text.strip_prefix(preamble) {
-            return rest.to_owned();
+        if let Some(rest) = out.strip_prefix(preamble) {
+            out = rest.to_owned();
         }
     }
-    text.to_owned()
+    for (rust, json) in [
+        ("expected i64", "expected an integer"),
+        ("expected i32", "expected an integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected a sequence", "expected an array"),
+        ("expected a borrowed string", "expected a string"),
+        ("expected struct ", "expected an object "),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        out = out.replace(rust, json);
+    }
+    out
 }
 
 /// The client's address: the socket's peer, or, when that peer is a trusted

@@ -5,6 +5,7 @@
 
 use axum::{
     body::Bytes,
+    extract::rejection::BytesRejection,
     extract::{Path, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -191,9 +192,18 @@ async fn confirm(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let id = parse_reservation_id(&id)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: super::JSON_BODY_LIMIT,
+            }
+        } else {
+            ApiError::MalformedJson("the request body could not be read".into())
+        }
+    })?;
     // The body is optional: an empty one confirms without a payment reference.
     let body: ConfirmBody = if body.iter().all(u8::is_ascii_whitespace) {
         ConfirmBody::default()
