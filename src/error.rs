@@ -80,14 +80,24 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: every error the API returns has this shape, with
+/// the content type `application/problem+json`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the kind of problem.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    code: &'a str,
+    #[schema(example = "/problems/sold_out")]
+    pub kind: String,
+    #[schema(example = "Conflict")]
+    pub title: String,
+    #[schema(example = 409)]
+    pub status: u16,
+    /// What went wrong, for a person.
+    #[schema(example = "not enough tickets left in zone A: 1 left")]
+    pub detail: String,
+    /// The stable machine code.
+    #[schema(example = "sold_out")]
+    pub code: String,
 }
 
 /// Seconds a client should wait before retrying while a store is down.
@@ -189,10 +199,10 @@ impl IntoResponse for ApiError {
         let code = self.code();
         let problem = Problem {
             kind: format!("/problems/{code}"),
-            title: status.canonical_reason().unwrap_or("Error"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),
-            code,
+            code: code.to_owned(),
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut res = (status, body).into_response();

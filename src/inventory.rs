@@ -16,7 +16,7 @@ use crate::{
     scripts::Scripts,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Held,
@@ -38,9 +38,11 @@ impl Status {
 }
 
 /// A reservation as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Reservation {
+    #[schema(value_type = String)]
     pub id: ReservationId,
+    #[schema(value_type = uuid::Uuid)]
     pub sale_id: SaleId,
     pub zone: String,
     pub quantity: i64,

@@ -40,7 +40,7 @@ pub mod limits {
 /// `POST /v1/sales` as the organizer sends it. Numbers are read wide so an
 /// out-of-range value gets a message naming the field and its range rather
 /// than a type error.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSale {
     pub name: String,
@@ -63,7 +63,7 @@ pub struct NewSale {
     pub per_user_limit: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewZone {
     pub code: String,
@@ -392,7 +392,7 @@ pub async fn apply_release(
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleState {
     Scheduled,

@@ -101,3 +101,47 @@ async fn with_redis_down_the_api_answers_503_with_retry_after_and_ready_names_re
         .await;
     assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint_and_the_docs_page_serves_it() {
+    let app = TestApp::spawn().await;
+    let res = app.get("/openapi.json", None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let doc: Value = res.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let expected = [
+        ("post", "/v1/auth/register"),
+        ("post", "/v1/auth/login"),
+        ("post", "/v1/sales"),
+        ("get", "/v1/sales/{sale_id}"),
+        ("patch", "/v1/sales/{sale_id}"),
+        ("get", "/v1/sales/{sale_id}/stats"),
+        ("get", "/v1/sales/{sale_id}/prequeue"),
+        ("post", "/v1/sales/{sale_id}/queue"),
+        ("get", "/v1/sales/{sale_id}/queue"),
+        ("delete", "/v1/sales/{sale_id}/queue"),
+        ("post", "/v1/sales/{sale_id}/reservations"),
+        ("get", "/v1/reservations/{id}"),
+        ("post", "/v1/reservations/{id}/confirm"),
+        ("post", "/v1/reservations/{id}/cancel"),
+        ("get", "/v1/me/reservations"),
+        ("get", "/.well-known/jwks.json"),
+        ("get", "/health"),
+        ("get", "/ready"),
+        ("get", "/metrics"),
+    ];
+    for (method, path) in expected {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is documented"
+        );
+    }
+    let hold = &doc["paths"]["/v1/sales/{sale_id}/reservations"]["post"]["responses"];
+    for code in ["201", "403", "404", "409", "422", "429", "503"] {
+        assert!(hold[code].is_object(), "hold documents {code}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let res = app.get("/docs", None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("openapi"));
+}

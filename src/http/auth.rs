@@ -1,30 +1,42 @@
 //! `/v1/auth`: buyers register and log in; login returns an access token.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::post, Router};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{AppState, ClientAddr, Json};
 use crate::{
     accounts::{self, Email, Password},
-    error::ApiResult,
+    error::{ApiResult, Problem},
     limits::Action,
     tokens::Role,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/login", post(login))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Credentials {
+    #[schema(example = "fan@example.com")]
     email: String,
     password: String,
 }
 
-/// New accounts are buyers; organizers come from `flashsale add-user`.
+/// Create a buyer account (organizers come from `flashsale add-user`).
+#[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = Credentials,
+    responses(
+        (status = 201, description = "Created: `{{\"user_id\"}}`", body = Registered),
+        (status = 400, description = "`malformed_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`email_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_email`, `weak_password`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn register(
     State(state): State<AppState>,
     Json(body): Json<Credentials>,
@@ -33,16 +45,33 @@ async fn register(
     let password = Password::parse(&body.password)?;
     let id = accounts::register(&state.db, &email, password, Role::Buyer).await?;
     tracing::info!(user.id = %id, "account registered");
-    Ok((StatusCode::CREATED, axum::Json(json!({ "user_id": id }))))
+    Ok((StatusCode::CREATED, axum::Json(Registered { user_id: id })))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+struct Registered {
+    user_id: uuid::Uuid,
+}
+
+#[derive(Serialize, ToSchema)]
 struct Login {
     access_token: String,
     token_type: &'static str,
     expires_in: u64,
 }
 
+/// Log in: an access token for `Authorization: Bearer`.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in", body = Login),
+        (status = 400, description = "`malformed_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,

@@ -33,6 +33,8 @@ use tower_http::{
 
 pub use extract::{AuthUser, ClientAddr, Json, Organizer};
 pub use queue::Seeds;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_scalar::Servable;
 
 use crate::{
     error::ApiError, limits::Limits, passes::PassKeys, scripts::Scripts, tokens::AccessTokens,
@@ -63,19 +65,84 @@ pub struct AppState {
     pub access_token_ttl: u64,
 }
 
-pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
-    // The in-flight cap covers the API, not the operations endpoints, which
-    // must answer most when the service is busiest.
-    let api = Router::new()
+/// The OpenAPI 3.1 document's frame; the paths come from the handlers'
+/// `#[utoipa::path]` as the routes are registered, so the two cannot drift.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "flashsale",
+        description = "Flash-sale ticketing with a fair virtual queue. Errors are RFC 9457 problem details with a stable `code`; every response carries `x-request-id`.",
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(crate::error::Problem)),
+    tags(
+        (name = "sales", description = "Organizers create and steer sales; anyone reads them"),
+        (name = "queue", description = "The virtual queue and its passes"),
+        (name = "reservations", description = "Holds, confirmations, cancellations"),
+        (name = "auth", description = "Accounts"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// The API's routes with their documentation (the operations endpoints
+/// apart: the in-flight cap does not cover them).
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(auth::router())
         .merge(sales::router())
         .merge(queue::router())
         .merge(reservations::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), shed_load));
+}
+
+/// The OpenAPI document of the API, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api_routes().into_openapi();
+    doc.merge(ops::router().into_openapi());
+    doc
+}
+
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    // The in-flight cap covers the API, not the operations endpoints, which
+    // must answer most when the service is busiest.
+    let (api, mut doc) = api_routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed_load))
+        .split_for_parts();
+    let (ops, ops_doc) = ops::router().split_for_parts();
+    doc.merge(ops_doc);
+    let json = Arc::new(doc.to_json().unwrap_or_default());
     Router::new()
         .merge(api)
-        .merge(ops::router())
+        .merge(ops)
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let json = json.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], json.as_ref().clone()) }
+            }),
+        )
+        .merge(utoipa_scalar::Scalar::with_url("/docs", doc))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))

@@ -6,23 +6,24 @@ use axum::{
     extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
-    Router,
 };
 use fred::interfaces::ClientLike;
 use serde_json::json;
 
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
 }
 
 /// 200 while the process runs.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
 async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
@@ -31,6 +32,11 @@ async fn health() -> impl IntoResponse {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// 200 when Redis and Postgres both answer, else 503 naming which do not.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\", \"redis\": \"ok\", \"postgres\": \"ok\"}`", body = Object),
+        (status = 503, description = "`unavailable`, with `redis` and `postgres` each `ok` or `down`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn ready(State(state): State<AppState>) -> Response {
     let redis = async {
         matches!(
@@ -75,6 +81,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     res
 }
 
+/// Prometheus metrics, text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         StatusCode::OK,

@@ -8,16 +8,16 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
-    Router,
 };
 use chrono::{DateTime, Utc};
 use fred::interfaces::HashesInterface;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, ClientAddr, Organizer};
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, Problem},
     ids::SaleId,
     keys::SaleKeys,
     limits::Action,
@@ -27,19 +27,16 @@ use crate::{
     tokens::Identity,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/sales/{sale_id}/queue",
-            get(status).post(join).delete(leave),
-        )
-        .route("/v1/sales/{sale_id}/prequeue", get(export_prequeue))
-        .route("/v1/sales/{sale_id}/stats", get(stats))
-        .route("/.well-known/jwks.json", get(jwks))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(status, join, leave))
+        .routes(routes!(export_prequeue))
+        .routes(routes!(stats))
+        .routes(routes!(jwks))
 }
 
-/// QueueStatus of API.md.
-#[derive(Serialize)]
+/// Where a buyer stands in a sale's queue.
+#[derive(Serialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 enum QueueStatus {
     Waiting {
@@ -94,6 +91,19 @@ fn render(
     })
 }
 
+/// Join a sale's queue. Joining twice keeps the place; before opening, the
+/// place is in the shuffled pre-queue.
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/queue", tag = "queue",
+    params(("sale_id" = String, Path, description = "The sale's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "In the queue (or admitted, sold out)", body = QueueStatus),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_not_open`: the sale has closed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn join(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -113,6 +123,17 @@ async fn join(
         .into_response())
 }
 
+/// Where the buyer stands: position and ETA, or the queue pass once admitted.
+#[utoipa::path(get, path = "/v1/sales/{sale_id}/queue", tag = "queue",
+    params(("sale_id" = String, Path, description = "The sale's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The buyer's standing", body = QueueStatus),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_in_queue`, `sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn status(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -133,6 +154,16 @@ async fn status(
     Ok(axum::Json(render(&state, sale, &who, standing)?))
 }
 
+/// Give up the place, or the queue pass (revoking it).
+#[utoipa::path(delete, path = "/v1/sales/{sale_id}/queue", tag = "queue",
+    params(("sale_id" = String, Path, description = "The sale's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Gone from the queue"),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn leave(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -158,8 +189,10 @@ async fn own_sale(state: &AppState, sale_id: &str, who: &Identity) -> ApiResult<
     Ok(live)
 }
 
-#[derive(Serialize)]
+/// The pre-queue's buyers and the seed that ordered them.
+#[derive(Serialize, ToSchema)]
 struct PrequeueExport {
+    #[schema(value_type = uuid::Uuid)]
     sale_id: SaleId,
     seed: String,
     seed_sha256: String,
@@ -170,6 +203,17 @@ struct PrequeueExport {
 
 /// The pre-queue's buyers and seed, once the sale has opened (the seed is
 /// secret until then). `flashsale prequeue-order` recomputes the order.
+#[utoipa::path(get, path = "/v1/sales/{sale_id}/prequeue", tag = "queue",
+    params(("sale_id" = String, Path, description = "The sale's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The early buyers and the seed", body = PrequeueExport),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not this sale's organizer", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_not_open`: the seed is secret until the sale opens", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn export_prequeue(
     State(state): State<AppState>,
     Organizer(who): Organizer,
@@ -190,7 +234,8 @@ async fn export_prequeue(
     }))
 }
 
-#[derive(Serialize)]
+/// A sale's figures for its organizer.
+#[derive(Serialize, ToSchema)]
 struct Stats {
     waiting: i64,
     admitted_total: i64,
@@ -203,7 +248,7 @@ struct Stats {
     drift: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ZoneStats {
     code: String,
     capacity: i64,
@@ -214,6 +259,18 @@ struct ZoneStats {
     persisted: i64,
 }
 
+/// The sale's figures: queue, admissions, stock by zone, and what
+/// Postgres has recorded (its organizer).
+#[utoipa::path(get, path = "/v1/sales/{sale_id}/stats", tag = "sales",
+    params(("sale_id" = String, Path, description = "The sale's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The figures", body = Stats),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not this sale's organizer", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn stats(
     State(state): State<AppState>,
     Organizer(who): Organizer,
@@ -266,6 +323,9 @@ async fn stats(
     }))
 }
 
+/// The public keys that verify queue passes (JWKS).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "queue",
+    responses((status = 200, description = "`{\"keys\": [...]}`", body = Object)))]
 async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],

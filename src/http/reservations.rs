@@ -9,16 +9,16 @@ use axum::{
     extract::{Path, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
-    Router,
 };
 use fred::interfaces::SetsInterface;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, ClientAddr, Json};
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, Problem},
     ids::{ReservationId, SaleId},
     inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation},
     keys::{self, SaleKeys},
@@ -26,23 +26,27 @@ use crate::{
     passes::PassError,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sales/{sale_id}/reservations", post(hold))
-        .route("/v1/reservations/{id}", get(get_reservation))
-        .route("/v1/reservations/{id}/confirm", post(confirm))
-        .route("/v1/reservations/{id}/cancel", post(cancel))
-        .route("/v1/me/reservations", get(my_reservations))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(hold))
+        .routes(routes!(get_reservation))
+        .routes(routes!(confirm))
+        .routes(routes!(cancel))
+        .routes(routes!(my_reservations))
 }
 
 /// Most tickets one request may ask for; the sale's per-user limit is
 /// usually far lower and is checked in the hold script.
 const MAX_QUANTITY: i64 = 100;
 
-#[derive(Deserialize)]
+/// A hold request. Fields are read loosely so that a wrong type gets the
+/// precise `invalid_quantity` or `zone_not_found` answer.
+#[derive(Deserialize, ToSchema)]
 struct HoldBody {
+    #[schema(value_type = String, example = "A")]
     zone: serde_json::Value,
     #[serde(default)]
+    #[schema(value_type = i64, minimum = 1, maximum = 100, example = 2)]
     quantity: serde_json::Value,
 }
 
@@ -77,6 +81,27 @@ fn parse_idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
     Ok(Some(key))
 }
 
+/// Hold tickets in a zone (an admitted buyer, with the queue pass).
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations", tag = "reservations", request_body = HoldBody,
+    params(
+        ("sale_id" = String, Path, description = "The sale's id"),
+        ("X-Queue-Pass" = Option<String>, Header, description = "The queue pass the queue gave this buyer"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body replays the first answer"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Held (or replayed: header `idempotent-replayed: true`)", body = Reservation),
+        (status = 400, description = "`malformed_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`pass_required`, `pass_invalid`, `pass_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`, `zone_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sold_out` (the detail says how many are left), `limit_exceeded`, `sale_not_open`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_quantity`, `idempotency_key_reused`, `invalid_idempotency_key`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn hold(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -181,13 +206,30 @@ fn fingerprint(zone: &str, quantity: u32) -> String {
     hex::encode(&digest[..16])
 }
 
-#[derive(Deserialize, Default)]
+/// Optional body of a confirmation.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfirmBody {
     #[serde(default)]
     payment_ref: Option<String>,
 }
 
+/// Confirm a held reservation (its buyer). Confirming twice answers the same.
+#[utoipa::path(post, path = "/v1/reservations/{id}/confirm", tag = "reservations",
+    request_body(content = Option<ConfirmBody>, description = "Optional"),
+    params(("id" = String, Path, description = "The reservation's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Confirmed", body = Reservation),
+        (status = 400, description = "`malformed_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`reservation_not_found` (also another user's)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`reservation_cancelled`", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`hold_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn confirm(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -233,6 +275,18 @@ async fn confirm(
     respond(outcome)
 }
 
+/// Cancel a held or confirmed reservation (its buyer); its tickets go back
+/// on sale.
+#[utoipa::path(post, path = "/v1/reservations/{id}/cancel", tag = "reservations",
+    params(("id" = String, Path, description = "The reservation's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled", body = Reservation),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`reservation_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`hold_expired`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn cancel(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -243,6 +297,16 @@ async fn cancel(
     respond(outcome)
 }
 
+/// One of the caller's reservations.
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
+    params(("id" = String, Path, description = "The reservation's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The reservation", body = Reservation),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`reservation_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_reservation(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -256,10 +320,17 @@ async fn get_reservation(
 }
 
 /// The caller's reservations in every sale, newest first.
+#[utoipa::path(get, path = "/v1/me/reservations", tag = "reservations",
+    security(("bearer" = [])),
+    responses(
+                (status = 200, description = "The caller's reservations", body = MyReservations),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn my_reservations(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
-) -> ApiResult<axum::Json<serde_json::Value>> {
+) -> ApiResult<axum::Json<MyReservations>> {
     let sales: Vec<String> = state.redis.smembers(keys::SALES).await?;
     let sales: Vec<SaleId> = sales.iter().filter_map(|s| s.parse().ok()).collect();
     let pipe = state.redis.next().pipeline();
@@ -285,7 +356,12 @@ async fn my_reservations(
         }
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
-    Ok(axum::Json(serde_json::json!({ "reservations": out })))
+    Ok(axum::Json(MyReservations { reservations: out }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct MyReservations {
+    reservations: Vec<Reservation>,
 }
 
 fn parse_reservation_id(raw: &str) -> ApiResult<ReservationId> {

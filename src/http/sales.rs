@@ -5,28 +5,31 @@ use axum::{
     extract::{Path, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
-    Router,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{or_frozen, AppState, Json, Organizer};
+use crate::error::Problem;
 use crate::{
     error::{ApiError, ApiResult},
     ids::SaleId,
     sales::{self, limits, LiveSale, NewSale, Release, SaleState},
 };
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sales", post(create_sale))
-        .route("/v1/sales/{sale_id}", get(get_sale).patch(patch_sale))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_sale))
+        .routes(routes!(get_sale, patch_sale))
 }
 
-/// A sale as API.md shows it.
-#[derive(Serialize)]
+/// A sale, with its live state and stock.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Sale)]
 pub struct SaleBody {
+    #[schema(value_type = uuid::Uuid)]
     id: SaleId,
     name: String,
     state: SaleState,
@@ -55,7 +58,8 @@ pub struct SaleBody {
     prequeue_seed: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Zone)]
 struct ZoneBody {
     code: String,
     name: String,
@@ -116,6 +120,19 @@ pub fn parse_sale_id(raw: &str) -> ApiResult<SaleId> {
     raw.parse().map_err(|_| ApiError::SaleNotFound)
 }
 
+/// Create a sale (organizers).
+#[utoipa::path(post, path = "/v1/sales", tag = "sales", request_body = NewSale,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = SaleBody),
+        (status = 400, description = "`malformed_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not an organizer", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed` (the detail names the field), `invalid_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn create_sale(
     State(state): State<AppState>,
     Organizer(who): Organizer,
@@ -136,6 +153,14 @@ async fn create_sale(
         .into_response())
 }
 
+/// A sale with its live state and stock (public).
+#[utoipa::path(get, path = "/v1/sales/{sale_id}", tag = "sales",
+    params(("sale_id" = String, Path, description = "The sale's id")),
+    responses(
+        (status = 200, description = "The sale", body = SaleBody),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn get_sale(
     State(state): State<AppState>,
     Path(sale_id): Path<String>,
@@ -151,7 +176,7 @@ async fn get_sale(
 
 /// `PATCH /v1/sales/{id}`: any of the release settings. `max_active: null`
 /// removes the cap.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SalePatch {
     #[serde(default)]
@@ -160,6 +185,7 @@ struct SalePatch {
     release_interval_ms: Option<i64>,
     /// Absent: unchanged; `null`: no cap; a number: the new cap.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
     max_active: Option<Option<i64>>,
     #[serde(default)]
     paused: Option<bool>,
@@ -199,6 +225,22 @@ impl SalePatch {
     }
 }
 
+/// Change a sale's release settings live (its organizer). Applied at the
+/// next release tick; every change is recorded.
+#[utoipa::path(patch, path = "/v1/sales/{sale_id}", tag = "sales", request_body = SalePatch,
+    params(("sale_id" = String, Path, description = "The sale's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The sale as changed", body = SaleBody),
+        (status = 400, description = "`malformed_json`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not this sale's organizer", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn patch_sale(
     State(state): State<AppState>,
     Organizer(who): Organizer,
