@@ -177,6 +177,12 @@ pub async fn register(
 
 /// The account's id and role when the password is right.
 pub async fn login(db: &PgPool, email: &str, password: String) -> Result<(Uuid, Role), ApiError> {
+    // No stored email has control characters (registration refuses them),
+    // and Postgres text cannot even hold a NUL.
+    if email.chars().any(char::is_control) || email.len() > 254 {
+        let _ = verify(password, None).await?;
+        return Err(ApiError::InvalidCredentials);
+    }
     let row: Option<(Uuid, String, String)> =
         sqlx::query_as("SELECT id, password_hash, role FROM users WHERE lower(email) = lower($1)")
             .bind(email.trim())

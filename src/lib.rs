@@ -18,6 +18,8 @@ pub mod http;
 pub mod ids;
 /// Holds, confirmations, cancellations and expiry, through Lua scripts.
 pub mod inventory;
+/// JSON input as JSON Schema reads it.
+pub mod json;
 /// Redis key names, all under the sale's hash tag.
 pub mod keys;
 /// Rate limits and the in-flight cap.

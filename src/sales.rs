@@ -43,34 +43,62 @@ pub mod limits {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSale {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "\\S",
+        example = "Summer Tour - Berlin"
+    )]
     pub name: String,
+    /// When holds may start (default: now). Buyers may queue before.
     #[serde(default)]
     pub opens_at: Option<DateTime<Utc>>,
+    /// When holds stop; must be after `opens_at`.
     #[serde(default)]
     pub closes_at: Option<DateTime<Utc>>,
+    #[schema(min_items = 1, max_items = 100)]
     pub zones: Vec<NewZone>,
-    #[serde(default)]
+    /// Buyers admitted per second (default 100).
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 1, maximum = 100000)]
     pub release_rate: Option<i64>,
-    #[serde(default)]
+    /// How often a batch is released (default 1000).
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 100, maximum = 60000)]
     pub release_interval_ms: Option<i64>,
-    #[serde(default)]
+    /// Cap on buyers admitted and not yet finished (default: none).
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 1, maximum = 10000000)]
     pub max_active: Option<i64>,
-    #[serde(default)]
+    /// Lifetime of a queue pass (default 300).
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub pass_ttl_seconds: Option<i64>,
-    #[serde(default)]
+    /// Lifetime of a hold (default 600).
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub hold_ttl_seconds: Option<i64>,
-    #[serde(default)]
+    /// Tickets one buyer may hold and buy in the sale (default 4).
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 1, maximum = 100)]
     pub per_user_limit: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewZone {
+    /// Unique within the sale.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$", example = "A")]
     pub code: String,
+    /// Shown to buyers (default: the code).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: Option<String>,
+    #[serde(deserialize_with = "crate::json::req_whole")]
+    #[schema(minimum = 1, maximum = 10000000, example = 5000)]
     pub capacity: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 0, maximum = 10000000000_i64)]
     pub price_cents: Option<i64>,
 }
 
@@ -147,9 +175,9 @@ impl NewSale {
         // Milliseconds, as Redis keeps times: both stores then agree exactly.
         let now = now.trunc_subsecs(3);
         let name = self.name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 200 {
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
             return Err(ApiError::Validation(
-                "name must be 1 to 200 characters".into(),
+                "name must be 1 to 200 characters, without control characters".into(),
             ));
         }
         if self.zones.is_empty() || self.zones.len() > limits::ZONES {
@@ -175,9 +203,12 @@ impl NewSale {
                 .name
                 .map(|n| n.trim().to_owned())
                 .unwrap_or_else(|| z.code.clone());
-            if zone_name.is_empty() || zone_name.chars().count() > 100 {
+            if zone_name.is_empty()
+                || zone_name.chars().count() > 100
+                || zone_name.chars().any(char::is_control)
+            {
                 return Err(ApiError::Validation(format!(
-                    "zones[{i}].name must be 1 to 100 characters"
+                    "zones[{i}].name must be 1 to 100 characters, without control characters"
                 )));
             }
             zones.push(ZoneDef {

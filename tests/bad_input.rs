@@ -183,3 +183,51 @@ async fn ids_that_look_like_sql_or_paths_are_just_not_found() {
         .unwrap();
     assert_eq!(rows, 0);
 }
+
+#[tokio::test]
+async fn control_characters_are_refused_not_stored() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .post(
+            "/v1/sales",
+            Some(&app.organizer("org-1")),
+            json!({"name": "nul\u{0}name", "zones": [{"code": "A", "capacity": 1}]}),
+        )
+        .await;
+    assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let res = app
+        .post(
+            "/v1/sales",
+            Some(&app.organizer("org-1")),
+            json!({"name": "ok", "zones": [{"code": "A", "capacity": 1, "name": "bell\u{7}"}]}),
+        )
+        .await;
+    assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let res = app
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"email": "a\u{0}@example.com", "password": "whatever password"}),
+        )
+        .await;
+    assert_problem(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    // Whole numbers written as 2.0 are integers, as the schema says.
+    let res = app
+        .post(
+            "/v1/sales",
+            Some(&app.organizer("org-1")),
+            json!({"name": "floats", "zones": [{"code": "A", "capacity": 5.0}], "release_rate": 10.0}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = app
+        .http
+        .patch(app.url("/v1/sales/00000000-0000-0000-0000-000000000000"))
+        .bearer_auth(app.organizer("org-1"))
+        .json(&json!([null, null]))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    assert_eq!(body["detail"], "the body must be a JSON object");
+}

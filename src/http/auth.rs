@@ -21,8 +21,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Deserialize, ToSchema)]
 struct Credentials {
-    #[schema(example = "fan@example.com")]
+    #[schema(example = "fan@example.com", format = Email, max_length = 254)]
     email: String,
+    /// Register: 10 to 256 characters, not a common password.
+    #[schema(min_length = 10, max_length = 256)]
     password: String,
 }
 

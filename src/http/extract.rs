@@ -20,11 +20,47 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == "application"
+                    && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
         }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge {
+                        limit: super::JSON_BODY_LIMIT,
+                    }
+                } else {
+                    ApiError::MalformedJson("the request body could not be read".into())
+                }
+            })?;
+        object_only(&bytes)?;
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(v)| Json(v))
+            .map_err(json_rejection)
     }
+}
+
+/// Refuses a body that is JSON but not an object (serde would fill a
+/// struct from an array). Malformed JSON is left to the parser to describe.
+pub fn object_only(body: &[u8]) -> Result<(), ApiError> {
+    if crate::json::is_object(body)
+        || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err()
+    {
+        return Ok(());
+    }
+    Err(ApiError::InvalidBody(
+        "the body must be a JSON object".into(),
+    ))
 }
 
 /// Maps axum's JSON rejections to precise client errors. serde's messages name

@@ -43,17 +43,17 @@ const MAX_QUANTITY: i64 = 100;
 /// precise `invalid_quantity` or `zone_not_found` answer.
 #[derive(Deserialize, ToSchema)]
 struct HoldBody {
-    #[schema(value_type = String, example = "A")]
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9_-]{1,32}$", example = "A")]
     zone: serde_json::Value,
     #[serde(default)]
-    #[schema(value_type = i64, minimum = 1, maximum = 100, example = 2)]
+    #[schema(value_type = i64, required = true, minimum = 1, maximum = 100, example = 2)]
     quantity: serde_json::Value,
 }
 
 /// The quantity must be a JSON integer in range: `"2"`, `2.5`, `1e12`,
 /// `null`, `0` and `-1` are all refused with `invalid_quantity`.
 fn parse_quantity(v: &serde_json::Value) -> ApiResult<u32> {
-    match v.as_i64() {
+    match crate::json::whole(v) {
         Some(q) if (1..=MAX_QUANTITY).contains(&q) => Ok(q as u32),
         Some(q) => Err(ApiError::InvalidQuantity(format!(
             "quantity must be between 1 and {MAX_QUANTITY}, got {q}"
@@ -250,6 +250,7 @@ async fn confirm(
     let body: ConfirmBody = if body.iter().all(u8::is_ascii_whitespace) {
         ConfirmBody::default()
     } else {
+        super::extract::object_only(&body)?;
         serde_json::from_slice(&body).map_err(|e| {
             if e.is_data() {
                 ApiError::InvalidBody(e.to_string())

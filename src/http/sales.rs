@@ -179,13 +179,15 @@ async fn get_sale(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SalePatch {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 1, maximum = 100000)]
     release_rate: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 100, maximum = 60000)]
     release_interval_ms: Option<i64>,
     /// Absent: unchanged; `null`: no cap; a number: the new cap.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 10000000)]
     max_active: Option<Option<i64>>,
     #[serde(default)]
     paused: Option<bool>,
@@ -193,7 +195,7 @@ struct SalePatch {
 
 /// Tells a field sent as `null` (Some(None)) from one not sent (None).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-    Option::<i64>::deserialize(d).map(Some)
+    crate::json::opt_whole(d).map(Some)
 }
 
 impl SalePatch {
