@@ -221,6 +221,7 @@ impl IntoResponse for ApiError {
 impl From<fred::error::Error> for ApiError {
     fn from(err: fred::error::Error) -> Self {
         if redis_is_unavailable(&err) {
+            metrics::counter!("flashsale_store_errors_total", "store" => "redis").increment(1);
             tracing::warn!(error = %err, "redis call failed");
             ApiError::Unavailable { what: "redis" }
         } else {
@@ -260,6 +261,8 @@ impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         match err {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                metrics::counter!("flashsale_store_errors_total", "store" => "postgres")
+                    .increment(1);
                 tracing::warn!(error = %err, "postgres call failed");
                 ApiError::Unavailable { what: "postgres" }
             }

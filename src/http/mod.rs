@@ -149,14 +149,25 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(deadline))
         .layer(middleware::from_fn(record_metrics))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let id = req
-                    .extensions()
-                    .get::<RequestId>()
-                    .and_then(|id| id.header_value().to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = id)
-            }),
+                        // One log line per request (JSON with LOG_FORMAT=json): request
+            // id, method, route template, path, status and latency. Headers
+            // are never logged, so neither tokens nor passes are.
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or("");
+                    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str()).unwrap_or("");
+                    tracing::info_span!("request", request_id = id, method = %req.method(), route, path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Micros),
+                ),
         )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
