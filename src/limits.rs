@@ -48,7 +48,60 @@ pub struct LimitsConfig {
     pub per_address: Rate,
     /// Requests being served at once before new ones are shed with 503.
     pub max_in_flight: usize,
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<IpRange>,
+}
+
+/// An address or a CIDR range (`10.0.0.7`, `10.244.0.0/16`, `fd00::/8`):
+/// proxies in Kubernetes come and go within a pod or node range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpRange {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an address or CIDR range"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}` has a bad prefix length"))?,
+        };
+        Ok(Self { net, prefix })
+    }
 }
 
 impl LimitsConfig {
@@ -69,7 +122,7 @@ impl LimitsConfig {
         let trusted_proxies = match std::env::var("TRUSTED_PROXIES") {
             Ok(list) if !list.trim().is_empty() => list
                 .split(',')
-                .map(|a| a.trim().parse::<IpAddr>())
+                .map(|a| a.trim().parse::<IpRange>())
                 .collect::<Result<_, _>>()
                 .map_err(|e| anyhow::anyhow!("TRUSTED_PROXIES is malformed: {e}"))?,
             _ => Vec::new(),
@@ -123,7 +176,7 @@ pub struct Limits {
     login: Keyed<IpAddr>,
     per_address: Keyed<IpAddr>,
     in_flight: Arc<Semaphore>,
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Limits {
@@ -216,4 +269,29 @@ fn check<K: std::hash::Hash + Eq + Clone>(
             retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_hold_their_addresses_and_no_others() {
+        let r: IpRange = "10.244.0.0/16".parse().unwrap();
+        assert!(r.contains("10.244.3.7".parse().unwrap()));
+        assert!(!r.contains("10.245.0.1".parse().unwrap()));
+        // An IPv4 peer seen through an IPv6 socket is still itself.
+        assert!(r.contains("::ffff:10.244.0.9".parse().unwrap()));
+        let one: IpRange = "192.0.2.1".parse().unwrap();
+        assert!(one.contains("192.0.2.1".parse().unwrap()));
+        assert!(!one.contains("192.0.2.2".parse().unwrap()));
+        let all: IpRange = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.5".parse().unwrap()));
+        let v6: IpRange = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0/8", "::/129"] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad}");
+        }
+    }
 }

@@ -101,7 +101,7 @@ async fn behind_a_trusted_proxy_each_forwarded_address_has_its_own_allowance() {
             per_minute: 60,
             burst: 2,
         };
-        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     }))
     .await;
     let sale = app.sale_id(json!({})).await;

@@ -129,10 +129,11 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
             .get::<TrustedProxies>()
             .map(|t| t.0.as_slice())
             .unwrap_or_default();
-        let Some(peer) = peer else {
+        let Some(peer) = peer.map(|p| p.to_canonical()) else {
             return Ok(ClientAddr(None));
         };
-        if !trusted.contains(&peer) {
+        let is_trusted = |a: &std::net::IpAddr| trusted.iter().any(|r| r.contains(*a));
+        if !is_trusted(&peer) {
             return Ok(ClientAddr(Some(peer)));
         }
         let forwarded = parts
@@ -147,7 +148,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
             forwarded
                 .into_iter()
                 .rev()
-                .find(|a| !trusted.contains(a))
+                .find(|a| !is_trusted(a))
                 .unwrap_or(peer),
         )))
     }
@@ -155,7 +156,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 
 /// The trusted proxies, put in each request's extensions by the router.
 #[derive(Clone, Default)]
-pub struct TrustedProxies(pub std::sync::Arc<Vec<std::net::IpAddr>>);
+pub struct TrustedProxies(pub std::sync::Arc<Vec<crate::limits::IpRange>>);
 
 /// Any caller with a valid access token.
 pub struct AuthUser(pub Identity);
