@@ -11,6 +11,9 @@
 -- KEYS[3]  {sale:<id>}:users
 -- KEYS[4]  {sale:<id>}:deadlines
 -- KEYS[5]  {sale:<id>}:stream
+-- KEYS[6]  {sale:<id>}:admitted  a confirmation finishes the buyer's turn:
+--                                their pass is spent and frees its place
+--                                among the active buyers
 -- ARGV[1]  caller's user id (another user's reservation reads as not found)
 -- ARGV[2]  payment reference ("" for none)
 -- ARGV[3]  sale id
@@ -54,4 +57,5 @@ redis.call('HINCRBY', KEYS[2], zone .. ':conf', qty)
 redis.call('ZREM', KEYS[4], rid)
 redis.call('XADD', KEYS[5], '*', 'type', 'confirmed', 'id', rid, 'sale', sale,
   'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now, 'payment_ref', payment)
+redis.call('ZREM', KEYS[6], uid)
 return {'ok', rid, zone, r[3], 'confirmed', r[5], r[6], tostring(now), '0', '0'}

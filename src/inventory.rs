@@ -156,11 +156,13 @@ pub async fn confirm(
     payment_ref: &str,
 ) -> ApiResult<Outcome> {
     let keys = SaleKeys::new(id.sale);
+    let mut confirm_keys = change_keys(&keys, id);
+    confirm_keys.push(keys.admitted());
     let reply: Vec<String> = scripts
         .confirm
         .run(
             redis,
-            change_keys(&keys, id),
+            confirm_keys,
             vec![
                 Value::from(user),
                 Value::from(payment_ref),

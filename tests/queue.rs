@@ -641,6 +641,17 @@ async fn stats_and_the_prequeue_export_are_for_the_sales_own_organizer() {
         .json()
         .await
         .unwrap();
+    let pass = app.pass_for(sale, &buyer).await;
+    let stats: Value = app
+        .get(
+            &format!("/v1/sales/{sale}/stats"),
+            Some(&app.organizer("org-1")),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["active"], 1, "holding: still active");
     app.confirm(r["id"].as_str().unwrap(), &buyer).await;
     let stats: Value = app
         .get(
@@ -652,7 +663,13 @@ async fn stats_and_the_prequeue_export_are_for_the_sales_own_organizer() {
         .await
         .unwrap();
     assert_eq!(stats["admitted_total"], 1);
-    assert_eq!(stats["active"], 1);
+    assert_eq!(
+        stats["active"], 0,
+        "a confirmation finishes the buyer's turn"
+    );
+    // The pass is spent: buying more means queueing again.
+    let res = app.hold_with_pass(sale, &buyer, &pass, "A", 1, None).await;
+    assert_problem(res, StatusCode::FORBIDDEN, "pass_invalid").await;
     assert_eq!(stats["waiting"], 0);
     assert_eq!(
         stats["zones"][0],

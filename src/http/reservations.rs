@@ -402,7 +402,7 @@ fn refused(refusal: Refusal, zone: &str) -> ApiError {
         Refusal::PassRevoked => pass_refused_in_script(
             "revoked",
             ApiError::PassInvalid(
-                "the queue pass was revoked: you left the queue or were dropped from it".into(),
+                "the queue pass is no longer valid: a confirmation spent it, or you left or were dropped from the queue".into(),
             ),
         ),
         Refusal::PassExpired => pass_refused_in_script("expired", ApiError::PassExpired),

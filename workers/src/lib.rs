@@ -4,6 +4,8 @@
 //! Every worker is idempotent and safe to run in several replicas at once:
 //! its step is a Lua script that decides, inside Redis, what is due.
 
+/// The post-run check of a load test.
+pub mod check;
 /// Sweeps passed hold deadlines and returns their tickets.
 pub mod expirer;
 /// Checks Redis against itself and against Postgres, every few seconds.

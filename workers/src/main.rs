@@ -13,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("check") {
+        return check(&args[1..]).await;
+    }
     let config = Config::from_env()?;
     let expire_every =
         Duration::from_millis(config::parse_or("EXPIRE_INTERVAL_MS", 250u64)?.max(10));
@@ -120,4 +124,54 @@ async fn main() -> anyhow::Result<()> {
     let _ = tokio::join!(expiring, releasing, sinking, reconciling, serving);
     tracing::info!("flashsale workers stopped");
     Ok(())
+}
+
+/// `flashsale-workers check --sale ID [--confirmed FILE]`: the post-run check
+/// of a load test (see `check.rs`). Exits 1 when an invariant is broken.
+async fn check(args: &[String]) -> anyhow::Result<()> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let sale: flashsale::ids::SaleId = value("--sale")
+        .ok_or_else(|| {
+            anyhow::anyhow!("usage: flashsale-workers check --sale ID [--confirmed FILE]")
+        })?
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--sale is not a sale id"))?;
+    let told: std::collections::HashSet<String> = match value("--confirmed") {
+        Some(path) => std::fs::read_to_string(path)?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => Default::default(),
+    };
+    let config = Config::from_env()?;
+    let redis = flashsale::redis::connect(&config.redis_url, 1, config.store_timeout).await?;
+    let db = flashsale::db::connect(&config.database_url, 2, config.store_timeout).await?;
+    let scripts = Scripts::new();
+    let v = flashsale_workers::check::run(&redis, &scripts, &db, sale, &told).await?;
+    println!("post-run check of sale {sale}");
+    for z in &v.report.zones {
+        println!(
+            "  zone {:<8} capacity {:>7}  available {:>7}  held {:>5}  confirmed {:>7}  in postgres {:>7}  drift {}  oversold {}",
+            z.zone, z.capacity, z.available, z.held, z.confirmed, z.persisted, z.drift, z.oversold
+        );
+    }
+    println!(
+        "  confirmations clients were told of: {} ({} missing in Postgres); holds past deadline: {}; stream lag: {}",
+        v.told_confirmed, v.missing_in_postgres, v.holds_past_deadline, v.report.lag_entries
+    );
+    if v.broken.is_empty() {
+        println!("  all invariants hold");
+        Ok(())
+    } else {
+        for b in &v.broken {
+            println!("  BROKEN: {b}");
+        }
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,106 @@
+//! The post-run check of a load test: once the sale is quiet, are all the
+//! invariants true?
+//!
+//! - the stream drains into Postgres (nothing stays in flight);
+//! - per zone: nothing oversold, capacity = available + held + confirmed in
+//!   Redis, and Redis's confirmed equals Postgres's (drift 0);
+//! - no hold is left past its deadline (the expirer swept them all);
+//! - every confirmation the load generator was told of is in Postgres.
+
+use std::{collections::HashSet, time::Duration};
+
+use flashsale::{ids::SaleId, keys::SaleKeys, scripts::Scripts};
+use fred::{clients::Pool, interfaces::SortedSetsInterface};
+use sqlx::PgPool;
+
+use crate::reconciler::{Reconciler, SaleReport};
+
+/// What the check found; `broken` lists every invariant that does not hold.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub report: SaleReport,
+    pub told_confirmed: usize,
+    pub missing_in_postgres: usize,
+    pub holds_past_deadline: u64,
+    pub broken: Vec<String>,
+}
+
+/// Waits (bounded) for the sale's stream to drain and its holds to expire,
+/// then checks. `told` are the reservation ids clients were told are confirmed.
+pub async fn run(
+    redis: &Pool,
+    scripts: &Scripts,
+    db: &PgPool,
+    sale: SaleId,
+    told: &HashSet<String>,
+) -> anyhow::Result<Verdict> {
+    let reconciler = Reconciler::default();
+    let k = SaleKeys::new(sale);
+    let grace_ms = 2_000;
+    let mut report = reconciler.check(redis, scripts, db, sale).await?;
+    let mut overdue = 0;
+    for _ in 0..120 {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        overdue = redis
+            .zcount(k.deadlines(), f64::NEG_INFINITY, (now_ms - grace_ms) as f64)
+            .await?;
+        report = reconciler.check(redis, scripts, db, sale).await?;
+        if report.lag_entries == 0 && overdue == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut v = Verdict {
+        told_confirmed: told.len(),
+        holds_past_deadline: overdue,
+        ..Verdict::default()
+    };
+    if report.lag_entries > 0 {
+        v.broken.push(format!(
+            "{} stream entries never reached Postgres",
+            report.lag_entries
+        ));
+    }
+    if overdue > 0 {
+        v.broken.push(format!(
+            "{overdue} holds are still held past their deadline"
+        ));
+    }
+    if let Some(why) = report.frozen {
+        v.broken.push(format!("the sale is frozen ({why})"));
+    }
+    for z in &report.zones {
+        if z.oversold > 0 {
+            v.broken
+                .push(format!("zone {} oversold by {}", z.zone, z.oversold));
+        }
+        if z.conservation_gap != 0 {
+            v.broken.push(format!(
+                "zone {}: capacity != available + held + confirmed (gap {})",
+                z.zone, z.conservation_gap
+            ));
+        }
+        if z.drift != 0 {
+            v.broken.push(format!(
+                "zone {}: Redis and Postgres differ by {}",
+                z.zone, z.drift
+            ));
+        }
+    }
+    let ids: Vec<&str> = told.iter().map(String::as_str).collect();
+    let found: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM reservations WHERE id = ANY($1) AND status = 'confirmed'",
+    )
+    .bind(&ids)
+    .fetch_one(db)
+    .await?;
+    v.missing_in_postgres = told.len() - found as usize;
+    if v.missing_in_postgres > 0 {
+        v.broken.push(format!(
+            "{} confirmations clients were told of are not confirmed in Postgres",
+            v.missing_in_postgres
+        ));
+    }
+    v.report = report;
+    Ok(v)
+}
