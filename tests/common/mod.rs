@@ -339,13 +339,23 @@ impl TestApp {
         req.send().await.expect("request")
     }
 
+    /// Confirms as `buyer`. A confirmation spends the buyer's queue pass,
+    /// so their next hold goes through the queue again, as in a browser.
     pub async fn confirm(&self, id: &str, buyer: &str) -> Response {
-        self.post(
-            &format!("/v1/reservations/{id}/confirm"),
-            Some(&self.buyer(buyer)),
-            json!({}),
-        )
-        .await
+        let res = self
+            .post(
+                &format!("/v1/reservations/{id}/confirm"),
+                Some(&self.buyer(buyer)),
+                json!({}),
+            )
+            .await;
+        if res.status() == StatusCode::OK {
+            self.held_passes
+                .lock()
+                .unwrap()
+                .retain(|(_, b), _| b != buyer);
+        }
+        res
     }
 
     pub async fn cancel(&self, id: &str, buyer: &str) -> Response {
