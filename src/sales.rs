@@ -146,14 +146,19 @@ fn in_range(field: &str, value: i64, (lo, hi): (i64, i64)) -> Result<i64, ApiErr
     }
 }
 
+/// `value` for `field`, checked against one of the `limits` ranges (every
+/// one of them fits in u32).
+pub fn bounded(field: &str, value: i64, range: (i64, i64)) -> Result<u32, ApiError> {
+    Ok(in_range(field, value, range)? as u32)
+}
+
 fn setting(
     field: &str,
     value: Option<i64>,
     default: i64,
     range: (i64, i64),
 ) -> Result<u32, ApiError> {
-    // Every range above fits in u32.
-    Ok(in_range(field, value.unwrap_or(default), range)? as u32)
+    bounded(field, value.unwrap_or(default), range)
 }
 
 /// A zone code: 1 to 32 of `A-Z a-z 0-9 _ -`. Codes end Redis hash fields
@@ -212,11 +217,11 @@ impl NewSale {
                 )));
             }
             zones.push(ZoneDef {
-                capacity: in_range(
+                capacity: bounded(
                     &format!("zones[{i}].capacity"),
                     z.capacity,
                     limits::CAPACITY,
-                )? as u32,
+                )?,
                 price_cents: in_range(
                     &format!("zones[{i}].price_cents"),
                     z.price_cents.unwrap_or(0),
@@ -245,7 +250,7 @@ impl NewSale {
             )?,
             max_active: self
                 .max_active
-                .map(|v| in_range("max_active", v, limits::MAX_ACTIVE).map(|v| v as u32))
+                .map(|v| bounded("max_active", v, limits::MAX_ACTIVE))
                 .transpose()?,
             paused: false,
         };

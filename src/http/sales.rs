@@ -200,15 +200,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>
 
 impl SalePatch {
     fn apply(&self, mut r: Release) -> ApiResult<Release> {
-        let check = |field: &str, v: i64, (lo, hi): (i64, i64)| -> ApiResult<u32> {
-            if (lo..=hi).contains(&v) {
-                Ok(v as u32)
-            } else {
-                Err(ApiError::Validation(format!(
-                    "{field} must be between {lo} and {hi}, got {v}"
-                )))
-            }
-        };
+        let check = sales::bounded;
+
         if let Some(v) = self.release_rate {
             r.release_rate = check("release_rate", v, limits::RELEASE_RATE)?;
         }
