@@ -5,12 +5,17 @@
 //! and `aud` are checked when configured. The same keys verify tokens minted
 //! by `flashsale token` and by an outside identity provider sharing the
 //! secret.
+//!
+//! A buyer in the queue presents the same token every second or so, so
+//! verified tokens are cached by their exact string (a hit still checks
+//! `exp`); refusals are never cached.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{
     decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
 };
+use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
 
 use crate::config::JwtConfig;
@@ -58,12 +63,19 @@ pub struct Identity {
 /// Longest user id accepted: ids end Redis keys and fill Postgres columns.
 pub const MAX_USER_ID_LEN: usize = 128;
 
+/// Verified tokens kept: enough for every buyer of a large sale polling at
+/// once (a few hundred bytes each).
+const CACHE_CAPACITY: usize = 200_000;
+
 pub struct AccessTokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
+    leeway: u64,
+    /// Verified tokens: who they name and until when.
+    cache: Cache<String, (Identity, u64)>,
 }
 
 impl AccessTokens {
@@ -85,6 +97,8 @@ impl AccessTokens {
             validation,
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
+            leeway: cfg.leeway_seconds,
+            cache: Cache::new(CACHE_CAPACITY),
         }
     }
 
@@ -108,6 +122,14 @@ impl AccessTokens {
 
     /// Verifies a token, returning who it names or why it is refused.
     pub fn verify(&self, token: &str) -> Result<Identity, String> {
+        let now = unix_now();
+        if let Some((identity, exp)) = self.cache.get(token) {
+            if exp.saturating_add(self.leeway) < now {
+                self.cache.remove(token);
+                return Err("access token expired".into());
+            }
+            return Ok(identity);
+        }
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             match e.kind() {
                 ErrorKind::ExpiredSignature => "access token expired",
@@ -126,10 +148,18 @@ impl AccessTokens {
         if sub.is_empty() || sub.len() > MAX_USER_ID_LEN || sub.chars().any(char::is_control) {
             return Err("access token has an unusable `sub`".into());
         }
-        Ok(Identity {
+        let identity = Identity {
             user_id: sub,
             role: data.claims.role,
-        })
+        };
+        // Judged by our clock too, so a hit never accepts what `decode`
+        // would have refused the same second.
+        if data.claims.exp.saturating_add(self.leeway) < now {
+            return Err("access token expired".into());
+        }
+        self.cache
+            .insert(token.to_owned(), (identity.clone(), data.claims.exp));
+        Ok(identity)
     }
 }
 
@@ -138,4 +168,46 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> AccessTokens {
+        AccessTokens::new(&JwtConfig {
+            secret: "unit-test-secret-unit-test-secret-0123".into(),
+            leeway_seconds: 5,
+            issuer: None,
+            audience: None,
+        })
+    }
+
+    #[test]
+    fn a_verified_token_is_served_from_the_cache() {
+        let t = tokens();
+        let token = t.issue("fan-1", Role::Buyer, 60).unwrap();
+        assert_eq!(t.verify(&token).unwrap().user_id, "fan-1");
+        assert_eq!(t.cache.len(), 1);
+        assert_eq!(t.verify(&token).unwrap().user_id, "fan-1");
+    }
+
+    #[test]
+    fn an_expired_token_found_in_the_cache_is_refused_and_dropped() {
+        let t = tokens();
+        let token = t.issue("fan-1", Role::Buyer, 60).unwrap();
+        let identity = t.verify(&token).unwrap();
+        t.cache.insert(token.clone(), (identity, unix_now() - 10));
+        assert_eq!(t.verify(&token).unwrap_err(), "access token expired");
+        assert_eq!(t.cache.len(), 0);
+    }
+
+    #[test]
+    fn a_refused_token_is_not_cached() {
+        let t = tokens();
+        let mut token = t.issue("fan-1", Role::Buyer, 60).unwrap();
+        token.push('x');
+        assert!(t.verify(&token).is_err());
+        assert_eq!(t.cache.len(), 0);
+    }
 }

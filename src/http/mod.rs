@@ -204,22 +204,103 @@ pub(crate) async fn or_frozen<T>(
 }
 
 /// Counts requests and times them, labelled by route template (never the raw
-/// path, so ids do not explode the label space) and status.
+/// path, so ids do not explode the label space), method and status.
 async fn record_metrics(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+        .map_or("unmatched", |p| p.as_str());
+    let handles = REQUEST_METRICS.for_route(route, req.method());
     let start = Instant::now();
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("flashsale_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("flashsale_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(start.elapsed().as_secs_f64());
+    handles.histogram.record(start.elapsed().as_secs_f64());
+    handles.count(res.status().as_u16());
     res
+}
+
+static REQUEST_METRICS: std::sync::LazyLock<RequestMetrics> =
+    std::sync::LazyLock::new(RequestMetrics::default);
+
+/// The request metrics' handles, made once per route, method and status, so
+/// the hot path neither builds label strings nor looks the registry up.
+#[derive(Default)]
+struct RequestMetrics {
+    /// By route template, then method.
+    routes: std::sync::RwLock<std::collections::HashMap<String, Vec<Arc<RouteMetrics>>>>,
+}
+
+struct RouteMetrics {
+    route: String,
+    method: &'static str,
+    histogram: metrics::Histogram,
+    /// By status; a route answers a handful of them.
+    counters: std::sync::RwLock<Vec<(u16, metrics::Counter)>>,
+}
+
+impl RequestMetrics {
+    fn for_route(&self, route: &str, method: &axum::http::Method) -> Arc<RouteMetrics> {
+        let method = method_label(method);
+        let find = |by_method: &Vec<Arc<RouteMetrics>>| {
+            by_method.iter().find(|m| m.method == method).cloned()
+        };
+        if let Some(found) = self
+            .routes
+            .read()
+            .ok()
+            .and_then(|routes| routes.get(route).and_then(find))
+        {
+            return found;
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let by_method = routes.entry(route.to_owned()).or_default();
+        if let Some(found) = find(by_method) {
+            return found;
+        }
+        let made = Arc::new(RouteMetrics {
+            histogram: metrics::histogram!("flashsale_http_request_duration_seconds", "route" => route.to_owned(), "method" => method),
+            route: route.to_owned(),
+            method,
+            counters: Default::default(),
+        });
+        by_method.push(made.clone());
+        made
+    }
+}
+
+impl RouteMetrics {
+    fn count(&self, status: u16) {
+        let found = self
+            .counters
+            .read()
+            .ok()
+            .and_then(|c| c.iter().find(|(s, _)| *s == status).map(|(_, c)| c.clone()));
+        let counter = found.unwrap_or_else(|| {
+            let mut counters = self.counters.write().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, c)) = counters.iter().find(|(s, _)| *s == status) {
+                return c.clone();
+            }
+            let counter = metrics::counter!("flashsale_http_requests_total", "route" => self.route.clone(), "method" => self.method, "status" => status.to_string());
+            counters.push((status, counter.clone()));
+            counter
+        });
+        counter.increment(1);
+    }
+}
+
+/// The method as a label: the standard ones by name, anything else as
+/// `OTHER`, so a client inventing methods cannot grow the label space.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 /// Sheds a request with 503 when `MAX_IN_FLIGHT` requests are being served:
