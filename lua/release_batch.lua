@@ -25,6 +25,8 @@
 -- KEYS[6]  {sale:<id>}:expired
 -- KEYS[7]  {sale:<id>}:zones
 -- KEYS[8]  {sale:<id>}:ticks
+-- KEYS[9]  {sale:<id>}:admissions  one entry per admitting tick:
+--                                  "ms:lowest place:highest place:count"
 -- ARGV[1]  idle_ms: a waiting buyer silent this long loses the place
 -- ARGV[2]  most buyers admitted in one tick (bounds the script's run time)
 -- Returns  {"not_due"}, {"err", "sale_not_found"}, or
@@ -96,6 +98,9 @@ else
   if n > 0 then
     local popped = redis.call('ZPOPMIN', KEYS[2], n)
     local deadline = now + pass_ttl_ms
+    if #popped > 0 then
+      redis.call('RPUSH', KEYS[9], now .. ':' .. popped[2] .. ':' .. popped[#popped] .. ':' .. (#popped / 2))
+    end
     for i = 1, #popped, 2 do
       local u = popped[i]
       redis.call('ZADD', KEYS[5], deadline, u)

@@ -66,6 +66,12 @@ impl SaleKeys {
     pub fn ticks(&self) -> String {
         self.key("ticks")
     }
+    /// List with one entry per release tick that admitted anyone:
+    /// "ms:lowest place:highest place:count". The post-run check reads it to
+    /// prove the queue was served in order (places only grow, tick to tick).
+    pub fn admissions(&self) -> String {
+        self.key("admissions")
+    }
     /// Hash of zone counters: `<code>:cap`, `:avail`, `:held`, `:conf`.
     pub fn zones(&self) -> String {
         self.key("zones")

@@ -231,6 +231,7 @@ pub async fn release_tick(
                 k.expired(),
                 k.zones(),
                 k.ticks(),
+                k.admissions(),
             ],
             vec![
                 Value::from(idle_ms as i64),

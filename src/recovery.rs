@@ -244,6 +244,7 @@ async fn wipe(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow::Result<()> {
         k.admitted(),
         k.expired(),
         k.ticks(),
+        k.admissions(),
         k.reconciliation(),
     ];
     for pattern in [

@@ -5,12 +5,18 @@
 //! - per zone: nothing oversold, capacity = available + held + confirmed in
 //!   Redis, and Redis's confirmed equals Postgres's (drift 0);
 //! - no hold is left past its deadline (the expirer swept them all);
-//! - every confirmation the load generator was told of is in Postgres.
+//! - every confirmation the load generator was told of is in Postgres;
+//! - the queue was served in order: each release tick admitted places above
+//!   every place admitted before it, and everyone still waiting holds a place
+//!   above every place ever admitted.
 
 use std::{collections::HashSet, time::Duration};
 
 use flashsale::{ids::SaleId, keys::SaleKeys, scripts::Scripts};
-use fred::{clients::Pool, interfaces::SortedSetsInterface};
+use fred::{
+    clients::Pool,
+    interfaces::{ListInterface, SortedSetsInterface},
+};
 use sqlx::PgPool;
 
 use crate::reconciler::{Reconciler, SaleReport};
@@ -22,7 +28,48 @@ pub struct Verdict {
     pub told_confirmed: usize,
     pub missing_in_postgres: usize,
     pub holds_past_deadline: u64,
+    pub queue: QueueOrder,
     pub broken: Vec<String>,
+}
+
+/// What the admissions ledger says about the queue's order.
+#[derive(Debug, Default)]
+pub struct QueueOrder {
+    pub ticks: usize,
+    pub admitted: u64,
+    /// Ticks that admitted a place at or below one admitted earlier.
+    pub out_of_order_ticks: usize,
+    /// Buyers still waiting with a place at or below one already admitted.
+    pub overtaken_waiting: u64,
+}
+
+/// Reads the admissions ledger ("ms:lowest:highest:count" per tick) and the
+/// waiting line.
+async fn queue_order(redis: &Pool, k: &SaleKeys) -> anyhow::Result<QueueOrder> {
+    let ledger: Vec<String> = redis.lrange(k.admissions(), 0, -1).await?;
+    let mut q = QueueOrder {
+        ticks: ledger.len(),
+        ..QueueOrder::default()
+    };
+    let mut highest = f64::NEG_INFINITY;
+    for entry in &ledger {
+        let parts: Vec<&str> = entry.split(':').collect();
+        let [_, low, high, count] = parts[..] else {
+            anyhow::bail!("malformed admissions entry {entry:?}");
+        };
+        let (low, high): (f64, f64) = (low.parse()?, high.parse()?);
+        if low <= highest || high < low {
+            q.out_of_order_ticks += 1;
+        }
+        highest = highest.max(high);
+        q.admitted += count.parse::<u64>()?;
+    }
+    if highest.is_finite() {
+        q.overtaken_waiting = redis
+            .zcount(k.waiting(), f64::NEG_INFINITY, highest)
+            .await?;
+    }
+    Ok(q)
 }
 
 /// Waits (bounded) for the sale's stream to drain and its holds to expire,
@@ -86,6 +133,19 @@ pub async fn run(
                 z.zone, z.drift
             ));
         }
+    }
+    v.queue = queue_order(redis, &k).await?;
+    if v.queue.out_of_order_ticks > 0 {
+        v.broken.push(format!(
+            "{} release ticks admitted places out of queue order",
+            v.queue.out_of_order_ticks
+        ));
+    }
+    if v.queue.overtaken_waiting > 0 {
+        v.broken.push(format!(
+            "{} buyers still waiting were passed over: later places were admitted",
+            v.queue.overtaken_waiting
+        ));
     }
     let ids: Vec<&str> = told.iter().map(String::as_str).collect();
     let found: i64 = sqlx::query_scalar(
