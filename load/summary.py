@@ -26,7 +26,7 @@ errors = val("flashsale_server_errors", "count")
 wrong = val("flashsale_unexpected_status", "count")
 print(f"k6: {reqs:.0f} requests, {rate:.0f} req/s; p50 {d['med']:.2f} ms, p95 {d['p(95)']:.2f} ms, "
       f"p99 {d['p(99)']:.2f} ms, max {d['max']:.1f} ms; 5xx/transport errors {errors:.0f}, "
-      f"unexpected statuses {wrong:.0f}; dropped iterations {dropped:.0f} "
+      f"unexpected statuses {wrong:.0f}; 503 in the chaos outage {val('flashsale_unavailable', 'count'):.0f}; dropped iterations {dropped:.0f} "
       f"({100 * dropped / planned if planned else 0:.2f}%); confirmations {val('flashsale_confirmed', 'count'):.0f}")
 for name in ("poll", "join", "hold", "confirm", "cancel"):
     t = m.get(f"http_req_duration{{name:{name}}}")

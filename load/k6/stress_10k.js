@@ -1,9 +1,9 @@
 // Stress: a constant 10,000 requests a second of sale traffic for 60 s
-// (RATE, SECONDS): 80% polls, 14% joins, 6% holds and confirmations.
+// (RATE, DURATION): 80% polls, 14% joins, 6% holds and confirmations.
 import { iteration, thresholds, PER_ITERATION } from './mix.js';
 
 const RATE = Number(__ENV.RATE || 10000);
-const SECONDS = Number(__ENV.SECONDS || 60);
+const DURATION = Number(__ENV.DURATION || 60);
 
 export const options = {
   discardResponseBodies: true,
@@ -15,12 +15,12 @@ export const options = {
       executor: 'constant-arrival-rate',
       rate: RATE / PER_ITERATION,
       timeUnit: '1s',
-      duration: `${SECONDS}s`,
+      duration: `${DURATION}s`,
       preAllocatedVUs: 50,
       maxVUs: 500,
     },
   },
-  thresholds: thresholds((RATE / PER_ITERATION) * SECONDS),
+  thresholds: thresholds((RATE / PER_ITERATION) * DURATION),
 };
 
 export default iteration;
