@@ -80,6 +80,29 @@ async fn metrics_count_requests_by_route_and_status_and_inventory_events() {
 }
 
 #[tokio::test]
+async fn an_invented_method_is_a_405_counted_as_other_so_labels_stay_bounded() {
+    let app = TestApp::spawn().await;
+    let method = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let r = reqwest::Client::new()
+        .request(method, app.url("/v1/sales"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        text.contains(
+            "flashsale_http_requests_total{route=\"/v1/sales\",method=\"OTHER\",status=\"405\"}"
+        ),
+        "an invented method is labelled OTHER"
+    );
+    assert!(
+        !text.contains("BREW"),
+        "the invented method never becomes a label"
+    );
+}
+
+#[tokio::test]
 async fn with_redis_down_the_api_answers_503_with_retry_after_and_ready_names_redis() {
     // Nothing listens on this port.
     let app = TestApp::spawn_with_redis("redis://127.0.0.1:1").await;
