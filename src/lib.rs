@@ -83,7 +83,7 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
             }
         });
     }
-    Ok(http::AppState {
+    Ok(http::AppState::from(http::AppInner {
         db,
         redis,
         scripts,
@@ -94,7 +94,7 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
         access_token_ttl: config.access_token_ttl_seconds,
         metrics: telemetry::metrics(),
-    })
+    }))
 }
 
 /// Resolves on SIGTERM or Ctrl-C: the moment a process stops taking new work

@@ -47,8 +47,25 @@ pub const JSON_BODY_LIMIT: usize = 16 * 1024;
 /// How long one request may take before the client gets a 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What every handler shares. One reference count to clone: axum clones
+/// the state into each middleware and handler for every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl From<AppInner> for AppState {
+    fn from(inner: AppInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+pub struct AppInner {
     pub db: PgPool,
     pub redis: Pool,
     pub scripts: Arc<Scripts>,

@@ -105,7 +105,7 @@ impl TestApp {
         let _ = scripts.load(&redis).await;
         let tokens = Arc::new(AccessTokens::new(&jwt()));
         let passes = Arc::new(PassKeys::new(SigningKey::generate("test-key"), vec![]).unwrap());
-        let state = AppState {
+        let state = AppState::from(flashsale::http::AppInner {
             db: db.clone(),
             redis: redis.clone(),
             scripts: scripts.clone(),
@@ -116,7 +116,7 @@ impl TestApp {
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,
             access_token_ttl: 3600,
-        };
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = flashsale::http::router(state);

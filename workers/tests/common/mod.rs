@@ -317,7 +317,7 @@ impl Api {
         let passes =
             Arc::new(passes::PassKeys::new(passes::SigningKey::generate("k"), vec![]).unwrap());
         let limits = flashsale::limits::LimitsConfig::unlimited();
-        let state = http::AppState {
+        let state = http::AppState::from(http::AppInner {
             db: db.clone(),
             redis: redis.clone(),
             scripts,
@@ -328,7 +328,7 @@ impl Api {
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,
             access_token_ttl: 3600,
-        };
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
