@@ -120,11 +120,16 @@ impl AccessTokens {
         )?)
     }
 
+    /// `exp` judged as `decode` judges it: past, beyond the leeway.
+    fn expired(&self, exp: u64, now: u64) -> bool {
+        exp.saturating_add(self.leeway) < now
+    }
+
     /// Verifies a token, returning who it names or why it is refused.
     pub fn verify(&self, token: &str) -> Result<Identity, String> {
         let now = unix_now();
         if let Some((identity, exp)) = self.cache.get(token) {
-            if exp.saturating_add(self.leeway) < now {
+            if self.expired(exp, now) {
                 self.cache.remove(token);
                 return Err("access token expired".into());
             }
@@ -154,7 +159,7 @@ impl AccessTokens {
         };
         // Judged by our clock too, so a hit never accepts what `decode`
         // would have refused the same second.
-        if data.claims.exp.saturating_add(self.leeway) < now {
+        if self.expired(data.claims.exp, now) {
             return Err("access token expired".into());
         }
         self.cache

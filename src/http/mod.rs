@@ -266,9 +266,7 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str());
-    let handles = REQUEST_METRICS.for_route(route, &method);
-    handles.histogram.record(elapsed);
-    handles.count(res.status().as_u16());
+    REQUEST_METRICS.record(route, method_label(&method), res.status().as_u16(), elapsed);
     res
 }
 
@@ -279,65 +277,45 @@ static REQUEST_METRICS: std::sync::LazyLock<RequestMetrics> =
 /// the hot path neither builds label strings nor looks the registry up.
 #[derive(Default)]
 struct RequestMetrics {
-    /// By route template, then method.
-    routes: std::sync::RwLock<std::collections::HashMap<String, Vec<Arc<RouteMetrics>>>>,
+    /// By route template; a route answers a handful of methods and statuses.
+    routes: std::sync::RwLock<std::collections::HashMap<String, Vec<Handles>>>,
 }
 
-struct RouteMetrics {
-    route: String,
+struct Handles {
     method: &'static str,
-    histogram: metrics::Histogram,
-    /// By status; a route answers a handful of them.
-    counters: std::sync::RwLock<Vec<(u16, metrics::Counter)>>,
+    status: u16,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
 }
 
-impl RequestMetrics {
-    fn for_route(&self, route: &str, method: &axum::http::Method) -> Arc<RouteMetrics> {
-        let method = method_label(method);
-        let find = |by_method: &Vec<Arc<RouteMetrics>>| {
-            by_method.iter().find(|m| m.method == method).cloned()
-        };
-        if let Some(found) = self
-            .routes
-            .read()
-            .ok()
-            .and_then(|routes| routes.get(route).and_then(find))
-        {
-            return found;
-        }
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        let by_method = routes.entry(route.to_owned()).or_default();
-        if let Some(found) = find(by_method) {
-            return found;
-        }
-        let made = Arc::new(RouteMetrics {
-            histogram: metrics::histogram!("flashsale_http_request_duration_seconds", "route" => route.to_owned(), "method" => method),
-            route: route.to_owned(),
-            method,
-            counters: Default::default(),
-        });
-        by_method.push(made.clone());
-        made
+impl Handles {
+    fn record(&self, seconds: f64) {
+        self.requests.increment(1);
+        self.duration.record(seconds);
     }
 }
 
-impl RouteMetrics {
-    fn count(&self, status: u16) {
-        let found = self
-            .counters
-            .read()
-            .ok()
-            .and_then(|c| c.iter().find(|(s, _)| *s == status).map(|(_, c)| c.clone()));
-        let counter = found.unwrap_or_else(|| {
-            let mut counters = self.counters.write().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, c)) = counters.iter().find(|(s, _)| *s == status) {
-                return c.clone();
+impl RequestMetrics {
+    fn record(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
+        let same = |h: &&Handles| h.method == method && h.status == status;
+        if let Ok(routes) = self.routes.read() {
+            if let Some(h) = routes.get(route).and_then(|hs| hs.iter().find(same)) {
+                return h.record(seconds);
             }
-            let counter = metrics::counter!("flashsale_http_requests_total", "route" => self.route.clone(), "method" => self.method, "status" => status.to_string());
-            counters.push((status, counter.clone()));
-            counter
-        });
-        counter.increment(1);
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let handles = routes.entry(route.to_owned()).or_default();
+        if let Some(h) = handles.iter().find(same) {
+            return h.record(seconds);
+        }
+        let made = Handles {
+            method,
+            status,
+            requests: metrics::counter!("flashsale_http_requests_total", "route" => route.to_owned(), "method" => method, "status" => status.to_string()),
+            duration: metrics::histogram!("flashsale_http_request_duration_seconds", "route" => route.to_owned(), "method" => method),
+        };
+        made.record(seconds);
+        handles.push(made);
     }
 }
 

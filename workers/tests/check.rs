@@ -3,73 +3,35 @@
 
 mod common;
 
-use std::{collections::HashSet, time::Duration};
+use std::collections::HashSet;
 
 use chrono::Utc;
 use common::*;
-use flashsale::{
-    ids::SaleId,
-    keys::SaleKeys,
-    queue,
-    sales::{self, NewSale},
-    scripts::Scripts,
-};
-use fred::{clients::Pool, interfaces::ListInterface};
-
-/// A sale that admits about ten buyers a tick, so a line takes several.
-async fn slow_sale(db: &sqlx::PgPool, redis: &Pool, scripts: &Scripts) -> SaleId {
-    let new: NewSale = serde_json::from_value(serde_json::json!({
-        "name": "queue order",
-        "zones": [{"code": "A", "capacity": 1000}],
-        "release_rate": 100,
-        "release_interval_ms": 100
-    }))
-    .unwrap();
-    let (mut def, release) = new.validate("org", Utc::now()).unwrap();
-    sales::create(db, redis, scripts, &mut def, &release)
-        .await
-        .unwrap();
-    def.id
-}
-
-async fn join(redis: &Pool, scripts: &Scripts, sale: SaleId, users: impl Iterator<Item = String>) {
-    for u in users {
-        queue::join(redis, scripts, sale, &u, b"seed")
-            .await
-            .unwrap();
-    }
-}
+use flashsale::keys::SaleKeys;
+use fred::interfaces::ListInterface;
 
 #[tokio::test]
 async fn the_check_proves_queue_order_and_catches_a_tick_out_of_order() {
     let (db, _) = fresh_database().await;
     let redis = redis(&shared_redis_url()).await;
     let scripts = scripts();
-    let sale = slow_sale(&db, &redis, &scripts).await;
-    join(
+    // About ten buyers a tick, so the line takes several.
+    let sale = create_sale(
+        &db,
         &redis,
         &scripts,
-        sale,
-        (0..30).map(|i| format!("order-{i}")),
+        serde_json::json!({
+            "name": "queue order",
+            "zones": [{"code": "A", "capacity": 1000}],
+            "release_rate": 100,
+            "release_interval_ms": 100
+        }),
     )
     .await;
-    let mut admitted = 0;
-    while admitted < 30 {
-        match queue::release_tick(&redis, &scripts, sale, 300_000, 10_000)
-            .await
-            .unwrap()
-        {
-            Some(t) => admitted += t.admitted,
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    join(
-        &redis,
-        &scripts,
-        sale,
-        (30..35).map(|i| format!("order-{i}")),
-    )
-    .await;
+    let buyers: Vec<String> = (0..35).map(|i| format!("order-{i}")).collect();
+    join_all(&redis, &scripts, sale, &buyers[..30]).await;
+    release_until(&redis, &scripts, sale, 30).await;
+    join_all(&redis, &scripts, sale, &buyers[30..]).await;
 
     let none = HashSet::new();
     let v = flashsale_workers::check::run(&redis, &scripts, &db, sale, &none)

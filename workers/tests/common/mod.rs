@@ -189,15 +189,30 @@ pub async fn sale(
     capacity: u32,
     hold_ttl: u32,
 ) -> SaleId {
-    let new: NewSale = serde_json::from_value(serde_json::json!({
-        "name": "workers test",
-        "zones": [{"code": "A", "capacity": capacity}, {"code": "B", "capacity": capacity}],
-        "hold_ttl_seconds": hold_ttl,
-        "per_user_limit": 10,
-        "release_rate": 100000,
-        "release_interval_ms": 100
-    }))
-    .unwrap();
+    create_sale(
+        db,
+        redis,
+        scripts,
+        serde_json::json!({
+            "name": "workers test",
+            "zones": [{"code": "A", "capacity": capacity}, {"code": "B", "capacity": capacity}],
+            "hold_ttl_seconds": hold_ttl,
+            "per_user_limit": 10,
+            "release_rate": 100000,
+            "release_interval_ms": 100
+        }),
+    )
+    .await
+}
+
+/// Creates the sale `body` describes (as `POST /v1/sales` would).
+pub async fn create_sale(
+    db: &PgPool,
+    redis: &Pool,
+    scripts: &Scripts,
+    body: serde_json::Value,
+) -> SaleId {
+    let new: NewSale = serde_json::from_value(body).unwrap();
     let (mut def, release) = new.validate("org", Utc::now()).unwrap();
     sales::create(db, redis, scripts, &mut def, &release)
         .await
@@ -207,11 +222,21 @@ pub async fn sale(
 
 /// Queues `users` and lets them all through the queue.
 pub async fn admit(redis: &Pool, scripts: &Scripts, sale: SaleId, users: &[String]) {
+    join_all(redis, scripts, sale, users).await;
+    release_until(redis, scripts, sale, users.len() as u64).await;
+}
+
+/// Puts `users` in the sale's queue, in order.
+pub async fn join_all(redis: &Pool, scripts: &Scripts, sale: SaleId, users: &[String]) {
     for u in users {
         queue::join(redis, scripts, sale, u, b"seed").await.unwrap();
     }
+}
+
+/// Runs release ticks until `count` buyers have been admitted.
+pub async fn release_until(redis: &Pool, scripts: &Scripts, sale: SaleId, count: u64) {
     let mut admitted = 0;
-    while admitted < users.len() as u64 {
+    while admitted < count {
         match queue::release_tick(redis, scripts, sale, 300_000, 10_000)
             .await
             .unwrap()
