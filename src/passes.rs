@@ -14,6 +14,11 @@
 //!   presented on every request of a checkout, and Ed25519 verification is
 //!   the costly part); a cache hit still checks `exp`. Failures are never
 //!   cached, so a refused token costs the full check every time it comes.
+//! - Signed passes are cached by their claims: an admitted buyer's polls
+//!   all render the same claims, which sign to the same token (Ed25519 is
+//!   deterministic), so each pass is signed once. A pass signed here also
+//!   goes straight into the verified cache, so the buyer's first hold on
+//!   this replica skips the signature check.
 //! - Every replica of a deployment must share the keys: in production they
 //!   come from the environment, in development a seed is shared through
 //!   Redis.
@@ -50,6 +55,10 @@ pub const LEEWAY_SECONDS: u64 = 2;
 /// the live sales of one replica.
 const CACHE_CAPACITY: usize = 100_000;
 
+/// Signed passes remembered at once: the buyers admitted in the last minutes
+/// who still poll (about 10 MB when full).
+const SIGNED_CAPACITY: usize = 20_000;
+
 /// A pass is a few hundred bytes; anything far longer is refused before any
 /// decoding work is spent on it.
 const MAX_PASS_LEN: usize = 4096;
@@ -64,7 +73,7 @@ const ENV_SIGNING_KEY: &str = "PASS_SIGNING_KEY";
 const ENV_KEY_ID: &str = "PASS_KEY_ID";
 const ENV_PREVIOUS_KEYS: &str = "PASS_PREVIOUS_KEYS";
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PassClaims {
     /// The buyer admitted.
     pub sub: String,
@@ -174,6 +183,8 @@ pub struct PassKeys {
     /// Verified passes by token. Per instance, so a rotation (a new
     /// `PassKeys`) never serves a pass signed by a key it dropped.
     cache: Cache<String, PassClaims>,
+    /// Passes signed by the current key, by their claims.
+    signed: Cache<PassClaims, String>,
 }
 
 impl PassKeys {
@@ -264,6 +275,7 @@ impl PassKeys {
             jwks: serde_json::json!({ "keys": jwk_list }),
             validation,
             cache: Cache::new(CACHE_CAPACITY),
+            signed: Cache::new(SIGNED_CAPACITY),
         })
     }
 
@@ -272,9 +284,19 @@ impl PassKeys {
     /// is ever handed out.
     pub fn sign(&self, claims: &PassClaims) -> anyhow::Result<String> {
         check_claims(claims).map_err(|e| anyhow::anyhow!("cannot sign queue pass: {e}"))?;
+        if let Some(token) = self.signed.get(claims) {
+            return Ok(token);
+        }
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.current_kid.clone());
-        encode(&header, claims, &self.encoding).context("sign queue pass")
+        let token = encode(&header, claims, &self.encoding).context("sign queue pass")?;
+        self.signed.insert(claims.clone(), token.clone());
+        // Signed just now with the current key, from checked claims: exactly
+        // what `verify` would accept, until `exp`.
+        if !is_expired(claims.exp, unix_now()) {
+            self.cache.insert(token.clone(), claims.clone());
+        }
+        Ok(token)
     }
 
     /// Verifies a pass, returning its claims or why it is refused.
@@ -573,17 +595,46 @@ mod tests {
     }
 
     #[test]
-    fn a_verified_pass_is_served_from_the_cache() {
+    fn the_same_claims_are_signed_once_to_the_same_pass() {
         let keys = keys();
-        let token = keys.sign(&claims_expiring_in(300)).expect("sign");
+        let claims = claims_expiring_in(300);
+        let first = keys.sign(&claims).expect("sign");
+        assert_eq!(keys.sign(&claims).expect("sign again"), first);
+        assert_eq!(keys.signed.len(), 1);
+        // Other claims, another pass.
+        let other = PassClaims {
+            jti: "pass-2".into(),
+            ..claims
+        };
+        assert_ne!(keys.sign(&other).expect("sign other"), first);
+        assert_eq!(keys.signed.len(), 2);
+    }
+
+    #[test]
+    fn a_pass_signed_here_is_already_verified_and_an_expired_one_is_not() {
+        let keys = keys();
+        let claims = claims_expiring_in(300);
+        let token = keys.sign(&claims).expect("sign");
+        assert_eq!(keys.cache.get(token.as_str()), Some(claims));
+        let expired = keys.sign(&claims_expiring_in(-10)).expect("sign");
+        assert!(keys.cache.get(expired.as_str()).is_none());
+        assert_eq!(keys.verify(&expired), Err(PassError::Expired));
+    }
+
+    #[test]
+    fn a_verified_pass_is_served_from_the_cache() {
+        // Signed by another replica with the same key.
+        let token = keys().sign(&claims_expiring_in(300)).expect("sign");
+        let keys = keys();
+        assert_eq!(keys.cache.len(), 0);
         keys.verify(&token).expect("verifies");
         assert_eq!(keys.cache.len(), 1);
     }
 
     #[test]
     fn a_refused_pass_is_not_cached() {
+        let token = keys().sign(&claims_expiring_in(-10)).expect("sign");
         let keys = keys();
-        let token = keys.sign(&claims_expiring_in(-10)).expect("sign");
         let _ = keys.verify(&token);
         let _ = keys.verify("not.a.pass");
         assert_eq!(keys.cache.len(), 0);
