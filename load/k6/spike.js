@@ -1,23 +1,20 @@
 // Spike: from nothing to PEAK requests a second in RAMP seconds (the sale
 // opens), held for HOLD seconds, then back down. Same mix as stress_10k.
-import { iteration, thresholds, PER_ITERATION } from './mix.js';
+import { common, iteration, thresholds, PER_ITERATION, VUS } from './mix.js';
 
 const PEAK = Number(__ENV.PEAK || 10000);
 const RAMP = Number(__ENV.RAMP || 5);
 const HOLD = Number(__ENV.HOLD || 30);
 
 export const options = {
-  discardResponseBodies: true,
-  batchPerHost: PER_ITERATION,
-  // Fewer tags per sample: k6 shares the machine with the service.
-  systemTags: ['name', 'method', 'status', 'expected_response', 'error'],
+  ...common,
   scenarios: {
     spike: {
       executor: 'ramping-arrival-rate',
       startRate: 0,
       timeUnit: '1s',
-      preAllocatedVUs: 50,
-      maxVUs: 500,
+      preAllocatedVUs: VUS,
+      maxVUs: VUS,
       stages: [
         { target: PEAK / PER_ITERATION, duration: `${RAMP}s` },
         { target: PEAK / PER_ITERATION, duration: `${HOLD}s` },

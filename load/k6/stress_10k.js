@@ -1,23 +1,20 @@
 // Stress: a constant 10,000 requests a second of sale traffic for 60 s
 // (RATE, DURATION): 80% polls, 14% joins, 6% holds and confirmations.
-import { iteration, thresholds, PER_ITERATION } from './mix.js';
+import { common, iteration, thresholds, PER_ITERATION, VUS } from './mix.js';
 
 const RATE = Number(__ENV.RATE || 10000);
 const DURATION = Number(__ENV.DURATION || 60);
 
 export const options = {
-  discardResponseBodies: true,
-  batchPerHost: PER_ITERATION,
-  // Fewer tags per sample: k6 shares the machine with the service.
-  systemTags: ['name', 'method', 'status', 'expected_response', 'error'],
+  ...common,
   scenarios: {
     stress_10k: {
       executor: 'constant-arrival-rate',
       rate: RATE / PER_ITERATION,
       timeUnit: '1s',
       duration: `${DURATION}s`,
-      preAllocatedVUs: 50,
-      maxVUs: 500,
+      preAllocatedVUs: VUS,
+      maxVUs: VUS,
     },
   },
   thresholds: thresholds((RATE / PER_ITERATION) * DURATION),
