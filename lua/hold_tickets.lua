@@ -41,7 +41,10 @@ local qty = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- A sale's meta always has opens_at_ms, or frozen while it is restored: with
+-- neither, there is no sale (one read instead of EXISTS and then HMGET).
+local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms', 'frozen')
+if not m[1] and not m[5] then
   return {'err', 'sale_not_found', '0'}
 end
 
@@ -58,7 +61,6 @@ if existing[1] then
   return {'err', 'id_taken', '0'}
 end
 
-local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms', 'frozen')
 local opens, closes = tonumber(m[1]), tonumber(m[2])
 local limit, ttl = tonumber(m[3]), tonumber(m[4])
 if m[5] == '1' then
