@@ -5,7 +5,8 @@
 //!   cargo run --release --example bare_evalsha -- 127.0.0.1:18090
 //!   wrk -t1 -c64 -d15s http://127.0.0.1:18090/
 //!
-//! `REDIS_URL` and `REDIS_POOL_SIZE` as for the service. The script is
+//! `REDIS_URL`, `REDIS_POOL_SIZE` and `TOKIO_WORKER_THREADS` as for the
+//! service. The script is
 //! `return 1`, so the figure is HTTP + fred + one Redis round trip; or, with
 //! `SCRIPT=lua/queue_status.lua KEYS="k1 k2" ARGS="a1 a2"`, one of ours with
 //! fixed keys and arguments, which separates what Redis spends on the script
@@ -17,12 +18,8 @@ use axum::{extract::State, routing::get, Router};
 use fred::{clients::Pool, interfaces::LuaInterface};
 
 fn main() -> anyhow::Result<()> {
-    let threads = std::env::var("WORKER_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    // Workers: TOKIO_WORKER_THREADS, else one per core, as for the service.
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
         .enable_all()
         .build()?
         .block_on(run())

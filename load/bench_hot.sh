@@ -36,6 +36,9 @@ export JWT_SECRET=${JWT_SECRET:-bench-secret-bench-secret-bench-secret-0123}
 export LISTEN_ADDR=127.0.0.1:$PORT RUST_LOG=${RUST_LOG:-warn}
 # One address (wrk) at tens of thousands of requests a second: limits off.
 export RATE_LIMITS=off
+# wrk, Redis and the API share two cores: one runtime worker and one
+# pipelined Redis connection, for the service and the bare server alike.
+export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-1}
 
 BARE_PORT=${BARE_PORT:-18090}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
