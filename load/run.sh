@@ -17,8 +17,12 @@
 #
 #   CHAOS=1 RATE=4000 load/run.sh stress_10k     # the chaos variant
 #
-# CHAOS=1: Redis is a private redis-server (AOF, fsync every second) on a
-# free port; CHAOS_AT seconds into the k6 run (default 15) the workers are
+# Every run has its own redis-server on a free port, stopped at the end: the
+# workers visit every sale Redis knows every few milliseconds, and the keys
+# earlier runs left in a shared Redis (millions, after a few benchmarks) made
+# later runs measurably slower. Postgres is the shared one.
+#
+# CHAOS=1: that Redis keeps an AOF (fsync every second); CHAOS_AT seconds into the k6 run (default 15) the workers are
 # killed with kill -9 and restarted, and 10 s later Redis is killed with
 # kill -9 and restarted from its AOF. Requests that meet the outage may get
 # 503 (counted, allowed); every other invariant and the post-run check are
@@ -55,21 +59,21 @@ cargo build --release --quiet --workspace
 bin=target/release
 work=$(mktemp -d)
 CHAOS=${CHAOS:-0}
-start_redis() { # the chaos variant's own Redis, from its AOF if it has one
-    redis-server --bind 127.0.0.1 --port "$rport" --dir "$work/redis" --appendonly yes \
-        --appendfsync everysec --save '' --logfile "$work/redis/redis.log" & echo $! >"$work/redis.pid"
+aof=no; [[ $CHAOS == 1 ]] && aof=yes
+start_redis() { # the run's own Redis; under CHAOS, from its AOF if it has one
+    redis-server --bind 127.0.0.1 --port "$rport" --dir "$work/redis" --appendonly "$aof" \
+        --appendfsync everysec --save '' --slowlog-log-slower-than 5000 --slowlog-max-len 1024 \
+        --logfile "$work/redis/redis.log" & echo $! >"$work/redis.pid"
     for _ in $(seq 1 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
     echo "load: the private redis-server did not start; see $work/redis/redis.log" >&2; exit 1
 }
-if [[ $CHAOS == 1 ]]; then
-    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-        _svc_apt_install redis-server redis-tools || { echo "load: CHAOS=1 needs redis-server and redis-cli (apt-get install redis-server redis-tools)" >&2; exit 1; }
-    fi
-    rport=$(free_port)
-    mkdir -p "$work/redis"
-    start_redis
-    export REDIS_URL=redis://127.0.0.1:$rport
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    _svc_apt_install redis-server redis-tools || { echo "load: needs redis-server and redis-cli (apt-get install redis-server redis-tools)" >&2; exit 1; }
 fi
+rport=$(free_port)
+mkdir -p "$work/redis"
+start_redis
+export REDIS_URL=redis://127.0.0.1:$rport
 start_workers() { "$bin/flashsale-workers" >>"$work/workers.log" 2>&1 & echo $! >"$work/workers.pid"; }
 "$bin/flashsale" migrate >/dev/null
 start_workers
@@ -141,6 +145,16 @@ k6 run --quiet --log-output "file=$work/k6.log" --log-format raw --summary-trend
     --summary-export "$work/summary.json" "${k6_env[@]}" "load/k6/$SCENARIO.js" || status=$?
 echo "load: API peak resident memory: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$api/status")" >&2
 sed -n 's/^confirmed //p' "$work/k6.log" >"$work/confirmed"
+# Redis runs one command at a time: one slow command holds up every request.
+redis-cli -p "$rport" --json slowlog get 1024 2>/dev/null | python3 -c '
+import collections, glob, hashlib, json, os, sys
+scripts = {hashlib.sha1(open(f, "rb").read()).hexdigest(): os.path.basename(f) for f in glob.glob("lua/*.lua")}
+slow = collections.Counter(); worst = collections.Counter()
+for _, _, micros, args, *_ in json.load(sys.stdin):
+    name = scripts.get(args[1], "EVALSHA") if args[0].upper() == "EVALSHA" else args[0].upper()
+    slow[name] += 1; worst[name] = max(worst[name], micros)
+print("load: Redis commands over 5 ms:", ", ".join(f"{n} x{c} (max {worst[n] / 1000:.1f} ms)" for n, c in slow.most_common()) or "none")
+' >&2 || true
 echo "load: k6 was told of $(wc -l <"$work/confirmed") confirmations; post-run check:" >&2
 "$bin/flashsale-workers" check --sale "$sale" --confirmed "$work/confirmed" || status=1
 python3 load/summary.py "$work/summary.json" || true
