@@ -10,7 +10,8 @@
 //!   during a sale without sending admitted buyers back to the queue.
 //! - `sub`, `sale`, `iat`, `exp` and `jti` are required; the clock leeway on
 //!   `exp` is [`LEEWAY_SECONDS`].
-//! - Successful verifications are cached by the exact token string (a pass is
+//! - Successful verifications are cached under the SHA-256 of the exact token
+//!   string, as access tokens are (a pass is
 //!   presented on every request of a checkout, and Ed25519 verification is
 //!   the costly part); a cache hit still checks `exp`. Failures are never
 //!   cached, so a refused token costs the full check every time it comes.
@@ -45,7 +46,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::tokens::{unix_now, MAX_USER_ID_LEN};
+use crate::tokens::{cache_key, unix_now, CacheKey, MAX_USER_ID_LEN};
 
 /// Clock leeway on `exp`, in seconds. Replicas run NTP; a pass lives minutes,
 /// so a larger leeway would only stretch passes that should be over.
@@ -182,7 +183,7 @@ pub struct PassKeys {
     validation: Validation,
     /// Verified passes by token. Per instance, so a rotation (a new
     /// `PassKeys`) never serves a pass signed by a key it dropped.
-    cache: Cache<String, PassClaims>,
+    cache: Cache<CacheKey, PassClaims>,
     /// Passes signed by the current key, by their claims.
     signed: Cache<PassClaims, String>,
 }
@@ -294,7 +295,7 @@ impl PassKeys {
         // Signed just now with the current key, from checked claims: exactly
         // what `verify` would accept, until `exp`.
         if !is_expired(claims.exp, unix_now()) {
-            self.cache.insert(token.clone(), claims.clone());
+            self.cache.insert(cache_key(&token), claims.clone());
         }
         Ok(token)
     }
@@ -305,10 +306,11 @@ impl PassKeys {
             return Err(invalid("queue pass is too long"));
         }
         let now = unix_now();
-        if let Some(claims) = self.cache.get(token) {
+        let cached_as = cache_key(token);
+        if let Some(claims) = self.cache.get(&cached_as) {
             if is_expired(claims.exp, now) {
                 // It can never verify again; free its slot for a live pass.
-                self.cache.remove(token);
+                self.cache.remove(&cached_as);
                 return Err(PassError::Expired);
             }
             return Ok(claims);
@@ -354,7 +356,7 @@ impl PassKeys {
             return Err(PassError::Expired);
         }
 
-        self.cache.insert(token.to_owned(), claims.clone());
+        self.cache.insert(cached_as, claims.clone());
         Ok(claims)
     }
 
@@ -589,9 +591,10 @@ mod tests {
         let keys = keys();
         let token = keys.sign(&claims_expiring_in(-10)).expect("sign");
         // As if it had been verified while still live.
-        keys.cache.insert(token.clone(), claims_expiring_in(-10));
+        keys.cache
+            .insert(cache_key(&token), claims_expiring_in(-10));
         assert_eq!(keys.verify(&token), Err(PassError::Expired));
-        assert!(keys.cache.get(token.as_str()).is_none());
+        assert!(keys.cache.get(&cache_key(&token)).is_none());
     }
 
     #[test]
@@ -615,9 +618,9 @@ mod tests {
         let keys = keys();
         let claims = claims_expiring_in(300);
         let token = keys.sign(&claims).expect("sign");
-        assert_eq!(keys.cache.get(token.as_str()), Some(claims));
+        assert_eq!(keys.cache.get(&cache_key(&token)), Some(claims));
         let expired = keys.sign(&claims_expiring_in(-10)).expect("sign");
-        assert!(keys.cache.get(expired.as_str()).is_none());
+        assert!(keys.cache.get(&cache_key(&expired)).is_none());
         assert_eq!(keys.verify(&expired), Err(PassError::Expired));
     }
 
