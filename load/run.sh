@@ -15,16 +15,17 @@
 # join, all prepared before k6 starts. The API's peak resident memory
 # (VmHWM) is printed at the end.
 #
-#   CHAOS=1 RATE=4000 load/run.sh stress_10k     # the chaos variant
+#   CHAOS=1 load/run.sh stress_10k               # the chaos variant
 #
 # Every run has its own redis-server on a free port, stopped at the end: the
 # workers visit every sale Redis knows every few milliseconds, and the keys
 # earlier runs left in a shared Redis (millions, after a few benchmarks) made
 # later runs measurably slower. Postgres is the shared one.
 #
-# CHAOS=1: that Redis keeps an AOF (fsync every second); CHAOS_AT seconds into the k6 run (default 15) the workers are
-# killed with kill -9 and restarted, and 10 s later Redis is killed with
-# kill -9 and restarted from its AOF. Requests that meet the outage may get
+# CHAOS=1: that Redis keeps an AOF (fsync every second); CHAOS_AT seconds
+# into the k6 run (default 15) the workers are killed with kill -9 and
+# restarted, and 10 s later Redis is killed with kill -9 and restarted from
+# its AOF. Requests that meet the outage may get
 # 503 (counted, allowed); every other invariant and the post-run check are
 # as strict as without chaos.
 #

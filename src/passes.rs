@@ -11,9 +11,9 @@
 //! - `sub`, `sale`, `iat`, `exp` and `jti` are required; the clock leeway on
 //!   `exp` is [`LEEWAY_SECONDS`].
 //! - Successful verifications are cached under the SHA-256 of the exact token
-//!   string, as access tokens are (a pass is
-//!   presented on every request of a checkout, and Ed25519 verification is
-//!   the costly part); a cache hit still checks `exp`. Failures are never
+//!   string, as access tokens are (a pass is presented on every request of a
+//!   checkout, and Ed25519 verification is the costly part); a cache hit
+//!   still checks `exp`. Failures are never
 //!   cached, so a refused token costs the full check every time it comes.
 //! - Signed passes are cached by their claims: an admitted buyer's polls
 //!   all render the same claims, which sign to the same token (Ed25519 is
@@ -181,8 +181,9 @@ pub struct PassKeys {
     /// Built once: the key set does not change for the life of a `PassKeys`.
     jwks: serde_json::Value,
     validation: Validation,
-    /// Verified passes by token. Per instance, so a rotation (a new
-    /// `PassKeys`) never serves a pass signed by a key it dropped.
+    /// Verified passes by the digest of the token. Per instance, so a
+    /// rotation (a new `PassKeys`) never serves a pass signed by a key it
+    /// dropped.
     cache: Cache<CacheKey, PassClaims>,
     /// Passes signed by the current key, by their claims.
     signed: Cache<PassClaims, String>,
