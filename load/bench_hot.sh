@@ -32,7 +32,7 @@ CONNS=${CONNS:-64}
 DURATION=${DURATION:-15}
 PORT=${PORT:-18080}
 JOINERS=${JOINERS:-300000}
-HOLDERS=${HOLDERS:-5000}
+HOLDERS=${HOLDERS:-8000}
 export JWT_SECRET=${JWT_SECRET:-bench-secret-bench-secret-bench-secret-0123}
 export LISTEN_ADDR=127.0.0.1:$PORT RUST_LOG=${RUST_LOG:-warn}
 # One address (wrk) at tens of thousands of requests a second: limits off.
