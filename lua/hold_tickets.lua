@@ -22,7 +22,7 @@
 --                                  caller; here it must still be admitted
 -- ARGV[1]  user id
 -- ARGV[2]  zone code
--- ARGV[3]  quantity (integer >= 1)
+-- ARGV[3]  quantity, a whole number >= 1 written plainly ("2", not "2.0")
 -- ARGV[4]  reservation id
 -- ARGV[5]  request fingerprint when an idempotency key was given, else ""
 -- Returns  {"ok", rid, zone, qty, status, expires_ms, created_ms,
@@ -36,10 +36,14 @@
 --           id_taken (the random id collided: retry with another)
 
 local uid, zone, rid, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
-local qty = tonumber(ARGV[3])
+-- Kept as text: it is written as it came, never formatted back from a number.
+local qtext = ARGV[3]
 
+-- The time in ms as text and as a number, built from TIME's two strings
+-- without formatting a number (Lua's number-to-text goes through printf).
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nowtext = t[1] .. string.sub('000000' .. t[2], -6, -4)
+local now = tonumber(nowtext)
 
 -- A sale's meta always has opens_at_ms, or frozen while it is restored: with
 -- neither, there is no sale (one read instead of EXISTS and then HMGET).
@@ -81,15 +85,18 @@ if tonumber(admitted_until) <= now then
   return {'err', 'pass_expired', '0'}
 end
 
-local avail = redis.call('HGET', KEYS[2], zone .. ':avail')
-if not avail then
+local z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held')
+if not z[1] then
   return {'err', 'zone_not_found', '0'}
 end
-avail = tonumber(avail)
+-- A zone rebuilt by `flashsale restore` has no held field until a hold.
+local avail, held = tonumber(z[1]), tonumber(z[2] or '0')
 
-if not qty or qty < 1 or qty ~= math.floor(qty) then
+-- A whole number from 1, written plainly (so the text can be stored as is).
+if not string.find(qtext, '^[1-9]%d*$') then
   return {'err', 'invalid_quantity', '0'}
 end
+local qty = tonumber(qtext)
 
 local used = tonumber(redis.call('HGET', KEYS[4], uid) or '0')
 if used + qty > limit then
@@ -100,12 +107,11 @@ if avail < qty then
 end
 
 -- All checks passed: write.
-local expires = now + ttl
-redis.call('HINCRBY', KEYS[2], zone .. ':avail', -qty)
-redis.call('HINCRBY', KEYS[2], zone .. ':held', qty)
-redis.call('HINCRBY', KEYS[4], uid, qty)
-redis.call('HSET', KEYS[3], 'user', uid, 'zone', zone, 'qty', qty, 'status', 'held',
-  'expires_ms', expires, 'created_ms', now, 'fp', fp)
+local expires = tostring(now + ttl)
+redis.call('HSET', KEYS[2], zone .. ':avail', avail - qty, zone .. ':held', held + qty)
+redis.call('HINCRBY', KEYS[4], uid, qtext)
+redis.call('HSET', KEYS[3], 'user', uid, 'zone', zone, 'qty', qtext, 'status', 'held',
+  'expires_ms', expires, 'created_ms', nowtext, 'fp', fp)
 redis.call('ZADD', KEYS[5], expires, rid)
 redis.call('SADD', KEYS[6], rid)
-return {'ok', rid, zone, tostring(qty), 'held', tostring(expires), tostring(now), '0', '0', '0'}
+return {'ok', rid, zone, qtext, 'held', expires, nowtext, '0', '0', '0'}
