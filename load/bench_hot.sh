@@ -46,14 +46,13 @@ BARE_PORT=${BARE_PORT:-18090}
 # about 650,000 reservations behind, and a Redis that keeps growing across
 # runs makes each run slower than the last.
 rdir=$(mktemp -d)
-REDIS_URL=redis://127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis-server --bind 127.0.0.1 --port "${REDIS_URL##*:}" --dir "$rdir" --save '' --appendonly no \
+rhost=127.0.0.1
+rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --bind "$rhost" --port "$rport" --dir "$rdir" --save '' --appendonly no \
     --logfile "$rdir/redis.log" & redis=$!
 trap 'kill $redis 2>/dev/null || true; rm -rf "$rdir"' EXIT
-for _ in $(seq 1 100); do redis-cli -p "${REDIS_URL##*:}" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-export REDIS_URL
-rhost=$(sed -E 's|^redis://([^@]*@)?([^:/]+).*|\2|' <<<"$REDIS_URL")
-rport=$(sed -nE 's|^redis://([^@]*@)?[^:/]+:([0-9]+).*|\2|p' <<<"$REDIS_URL"); rport=${rport:-6379}
+for _ in $(seq 1 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+export REDIS_URL=redis://$rhost:$rport
 cargo build --release --quiet -p flashsale --example bare_evalsha
 bin=target/release/flashsale
 "$bin" migrate >/dev/null

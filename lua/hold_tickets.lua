@@ -89,8 +89,9 @@ local z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held')
 if not z[1] then
   return {'err', 'zone_not_found', '0'}
 end
--- A zone rebuilt by `flashsale restore` has no held field until a hold.
-local avail, held = tonumber(z[1]), tonumber(z[2] or '0')
+-- load_sale writes a zone's four counters together (restore goes through it
+-- too), so a zone with :avail has :held.
+local avail, held = tonumber(z[1]), tonumber(z[2])
 
 -- A whole number from 1, written plainly (so the text can be stored as is).
 if not string.find(qtext, '^[1-9]%d*$') then

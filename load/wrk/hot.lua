@@ -23,14 +23,14 @@ local hold_body = '{"zone":"A","quantity":1}'
 -- Every request is formatted once, here, so that each request costs wrk a
 -- table lookup: wrk shares the machine with the service, and formatting
 -- requests in Lua on every call took CPU the service then lacked.
-local requests = {}
+local prepared = {}
 for n, b in ipairs(buyers) do
   if mode == "join" then
-    requests[n] = wrk.format("POST", queue_path, { ["Authorization"] = "Bearer " .. b.token })
+    prepared[n] = wrk.format("POST", queue_path, { ["Authorization"] = "Bearer " .. b.token })
   elseif mode == "poll" then
-    requests[n] = wrk.format("GET", queue_path, { ["Authorization"] = "Bearer " .. b.token })
+    prepared[n] = wrk.format("GET", queue_path, { ["Authorization"] = "Bearer " .. b.token })
   else
-    requests[n] = wrk.format("POST", hold_path, {
+    prepared[n] = wrk.format("POST", hold_path, {
       ["Authorization"] = "Bearer " .. b.token,
       ["X-Queue-Pass"] = b.pass,
       ["Content-Type"] = "application/json",
@@ -38,7 +38,7 @@ for n, b in ipairs(buyers) do
   end
 end
 buyers = nil
-local count = #requests
+local count = #prepared
 local i = 0
 
 function setup(thread)
@@ -47,7 +47,7 @@ end
 
 request = function()
   i = i + 1
-  return requests[((i + (offset or 0)) % count) + 1]
+  return prepared[((i + (offset or 0)) % count) + 1]
 end
 
 done = function(summary, latency, requests)
