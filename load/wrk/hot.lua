@@ -51,6 +51,8 @@ request = function()
 end
 
 done = function(summary, latency, requests)
+  -- The exact count, for load/instructions.sh.
+  io.write(string.format("REQUESTS %d\n", summary.requests))
   io.write(string.format("RESULT %s %.0f req/s p50 %.2f ms p99 %.2f ms non2xx %d errors %d\n",
     mode, summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000,
