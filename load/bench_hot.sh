@@ -21,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 source scripts/toolchain.sh
+source load/lib.sh
 ensure_services
 ensure_rust
 command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
@@ -47,11 +48,9 @@ BARE_PORT=${BARE_PORT:-18090}
 # runs makes each run slower than the last.
 rdir=$(mktemp -d)
 rhost=127.0.0.1
-rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-redis-server --bind "$rhost" --port "$rport" --dir "$rdir" --save '' --appendonly no \
-    --logfile "$rdir/redis.log" & redis=$!
-trap 'kill $redis 2>/dev/null || true; rm -rf "$rdir"' EXIT
-for _ in $(seq 1 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+rport=$(free_port)
+trap 'kill ${redis_pid:-} 2>/dev/null || true; rm -rf "$rdir"' EXIT
+start_private_redis "$rport" "$rdir" --appendonly no
 export REDIS_URL=redis://$rhost:$rport
 cargo build --release --quiet -p flashsale --example bare_evalsha
 bin=target/release/flashsale
@@ -59,7 +58,7 @@ bin=target/release/flashsale
 "$bin" serve & api=$!
 target/release/examples/bare_evalsha "127.0.0.1:$BARE_PORT" 2>/dev/null & bare=$!
 work=$(mktemp -d)
-trap 'kill $api $bare $redis 2>/dev/null || true; wait $api $bare $redis 2>/dev/null || true; rm -rf "$work" "$rdir"' EXIT
+trap 'kill $api $bare $redis_pid 2>/dev/null || true; wait $api $bare $redis_pid 2>/dev/null || true; rm -rf "$work" "$rdir"' EXIT
 for p in "$PORT" "$BARE_PORT"; do
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done

