@@ -10,11 +10,12 @@
 //!   during a sale without sending admitted buyers back to the queue.
 //! - `sub`, `sale`, `iat`, `exp` and `jti` are required; the clock leeway on
 //!   `exp` is [`LEEWAY_SECONDS`].
-//! - Successful verifications are cached under the SHA-256 of the exact token
-//!   string, as access tokens are (a pass is presented on every request of a
-//!   checkout, and Ed25519 verification is the costly part); a cache hit
-//!   still checks `exp`. Failures are never
-//!   cached, so a refused token costs the full check every time it comes.
+//! - Successful verifications are cached under a keyed digest of the exact
+//!   token string ([`crate::tokens::cache_key`]), as access tokens are (a
+//!   pass is presented on every request of a checkout, and Ed25519
+//!   verification is the costly part); a cache hit still checks `exp`.
+//!   Failures are never cached, so a refused token costs the full check
+//!   every time it comes.
 //! - Signed passes are cached by their claims: an admitted buyer's polls
 //!   all render the same claims, which sign to the same token (Ed25519 is
 //!   deterministic), so each pass is signed once. A pass signed here also
