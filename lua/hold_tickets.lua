@@ -36,6 +36,10 @@
 --           id_taken (the random id collided: retry with another)
 
 local uid, zone, rid, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+-- Whole numbers become text through '%d': an integer printf. A number handed
+-- to redis.call or tostring as it is goes through '%.14g', glibc's
+-- floating-point printf, several times dearer.
+local function int(n) return string.format('%d', n) end
 -- Kept as text: it is written as it came, never formatted back from a number.
 local qtext = ARGV[3]
 
@@ -101,15 +105,15 @@ local qty = tonumber(qtext)
 
 local used = tonumber(redis.call('HGET', KEYS[4], uid) or '0')
 if used + qty > limit then
-  return {'err', 'limit_exceeded', tostring(limit - used)}
+  return {'err', 'limit_exceeded', int(limit - used)}
 end
 if avail < qty then
-  return {'err', 'sold_out', tostring(avail)}
+  return {'err', 'sold_out', int(avail)}
 end
 
 -- All checks passed: write.
-local expires = tostring(now + ttl)
-redis.call('HSET', KEYS[2], zone .. ':avail', avail - qty, zone .. ':held', held + qty)
+local expires = int(now + ttl)
+redis.call('HSET', KEYS[2], zone .. ':avail', int(avail - qty), zone .. ':held', int(held + qty))
 redis.call('HINCRBY', KEYS[4], uid, qtext)
 redis.call('HSET', KEYS[3], 'user', uid, 'zone', zone, 'qty', qtext, 'status', 'held',
   'expires_ms', expires, 'created_ms', nowtext, 'fp', fp)

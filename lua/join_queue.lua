@@ -66,4 +66,4 @@ redis.call('ZADD', KEYS[4], now, user)
 if m[3] == '1' then
   return {'sold_out'}
 end
-return {'waiting', tostring(rank + 1), m[4] or '0', m[5], m[6], m[1]}
+return {'waiting', string.format('%d', rank + 1), m[4] or '0', m[5], m[6], m[1]}

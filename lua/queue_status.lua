@@ -45,4 +45,4 @@ local m = redis.call('HMGET', KEYS[1], 'sold_out', 'measured_rate', 'release_rat
 if m[1] == '1' then
   return {'sold_out'}
 end
-return {'waiting', tostring(rank + 1), m[2] or '0', m[3], m[4], m[5]}
+return {'waiting', string.format('%d', rank + 1), m[2] or '0', m[3], m[4], m[5]}
