@@ -11,9 +11,6 @@
 # every token and pass is verified and cached; then counts the instructions
 # of 10 s of wrk traffic (1 thread, 8 connections) and divides by the
 # requests wrk completed.
-#
-# Under valgrind SHA-256 runs in software, not with the CPU's SHA
-# instructions, so the token digests weigh more here than on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
