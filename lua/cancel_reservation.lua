@@ -8,7 +8,7 @@
 --
 -- KEYS[1]  {sale:<id>}:res:<rid>
 -- KEYS[2]  {sale:<id>}:zones
--- KEYS[3]  {sale:<id>}:users
+-- KEYS[3]  {sale:<id>}:buyer:<uid>  the caller's buyer hash
 -- KEYS[4]  {sale:<id>}:deadlines
 -- KEYS[5]  {sale:<id>}:stream
 -- ARGV[1]  caller's user id (another user's reservation reads as not found)
@@ -38,7 +38,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if status == 'held' then
   redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
   redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
-  redis.call('HINCRBY', KEYS[3], uid, -qty)
+  redis.call('HINCRBY', KEYS[3], 'tickets', -qty)
   redis.call('ZREM', KEYS[4], rid)
   if now >= tonumber(r[5]) then
     redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_ms', now)
@@ -51,7 +51,7 @@ end
 -- confirmed
 redis.call('HINCRBY', KEYS[2], zone .. ':conf', -qty)
 redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
-redis.call('HINCRBY', KEYS[3], uid, -qty)
+redis.call('HINCRBY', KEYS[3], 'tickets', -qty)
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_ms', now)
 redis.call('XADD', KEYS[5], '*', 'type', 'cancelled', 'id', rid, 'sale', sale,
   'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now)

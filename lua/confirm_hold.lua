@@ -8,7 +8,7 @@
 --
 -- KEYS[1]  {sale:<id>}:res:<rid>
 -- KEYS[2]  {sale:<id>}:zones
--- KEYS[3]  {sale:<id>}:users
+-- KEYS[3]  {sale:<id>}:buyer:<uid>  the caller's buyer hash
 -- KEYS[4]  {sale:<id>}:deadlines
 -- KEYS[5]  {sale:<id>}:stream
 -- KEYS[6]  {sale:<id>}:admitted  a confirmation finishes the buyer's turn:
@@ -46,7 +46,7 @@ if now >= tonumber(r[5]) then
   redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_ms', now)
   redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
   redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
-  redis.call('HINCRBY', KEYS[3], uid, -qty)
+  redis.call('HINCRBY', KEYS[3], 'tickets', -qty)
   redis.call('ZREM', KEYS[4], rid)
   return {'err', 'hold_expired', '1'}
 end

@@ -3,15 +3,15 @@
 --
 -- Driven by the deadlines sorted set, never by key TTLs or keyspace
 -- notifications, so a hold cannot leak its tickets: it is either confirmed,
--- cancelled, or found here. Reservation hashes are reached through the
--- sale's key prefix; they share the sale's hash tag, so the script stays on
--- one cluster slot.
+-- cancelled, or found here. Reservation and buyer hashes are reached
+-- through the sale's key prefixes; they share the sale's hash tag, so the
+-- script stays on one cluster slot.
 --
 -- KEYS[1]  {sale:<id>}:deadlines
 -- KEYS[2]  {sale:<id>}:zones
--- KEYS[3]  {sale:<id>}:users
 -- ARGV[1]  reservation key prefix, "{sale:<id>}:res:"
 -- ARGV[2]  most holds to expire in one call
+-- ARGV[3]  buyer key prefix, "{sale:<id>}:buyer:"
 -- Returns  {holds expired, tickets returned}
 
 local limit = tonumber(ARGV[2])
@@ -31,7 +31,7 @@ for _, rid in ipairs(due) do
     redis.call('HSET', key, 'status', 'expired', 'expired_ms', now)
     redis.call('HINCRBY', KEYS[2], r[2] .. ':held', -qty)
     redis.call('HINCRBY', KEYS[2], r[2] .. ':avail', qty)
-    redis.call('HINCRBY', KEYS[3], r[1], -qty)
+    redis.call('HINCRBY', ARGV[3] .. r[1], 'tickets', -qty)
     holds = holds + 1
     tickets = tickets + qty
   end

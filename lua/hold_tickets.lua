@@ -6,18 +6,20 @@
 -- and the zone has the stock. All checks run before the first write, because
 -- a Lua error does not roll back what was already written.
 --
--- The reservation id is chosen by the caller. With an idempotency key it is
--- derived from (user, key), so a retry lands on the same reservation key and
--- is answered from it.
+-- The reservation id is chosen by the caller: 128 random bits, or with an
+-- idempotency key 128 bits drawn from (user, key), so a retry lands on the
+-- same reservation key and is answered from it. Without a key the id is
+-- fresh, and the reservation is written without first reading it: no two
+-- holds meet on 128 random bits.
 --
 -- KEYS[1]  {sale:<id>}:meta        sale settings (opens_at_ms, closes_at_ms,
 --                                  per_user_limit, hold_ttl_ms)
 -- KEYS[2]  {sale:<id>}:zones       zone counters
 -- KEYS[3]  {sale:<id>}:res:<rid>   the reservation to create (or replay)
--- KEYS[4]  {sale:<id>}:users       user id -> tickets held + confirmed
+-- KEYS[4]  {sale:<id>}:buyer:<uid> the buyer: 'tickets' held + confirmed,
+--                                  and a field per reservation id
 -- KEYS[5]  {sale:<id>}:deadlines   zset rid -> hold deadline (ms)
--- KEYS[6]  {sale:<id>}:ures:<uid>  set of the user's reservation ids
--- KEYS[7]  {sale:<id>}:admitted    zset buyer -> queue pass deadline (ms):
+-- KEYS[6]  {sale:<id>}:admitted    zset buyer -> queue pass deadline (ms):
 --                                  the pass's signature was checked by the
 --                                  caller; here it must still be admitted
 -- ARGV[1]  user id
@@ -25,15 +27,17 @@
 -- ARGV[3]  quantity, a whole number >= 1 written plainly ("2", not "2.0")
 -- ARGV[4]  reservation id
 -- ARGV[5]  request fingerprint when an idempotency key was given, else ""
--- Returns  {"ok", rid, zone, qty, status, expires_ms, created_ms,
---           confirmed_ms, cancelled_ms, replayed(0|1)}
+-- Returns  {"new", expires_ms, created_ms} for a fresh hold (the caller knows
+--           the rest: id, zone, quantity, status held),
+--       or {"ok", rid, zone, qty, status, expires_ms, created_ms,
+--           confirmed_ms, cancelled_ms, replayed(0|1)} for a replay,
 --       or {"err", code, number}: sale_not_found, sale_not_open (1 = not yet
 --           open, 2 = closed), zone_not_found, invalid_quantity,
 --           limit_exceeded (tickets the user may still hold),
 --           sold_out (tickets left in the zone), idempotency_key_reused,
 --           pass_revoked (not admitted: left the queue or was dropped),
 --           pass_expired, sale_frozen (its Redis state is being restored),
---           id_taken (the random id collided: retry with another)
+--           id_taken (the keyed id belongs to another user)
 
 local uid, zone, rid, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 -- Whole numbers become text through '%d': an integer printf. A number handed
@@ -56,17 +60,19 @@ if not m[1] and not m[5] then
   return {'err', 'sale_not_found', '0'}
 end
 
-local existing = redis.call('HMGET', KEYS[3], 'user', 'zone', 'qty', 'status',
-  'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms', 'fp')
-if existing[1] then
-  if fp ~= '' and existing[1] == uid then
+if fp ~= '' then
+  local existing = redis.call('HMGET', KEYS[3], 'user', 'zone', 'qty', 'status',
+    'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms', 'fp')
+  if existing[1] then
+    if existing[1] ~= uid then
+      return {'err', 'id_taken', '0'}
+    end
     if existing[9] ~= fp then
       return {'err', 'idempotency_key_reused', '0'}
     end
     -- The first response was the fresh hold: replay it as it was.
     return {'ok', rid, existing[2], existing[3], 'held', existing[5], existing[6], '0', '0', '1'}
   end
-  return {'err', 'id_taken', '0'}
 end
 
 local opens, closes = tonumber(m[1]), tonumber(m[2])
@@ -81,7 +87,7 @@ if closes > 0 and now >= closes then
   return {'err', 'sale_not_open', '2'}
 end
 
-local admitted_until = redis.call('ZSCORE', KEYS[7], uid)
+local admitted_until = redis.call('ZSCORE', KEYS[6], uid)
 if not admitted_until then
   return {'err', 'pass_revoked', '0'}
 end
@@ -103,7 +109,7 @@ if not string.find(qtext, '^[1-9]%d*$') then
 end
 local qty = tonumber(qtext)
 
-local used = tonumber(redis.call('HGET', KEYS[4], uid) or '0')
+local used = tonumber(redis.call('HGET', KEYS[4], 'tickets') or '0')
 if used + qty > limit then
   return {'err', 'limit_exceeded', int(limit - used)}
 end
@@ -114,9 +120,8 @@ end
 -- All checks passed: write.
 local expires = int(now + ttl)
 redis.call('HSET', KEYS[2], zone .. ':avail', int(avail - qty), zone .. ':held', int(held + qty))
-redis.call('HINCRBY', KEYS[4], uid, qtext)
+redis.call('HSET', KEYS[4], 'tickets', int(used + qty), rid, '1')
 redis.call('HSET', KEYS[3], 'user', uid, 'zone', zone, 'qty', qtext, 'status', 'held',
   'expires_ms', expires, 'created_ms', nowtext, 'fp', fp)
 redis.call('ZADD', KEYS[5], expires, rid)
-redis.call('SADD', KEYS[6], rid)
-return {'ok', rid, zone, qtext, 'held', expires, nowtext, '0', '0', '0'}
+return {'new', expires, nowtext}

@@ -40,11 +40,18 @@ impl FromStr for SaleId {
     }
 }
 
-/// `<sale uuid, 32 hex><suffix, 16 hex>`.
+/// `<sale uuid, 32 hex><suffix, 32 hex>`.
+///
+/// The suffix is 128 bits, random or drawn from the idempotency key, so two
+/// holds never meet on one id: the hold script writes a fresh hold without
+/// first reading whether its id is taken. Ids made before the suffix was
+/// widened (16 hex digits) still parse and print as they were.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ReservationId {
     pub sale: SaleId,
-    suffix: u64,
+    suffix: u128,
+    /// An id of the earlier, 64-bit form (16 hex digits).
+    narrow: bool,
 }
 
 impl ReservationId {
@@ -53,6 +60,7 @@ impl ReservationId {
         Self {
             sale,
             suffix: rand::random(),
+            narrow: false,
         }
     }
 
@@ -65,36 +73,46 @@ impl ReservationId {
         h.update([0]);
         h.update(key.as_bytes());
         let digest = h.finalize();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
         Self {
             sale,
-            suffix: u64::from_be_bytes(first),
+            suffix: u128::from_be_bytes(first),
+            narrow: false,
         }
     }
 }
 
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{:016x}", self.sale.0.simple(), self.suffix)
+        if self.narrow {
+            write!(f, "{}{:016x}", self.sale.0.simple(), self.suffix)
+        } else {
+            write!(f, "{}{:032x}", self.sale.0.simple(), self.suffix)
+        }
     }
 }
 
 impl FromStr for ReservationId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        if s.len() != 48
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        let narrow = match s.len() {
+            64 => false,
+            48 => true,
+            _ => return Err(()),
+        };
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         {
             return Err(());
         }
         let sale = Uuid::parse_str(&s[..32]).map_err(|_| ())?;
-        let suffix = u64::from_str_radix(&s[32..], 16).map_err(|_| ())?;
+        let suffix = u128::from_str_radix(&s[32..], 16).map_err(|_| ())?;
         Ok(Self {
             sale: SaleId(sale),
             suffix,
+            narrow,
         })
     }
 }
@@ -116,6 +134,28 @@ mod tests {
     }
 
     #[test]
+    fn ids_of_the_earlier_narrow_form_round_trip_unchanged() {
+        let text = format!("{}{}", SaleId::new().0.simple(), "00ab00cd00ef0012");
+        let id: ReservationId = text.parse().expect("a 48-digit id parses");
+        assert_eq!(id.to_string(), text);
+        assert_ne!(
+            id,
+            ReservationId {
+                narrow: false,
+                ..id.clone()
+            }
+        );
+    }
+
+    #[test]
+    fn fresh_ids_carry_128_bits() {
+        let id = ReservationId::random(SaleId::new());
+        assert_eq!(id.to_string().len(), 64);
+        let keyed = ReservationId::for_idempotency_key(SaleId::new(), "u1", "k");
+        assert_eq!(keyed.to_string().len(), 64);
+    }
+
+    #[test]
     fn same_user_and_key_give_the_same_id_and_other_users_do_not() {
         let sale = SaleId::new();
         let a = ReservationId::for_idempotency_key(sale, "u1", "k");
@@ -126,7 +166,15 @@ mod tests {
 
     #[test]
     fn malformed_reservation_ids_are_refused() {
-        for bad in ["", "1' OR '1'='1", &"g".repeat(48), &"A".repeat(48)] {
+        for bad in [
+            "",
+            "1' OR '1'='1",
+            &"g".repeat(48),
+            &"A".repeat(48),
+            &"a".repeat(56),
+            &"a".repeat(65),
+            &"A".repeat(64),
+        ] {
             assert!(bad.parse::<ReservationId>().is_err(), "{bad}");
         }
     }

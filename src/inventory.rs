@@ -78,7 +78,8 @@ pub enum Refusal {
         left: i64,
     },
     IdempotencyKeyReused,
-    /// A random reservation id collided with an existing one.
+    /// The id drawn from an idempotency key belongs to another user (128
+    /// bits of SHA-256 met: never in practice).
     IdTaken,
     ReservationNotFound,
     /// The hold's deadline passed (`expired_now`: this call returned its tickets).
@@ -119,9 +120,8 @@ pub async fn hold(redis: &Pool, scripts: &Scripts, req: HoldRequest<'_>) -> ApiR
                 keys.meta(),
                 keys.zones(),
                 keys.reservation(&req.id),
-                keys.users(),
+                keys.buyer(req.user),
                 keys.deadlines(),
-                keys.user_reservations(req.user),
                 keys.admitted(),
             ],
             vec![
@@ -133,7 +133,27 @@ pub async fn hold(redis: &Pool, scripts: &Scripts, req: HoldRequest<'_>) -> ApiR
             ],
         )
         .await?;
-    let outcome = decode(req.sale, &reply).map_err(ApiError::internal)?;
+    let outcome = match reply.first().map(String::as_str) {
+        // A fresh hold: the script returns only what the caller cannot know.
+        Some("new") if reply.len() == 3 => reservation(
+            req.id,
+            req.zone,
+            &req.quantity.to_string(),
+            "held",
+            &reply[1],
+            &reply[2],
+            "0",
+            "0",
+        )
+        .map(|reservation| {
+            Ok(Acted {
+                reservation,
+                replayed: false,
+            })
+        }),
+        _ => decode(req.sale, &reply),
+    }
+    .map_err(ApiError::internal)?;
     match &outcome {
         Ok(acted) if !acted.replayed => {
             metrics::counter!("flashsale_holds_total").increment(1);
@@ -156,7 +176,7 @@ pub async fn confirm(
     payment_ref: &str,
 ) -> ApiResult<Outcome> {
     let keys = SaleKeys::new(id.sale);
-    let mut confirm_keys = change_keys(&keys, id);
+    let mut confirm_keys = change_keys(&keys, id, user);
     confirm_keys.push(keys.admitted());
     let reply: Vec<String> = scripts
         .confirm
@@ -187,7 +207,7 @@ pub async fn cancel(
         .cancel
         .run(
             redis,
-            change_keys(&keys, id),
+            change_keys(&keys, id, user),
             vec![
                 Value::from(user),
                 Value::from(id.sale.to_string()),
@@ -219,10 +239,11 @@ pub async fn expire_due(
         .expire
         .run(
             redis,
-            vec![keys.deadlines(), keys.zones(), keys.users()],
+            vec![keys.deadlines(), keys.zones()],
             vec![
                 Value::from(keys.reservation_prefix()),
                 Value::from(i64::from(limit)),
+                Value::from(keys.buyer_prefix()),
             ],
         )
         .await?;
@@ -271,11 +292,11 @@ pub async fn get(redis: &Pool, id: &ReservationId, user: &str) -> ApiResult<Opti
     ))
 }
 
-fn change_keys(keys: &SaleKeys, id: &ReservationId) -> Vec<String> {
+fn change_keys(keys: &SaleKeys, id: &ReservationId, user: &str) -> Vec<String> {
     vec![
         keys.reservation(id),
         keys.zones(),
-        keys.users(),
+        keys.buyer(user),
         keys.deadlines(),
         keys.stream(),
     ]

@@ -11,6 +11,10 @@ use crate::ids::{ReservationId, SaleId};
 /// The set of all sale ids, for workers that sweep every sale.
 pub const SALES: &str = "flashsale:sales";
 
+/// The field of a buyer hash that counts their tickets; every other field is
+/// a reservation id (hex digits only, so never this).
+pub const BUYER_TICKETS: &str = "tickets";
+
 #[derive(Clone, Debug)]
 pub struct SaleKeys {
     prefix: String,
@@ -81,10 +85,6 @@ impl SaleKeys {
     pub fn zones(&self) -> String {
         self.key("zones")
     }
-    /// Hash of user id -> tickets held + confirmed (the per-user limit).
-    pub fn users(&self) -> String {
-        self.key("users")
-    }
     /// Sorted set of held reservation ids by deadline (ms since the epoch).
     pub fn deadlines(&self) -> String {
         self.key("deadlines")
@@ -108,9 +108,16 @@ impl SaleKeys {
     pub fn reservation(&self, id: &ReservationId) -> String {
         format!("{}res:{}", self.prefix, id)
     }
-    /// Set of one user's reservation ids in this sale.
-    pub fn user_reservations(&self, user: &str) -> String {
-        let mut key = self.key("ures:");
+    /// Prefix of buyer hashes, for scripts and sweeps that reach them by id.
+    pub fn buyer_prefix(&self) -> String {
+        self.key("buyer:")
+    }
+    /// Hash of one buyer in this sale: [`BUYER_TICKETS`], the tickets they
+    /// hold or have confirmed (the per-user limit), and one field per
+    /// reservation of theirs (its id, value `1`). One hash, so a hold writes
+    /// the count and the id in one command.
+    pub fn buyer(&self, user: &str) -> String {
+        let mut key = self.key("buyer:");
         key.push_str(user);
         key
     }

@@ -182,7 +182,7 @@ pub async fn restore(
                 ],
             )
             .await?;
-        let _: () = pipe.sadd(k.user_reservations(user), id.clone()).await?;
+        let _: () = pipe.hset(k.buyer(user), (id.as_str(), "1")).await?;
         *sold.entry(zone).or_default() += i64::from(*qty);
         *per_user.entry(user).or_default() += i64::from(*qty);
     }
@@ -201,12 +201,10 @@ pub async fn restore(
             )
             .await?;
     }
-    if !per_user.is_empty() {
-        let users: Vec<(String, String)> = per_user
-            .iter()
-            .map(|(u, q)| (u.to_string(), q.to_string()))
-            .collect();
-        let _: () = pipe.hset(k.users(), users).await?;
+    for (user, tickets) in &per_user {
+        let _: () = pipe
+            .hset(k.buyer(user), (keys::BUYER_TICKETS, tickets.to_string()))
+            .await?;
     }
     let _: Vec<Value> = pipe.all().await?;
 
@@ -233,7 +231,6 @@ async fn wipe(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow::Result<()> {
     let mut doomed = vec![
         k.meta(),
         k.zones(),
-        k.users(),
         k.deadlines(),
         k.stream(),
         k.waiting(),
@@ -246,9 +243,13 @@ async fn wipe(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow::Result<()> {
         k.ticks(),
         k.admissions(),
         k.reconciliation(),
+        // The per-user counters of the layout before buyer hashes.
+        format!("{{sale:{sale}}}:users"),
     ];
     for pattern in [
         format!("{}*", k.reservation_prefix()),
+        format!("{}*", k.buyer_prefix()),
+        // Buyers' reservation sets of the layout before buyer hashes.
         format!("{{sale:{sale}}}:ures:*"),
     ] {
         let mut scan = redis.next().scan(pattern, Some(500), None);

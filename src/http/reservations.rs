@@ -10,7 +10,7 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use fred::interfaces::SetsInterface;
+use fred::interfaces::{HashesInterface, SetsInterface};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -126,29 +126,24 @@ async fn hold(
     if !crate::sales::valid_zone_code(zone) {
         return Err(ApiError::ZoneNotFound(zone.chars().take(32).collect()));
     }
-    let mut attempts = 0;
-    let outcome = loop {
-        let (id, fingerprint) = match idempotency_key {
-            Some(key) => (
-                ReservationId::for_idempotency_key(sale, &who.user_id, key),
-                Some(fingerprint(zone, quantity)),
-            ),
-            None => (ReservationId::random(sale), None),
-        };
-        let req = HoldRequest {
-            sale,
-            user: &who.user_id,
-            zone,
-            quantity,
-            id,
-            fingerprint,
-        };
-        match inventory::hold(&state.redis, &state.scripts, req).await? {
-            // A random id that collided (one in 2^64): draw another.
-            Err(Refusal::IdTaken) if idempotency_key.is_none() && attempts < 3 => attempts += 1,
-            outcome => break outcome,
-        }
+    // With a key, the id is drawn from (user, key), so a retry finds its
+    // hold; without one it is 128 random bits, which no other hold shares.
+    let (id, fingerprint) = match idempotency_key {
+        Some(key) => (
+            ReservationId::for_idempotency_key(sale, &who.user_id, key),
+            Some(fingerprint(zone, quantity)),
+        ),
+        None => (ReservationId::random(sale), None),
     };
+    let req = HoldRequest {
+        sale,
+        user: &who.user_id,
+        zone,
+        quantity,
+        id,
+        fingerprint,
+    };
+    let outcome = inventory::hold(&state.redis, &state.scripts, req).await?;
     match outcome {
         Ok(acted) => {
             let location = format!("/v1/reservations/{}", acted.reservation.id);
@@ -336,9 +331,7 @@ async fn my_reservations(
     let sales: Vec<SaleId> = sales.iter().filter_map(|s| s.parse().ok()).collect();
     let pipe = state.redis.next().pipeline();
     for sale in &sales {
-        let _: () = pipe
-            .smembers(SaleKeys::new(*sale).user_reservations(&who.user_id))
-            .await?;
+        let _: () = pipe.hkeys(SaleKeys::new(*sale).buyer(&who.user_id)).await?;
     }
     let per_sale: Vec<Vec<String>> = if sales.is_empty() {
         Vec::new()
@@ -348,6 +341,7 @@ async fn my_reservations(
     let ids: Vec<ReservationId> = per_sale
         .into_iter()
         .flatten()
+        .filter(|field| field != keys::BUYER_TICKETS)
         .filter_map(|id| id.parse().ok())
         .collect();
     let mut out = Vec::with_capacity(ids.len());

@@ -15,7 +15,12 @@ use std::{
 };
 
 use common::*;
-use flashsale::{ids::SaleId, keys::SaleKeys, recovery};
+use flashsale::{
+    ids::{ReservationId, SaleId},
+    inventory::{self, HoldRequest, Refusal},
+    keys::SaleKeys,
+    recovery,
+};
 use flashsale_workers::{reconciler::Reconciler, sink::Sink};
 use fred::{clients::Pool, interfaces::ClientLike};
 use reqwest::StatusCode;
@@ -295,7 +300,46 @@ async fn a_flushed_redis_freezes_the_sale_until_it_is_restored_from_postgres() {
         .await
         .unwrap();
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "confirmed");
+    let mine: Value = api
+        .http
+        .get(format!("{}/v1/me/reservations", api.base))
+        .bearer_auth(api.buyer(user))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = mine["reservations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [id.to_string()]);
     assert_no_drift(&redis, &scripts, &db, sale).await;
+
+    // The buyer's confirmed tickets still count against the per-user limit
+    // (10): they may hold 8 more, not 9.
+    admit(&redis, &scripts, sale, std::slice::from_ref(user)).await;
+    let over = inventory::hold(
+        &redis,
+        &scripts,
+        HoldRequest {
+            sale,
+            user,
+            zone: "A",
+            quantity: 9,
+            id: ReservationId::random(sale),
+            fingerprint: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        over.map(|_| ()),
+        Err(Refusal::LimitExceeded { remaining: 8 })
+    );
 
     // The sale sells again, through the queue.
     let again = admitted_buyers(&api, &redis, &scripts, sale, "after", 1).await;
