@@ -12,6 +12,7 @@ use flashsale::{
     passes::{PassClaims, PassKeys, SigningKey},
     tokens::unix_now,
 };
+use fred::interfaces::SetsInterface;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -445,6 +446,67 @@ async fn admission_stops_at_the_stock_and_sold_out_is_told_to_everyone_waiting()
         .await
         .unwrap();
     assert_eq!(read["state"], "sold_out");
+}
+
+#[tokio::test]
+async fn one_tick_admits_thousands_in_order_and_drops_thousands_that_lapsed_or_went_silent() {
+    let app = TestApp::spawn().await;
+    // 25,000 a second in 100 ms ticks: 2,500 a tick, more than one slice of
+    // the script's bulk commands (1,000).
+    let sale = app
+        .sale_id(
+            json!({"zones": [{"code": "A", "capacity": 100000}], "release_rate": 25000,
+            "release_interval_ms": 100, "pass_ttl_seconds": 1}),
+        )
+        .await;
+    let run = unique("bulk");
+    let buyers: Vec<String> = (0..4000).map(|i| format!("{run}-{i:05}")).collect();
+    for b in &buyers {
+        flashsale::queue::join(&app.redis, &app.scripts, sale, b, b"seed")
+            .await
+            .unwrap();
+    }
+    let first = app.tick(sale, 300_000).await;
+    assert_eq!((first.admitted, first.waits_ms.len()), (2500, 2500));
+    assert_eq!((first.waiting, first.active), (1500, 2500));
+    for b in [&buyers[0], &buyers[1234], &buyers[2499]] {
+        assert_eq!(standing(&app, sale, b).await["state"], "admitted", "{b}");
+    }
+    // (Polling the last one keeps it from counting as silent below.)
+    let last = standing(&app, sale, &buyers[3999]).await;
+    assert_eq!(
+        (&last["state"], &last["position"]),
+        (&json!("waiting"), &json!(1500))
+    );
+
+    // A second later every pass has lapsed and the 1,499 others never polled.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = app.tick(sale, 500).await;
+    assert_eq!(
+        (second.lapsed, second.abandoned, second.admitted),
+        (1000, 1000, 500),
+        "at most 1,000 lapsed and 1,000 silent a tick; the last 500 admitted"
+    );
+    assert_eq!((second.waiting, second.active), (0, 2000));
+    // The silent ones are dropped oldest first; the newest 500 are admitted.
+    assert_eq!(
+        standing(&app, sale, &buyers[2500]).await,
+        json!({"state": "expired"})
+    );
+    assert_eq!(
+        standing(&app, sale, &buyers[3499]).await,
+        json!({"state": "expired"})
+    );
+    assert_eq!(
+        standing(&app, sale, &buyers[3500]).await["state"],
+        "admitted"
+    );
+    let expired: u64 = app
+        .redis
+        .scard(flashsale::keys::SaleKeys::new(sale).expired())
+        .await
+        .unwrap();
+    assert_eq!(expired, 2000);
 }
 
 #[tokio::test]
