@@ -83,13 +83,27 @@ impl ReservationId {
     }
 }
 
+impl ReservationId {
+    /// The id's text, written into `buf` without `core::fmt` (a hold writes
+    /// it four times: key, argument, body and `Location`).
+    pub fn encode<'a>(&self, buf: &'a mut [u8; 64]) -> &'a str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let sale = self.sale.0.as_u128();
+        let digits = if self.narrow { 16 } else { 32 };
+        for i in 0..32 {
+            buf[i] = HEX[((sale >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for i in 0..digits {
+            buf[32 + i] = HEX[((self.suffix >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(&buf[..32 + digits]).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.narrow {
-            write!(f, "{}{:016x}", self.sale.0.simple(), self.suffix)
-        } else {
-            write!(f, "{}{:032x}", self.sale.0.simple(), self.suffix)
-        }
+        f.write_str(self.encode(&mut [0; 64]))
     }
 }
 
@@ -119,7 +133,7 @@ impl FromStr for ReservationId {
 
 impl Serialize for ReservationId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.encode(&mut [0; 64]))
     }
 }
 
@@ -145,6 +159,28 @@ mod tests {
                 ..id.clone()
             }
         );
+    }
+
+    #[test]
+    fn the_text_is_the_sale_and_the_suffix_in_lowercase_hex() {
+        let sale = SaleId::new();
+        for suffix in [0u128, 1, 0xabc, u128::MAX, rand::random()] {
+            let id = ReservationId {
+                sale,
+                suffix,
+                narrow: false,
+            };
+            let want = format!("{}{:032x}", sale.0.simple(), suffix);
+            assert_eq!(id.to_string(), want);
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{want}\""));
+            let narrow = ReservationId {
+                sale,
+                suffix: suffix & u128::from(u64::MAX),
+                narrow: true,
+            };
+            let want = format!("{}{:016x}", sale.0.simple(), suffix & u128::from(u64::MAX));
+            assert_eq!(narrow.to_string(), want);
+        }
     }
 
     #[test]

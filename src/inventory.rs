@@ -47,11 +47,19 @@ pub struct Reservation {
     pub zone: String,
     pub quantity: i64,
     pub status: Status,
+    #[serde(serialize_with = "crate::json::rfc3339")]
     pub expires_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::json::rfc3339")]
     pub created_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json::opt_rfc3339"
+    )]
     pub confirmed_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::json::opt_rfc3339"
+    )]
     pub cancelled_at: Option<DateTime<Utc>>,
 }
 

@@ -106,7 +106,11 @@ impl SaleKeys {
         self.key("res:")
     }
     pub fn reservation(&self, id: &ReservationId) -> String {
-        format!("{}res:{}", self.prefix, id)
+        let mut key = String::with_capacity(self.prefix.len() + 4 + 64);
+        key.push_str(&self.prefix);
+        key.push_str("res:");
+        key.push_str(id.encode(&mut [0; 64]));
+        key
     }
     /// Prefix of buyer hashes, for scripts and sweeps that reach them by id.
     pub fn buyer_prefix(&self) -> String {

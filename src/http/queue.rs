@@ -48,6 +48,7 @@ enum QueueStatus {
     },
     Admitted {
         pass: String,
+        #[serde(serialize_with = "crate::json::rfc3339")]
         pass_expires_at: DateTime<Utc>,
     },
     SoldOut,
