@@ -83,6 +83,15 @@ cleanup() {
     kill "$api" "$(cat "$work/workers.pid")" 2>/dev/null || true
     if [[ -f $work/redis.pid ]]; then kill "$(cat "$work/redis.pid")" 2>/dev/null || true; fi
     wait 2>/dev/null || true
+    if [[ $status -ne 0 ]]; then
+        # The work folder goes with the run: show why, while it is here.
+        for log in workers api; do
+            if [[ -s $work/$log.log ]]; then
+                echo "load: last lines of the $log log:" >&2
+                tail -n 15 "$work/$log.log" >&2
+            fi
+        done
+    fi
     rm -rf "$work"
     exit "$status"
 }
