@@ -60,7 +60,8 @@ local elapsed = math.min(now - last, 2 * interval)
 
 -- redis.call(cmd, key, list...) in slices: unpack puts its values on Lua's
 -- stack, which holds at most 8000 (a tick may admit 5000 buyers, 10000
--- arguments to ZADD). The slices are even-sized, so pairs stay together.
+-- arguments to ZADD). The slices are even-sized, so pairs stay together;
+-- an empty list makes no call at all.
 local function call_with(cmd, key, list)
   local replies = {}
   for i = 1, #list, 1000 do
@@ -74,19 +75,15 @@ end
 
 -- (1) passes that lapsed
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1000)
-if #lapsed > 0 then
-  call_with('ZREM', KEYS[5], lapsed)
-  call_with('SADD', KEYS[6], lapsed)
-end
+call_with('ZREM', KEYS[5], lapsed)
+call_with('SADD', KEYS[6], lapsed)
 
 -- (2) abandoned places
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - idle_ms, 'LIMIT', 0, 1000)
-if #gone > 0 then
-  call_with('ZREM', KEYS[2], gone)
-  call_with('ZREM', KEYS[3], gone)
-  call_with('HDEL', KEYS[4], gone)
-  call_with('SADD', KEYS[6], gone)
-end
+call_with('ZREM', KEYS[2], gone)
+call_with('ZREM', KEYS[3], gone)
+call_with('HDEL', KEYS[4], gone)
+call_with('SADD', KEYS[6], gone)
 
 -- (3) stock
 local avail, held = 0, 0
