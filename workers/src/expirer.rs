@@ -4,30 +4,38 @@
 //! sorted set with Redis's own clock, so any number of expirers may run at
 //! once and each hold expires exactly once.
 
-use flashsale::{ids::SaleId, inventory, keys, scripts::Scripts};
-use fred::{clients::Pool, interfaces::SetsInterface};
+use flashsale::{inventory, scripts::Scripts};
+use fred::clients::Pool;
+
+use crate::{each_sale, sales_in_redis};
 
 /// Holds expired per script call; a sale with more due is swept again at once.
 const BATCH: u32 = 500;
 
 /// Sweeps every sale once. Returns the holds and tickets returned.
 pub async fn run_once(redis: &Pool, scripts: &Scripts) -> anyhow::Result<inventory::Swept> {
-    let sales: Vec<String> = redis.smembers(keys::SALES).await?;
-    let mut total = inventory::Swept::default();
-    for sale in sales.iter().filter_map(|s| s.parse::<SaleId>().ok()) {
+    let swept = each_sale(sales_in_redis(redis).await?, |sale| async move {
+        let mut total = inventory::Swept::default();
         loop {
             let swept = inventory::expire_due(redis, scripts, sale, BATCH)
                 .await
-                .map_err(|e| anyhow::anyhow!("expire holds of sale {sale}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("expire holds: {e}"))?;
             total.holds += swept.holds;
             total.tickets += swept.tickets;
             if swept.holds > 0 {
                 tracing::info!(sale.id = %sale, holds = swept.holds, tickets = swept.tickets, "holds expired");
             }
             if swept.holds < u64::from(BATCH) {
-                break;
+                return Ok(total);
             }
         }
-    }
-    Ok(total)
+    })
+    .await?;
+    Ok(swept
+        .iter()
+        .fold(inventory::Swept::default(), |mut all, one| {
+            all.holds += one.holds;
+            all.tickets += one.tickets;
+            all
+        }))
 }

@@ -15,15 +15,64 @@ pub mod releaser;
 /// Records each sale's stream of confirmations and cancellations in Postgres.
 pub mod sink;
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
+use flashsale::ids::SaleId;
 use tokio_util::sync::CancellationToken;
+
+/// Runs `step` for each sale in turn. A sale whose step fails (a store that
+/// timed out, a damaged key that makes its script fail) is skipped, so it
+/// cannot hold back the sales after it: one broken sale must not stop every
+/// other sale's queue, sweep or sink. Once every sale has had its turn, the
+/// pass fails if any sale failed, naming each with its error.
+pub async fn each_sale<T, F, Fut>(
+    sales: impl IntoIterator<Item = SaleId>,
+    mut step: F,
+) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(SaleId) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for sale in sales {
+        match step(sale).await {
+            Ok(t) => done.push(t),
+            Err(err) => failed.push(format!("sale {sale}: {err:#}")),
+        }
+    }
+    if failed.is_empty() {
+        Ok(done)
+    } else {
+        Err(anyhow::anyhow!(
+            "{} of {} sales failed ({}); the others were done",
+            failed.len(),
+            failed.len() + done.len(),
+            failed.join("; ")
+        ))
+    }
+}
+
+/// The sales Redis knows (the set `keys::SALES`), skipping any member that
+/// is not a sale id.
+pub async fn sales_in_redis(redis: &fred::clients::Pool) -> anyhow::Result<Vec<SaleId>> {
+    use fred::interfaces::SetsInterface;
+    let sales: Vec<String> = redis.smembers(flashsale::keys::SALES).await?;
+    Ok(sales.iter().filter_map(|s| s.parse().ok()).collect())
+}
 
 /// Runs `step` every `every` until `stop` is cancelled. A step in progress
 /// when the signal comes finishes first.
+///
+/// A step that has not finished after `limit` is abandoned, logged as an
+/// error and counted as failed, and the next tick runs a fresh one: a store
+/// that stops answering mid-step (a Postgres query waits on no timeout of its
+/// own) must not stop the worker for good. Every step is safe to abandon:
+/// what it did is either done in Redis or done again by the next step.
 pub async fn every<F, Fut>(
     name: &'static str,
     every: Duration,
+    limit: Duration,
     stop: CancellationToken,
     mut step: F,
 ) where
@@ -37,10 +86,81 @@ pub async fn every<F, Fut>(
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(err) = step().await {
-            metrics::counter!("flashsale_worker_errors_total", "worker" => name).increment(1);
-            tracing::warn!(worker = name, error = %format!("{err:#}"), "worker step failed; retrying next tick");
+        match tokio::time::timeout(limit, step()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                metrics::counter!("flashsale_worker_errors_total", "worker" => name).increment(1);
+                tracing::warn!(worker = name, error = %format!("{err:#}"), "worker step failed; retrying next tick");
+            }
+            Err(_) => {
+                metrics::counter!("flashsale_worker_errors_total", "worker" => name).increment(1);
+                metrics::counter!("flashsale_worker_step_timeouts_total", "worker" => name)
+                    .increment(1);
+                tracing::error!(
+                    worker = name,
+                    limit_ms = limit.as_millis() as u64,
+                    "worker step did not finish in time; abandoned, retrying next tick"
+                );
+            }
         }
     }
     tracing::info!(worker = name, "worker stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    };
+
+    use super::*;
+
+    /// A step that hangs is abandoned after the limit and the worker goes
+    /// on: later steps run, and stop still stops it.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_step_is_abandoned_and_the_next_tick_runs_a_fresh_one() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let finished = Arc::new(AtomicU32::new(0));
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(every(
+            "test",
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            stop.clone(),
+            {
+                let (calls, finished) = (calls.clone(), finished.clone());
+                move || {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    let finished = finished.clone();
+                    async move {
+                        if n == 0 {
+                            // The first step never finishes.
+                            std::future::pending::<()>().await;
+                        }
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                }
+            },
+        ));
+        // Paused time jumps ahead whenever every task waits on a timer.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the hung step holds its tick"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            finished.load(Ordering::SeqCst) >= 5,
+            "after the limit the worker runs fresh steps again: {} finished",
+            finished.load(Ordering::SeqCst)
+        );
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(1), worker)
+            .await
+            .expect("the worker stops when asked")
+            .unwrap();
+    }
 }

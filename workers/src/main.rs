@@ -33,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
     )?;
     telemetry::init_tracing(config.log_format);
     let metrics = telemetry::metrics();
+    // Far above any step's normal run: only a hung step reaches it.
+    let step_limit =
+        Duration::from_secs(config::parse_or("WORKER_STEP_TIMEOUT_SECONDS", 60u64)?.max(1));
     let sink_every = Duration::from_millis(config::parse_or("SINK_INTERVAL_MS", 100u64)?.max(5));
     let reconcile_every =
         Duration::from_secs(config::parse_or("RECONCILE_INTERVAL_SECONDS", 5u64)?.max(1));
@@ -57,29 +60,47 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let expiring = {
         let (redis, scripts) = (redis.clone(), scripts.clone());
-        tokio::spawn(every("expirer", expire_every, stop.clone(), move || {
-            let (redis, scripts) = (redis.clone(), scripts.clone());
-            async move { expirer::run_once(&redis, &scripts).await.map(|_| ()) }
-        }))
+        tokio::spawn(every(
+            "expirer",
+            expire_every,
+            step_limit,
+            stop.clone(),
+            move || {
+                let (redis, scripts) = (redis.clone(), scripts.clone());
+                async move { expirer::run_once(&redis, &scripts).await.map(|_| ()) }
+            },
+        ))
     };
     let releasing = {
         let (redis, scripts) = (redis.clone(), scripts.clone());
-        tokio::spawn(every("releaser", release_poll, stop.clone(), move || {
-            let (redis, scripts) = (redis.clone(), scripts.clone());
-            async move {
-                releaser::run_once(&redis, &scripts, idle_ms)
-                    .await
-                    .map(|_| ())
-            }
-        }))
+        tokio::spawn(every(
+            "releaser",
+            release_poll,
+            step_limit,
+            stop.clone(),
+            move || {
+                let (redis, scripts) = (redis.clone(), scripts.clone());
+                async move {
+                    releaser::run_once(&redis, &scripts, idle_ms)
+                        .await
+                        .map(|_| ())
+                }
+            },
+        ))
     };
     let sinking = {
         let (redis, scripts, db, sink) = (redis.clone(), scripts.clone(), db.clone(), sink.clone());
-        tokio::spawn(every("sink", sink_every, stop.clone(), move || {
-            let (redis, scripts, db, sink) =
-                (redis.clone(), scripts.clone(), db.clone(), sink.clone());
-            async move { sink.run_once(&redis, &scripts, &db).await.map(|_| ()) }
-        }))
+        tokio::spawn(every(
+            "sink",
+            sink_every,
+            step_limit,
+            stop.clone(),
+            move || {
+                let (redis, scripts, db, sink) =
+                    (redis.clone(), scripts.clone(), db.clone(), sink.clone());
+                async move { sink.run_once(&redis, &scripts, &db).await.map(|_| ()) }
+            },
+        ))
     };
     let reconciling = {
         let (redis, scripts, db) = (redis.clone(), scripts.clone(), db.clone());
@@ -87,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(every(
             "reconciler",
             reconcile_every,
+            step_limit,
             stop.clone(),
             move || {
                 let (redis, scripts, db, reconciler) = (

@@ -76,11 +76,10 @@ impl Reconciler {
         let sales: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM sales ORDER BY created_at")
             .fetch_all(db)
             .await?;
-        let mut reports = Vec::new();
-        for sale in sales.into_iter().map(SaleId) {
-            reports.push(self.check(redis, scripts, db, sale).await?);
-        }
-        Ok(reports)
+        crate::each_sale(sales.into_iter().map(SaleId), |sale| {
+            self.check(redis, scripts, db, sale)
+        })
+        .await
     }
 
     /// Compares the sale's epoch in Redis with Postgres's; freezes it on a

@@ -5,22 +5,22 @@
 //! passed, so two or more releasers never admit twice and a rate change or
 //! pause applies at the next tick on every replica.
 
-use flashsale::{ids::SaleId, keys, queue, scripts::Scripts};
-use fred::{clients::Pool, interfaces::SetsInterface};
+use flashsale::{queue, scripts::Scripts};
+use fred::clients::Pool;
+
+use crate::{each_sale, sales_in_redis};
 
 /// Most buyers admitted by one script call, bounding its run time in Redis.
 pub const MAX_BATCH: u32 = 5_000;
 
 /// One pass over every sale. Returns how many buyers were admitted.
 pub async fn run_once(redis: &Pool, scripts: &Scripts, idle_ms: u64) -> anyhow::Result<u64> {
-    let sales: Vec<String> = redis.smembers(keys::SALES).await?;
-    let mut admitted = 0;
-    for sale in sales.iter().filter_map(|s| s.parse::<SaleId>().ok()) {
+    let admitted = each_sale(sales_in_redis(redis).await?, |sale| async move {
         let Some(tick) = queue::release_tick(redis, scripts, sale, idle_ms, MAX_BATCH)
             .await
-            .map_err(|e| anyhow::anyhow!("release tick of sale {sale}: {e}"))?
+            .map_err(|e| anyhow::anyhow!("release tick: {e}"))?
         else {
-            continue;
+            return Ok(0);
         };
         let label = sale.to_string();
         metrics::gauge!("flashsale_queue_waiting", "sale" => label.clone())
@@ -40,7 +40,8 @@ pub async fn run_once(redis: &Pool, scripts: &Scripts, idle_ms: u64) -> anyhow::
             tracing::debug!(sale.id = %sale, admitted = tick.admitted, abandoned = tick.abandoned,
                 lapsed = tick.lapsed, waiting = tick.waiting, sold_out = tick.sold_out, "release tick");
         }
-        admitted += tick.admitted;
-    }
-    Ok(admitted)
+        Ok(tick.admitted)
+    })
+    .await?;
+    Ok(admitted.iter().sum())
 }

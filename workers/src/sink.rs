@@ -16,10 +16,10 @@
 use std::{collections::HashMap, time::Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use flashsale::{ids::SaleId, keys, keys::SaleKeys, scripts::Scripts};
+use flashsale::{ids::SaleId, keys::SaleKeys, scripts::Scripts};
 use fred::{
     clients::Pool,
-    interfaces::{SetsInterface, StreamsInterface},
+    interfaces::StreamsInterface,
     types::{streams::XID, Value},
 };
 use sqlx::PgPool;
@@ -83,12 +83,16 @@ impl Sink {
         scripts: &Scripts,
         db: &PgPool,
     ) -> anyhow::Result<Written> {
-        let sales: Vec<String> = redis.smembers(keys::SALES).await?;
-        let mut total = Written::default();
-        for sale in sales.iter().filter_map(|s| s.parse::<SaleId>().ok()) {
-            total += self.drain(redis, scripts, db, sale).await?;
-        }
-        Ok(total)
+        let written = crate::each_sale(crate::sales_in_redis(redis).await?, |sale| {
+            self.drain(redis, scripts, db, sale)
+        })
+        .await?;
+        Ok(written
+            .into_iter()
+            .fold(Written::default(), |mut all, one| {
+                all += one;
+                all
+            }))
     }
 
     /// Drains one sale: its own pending entries first (a retry after a
