@@ -4,6 +4,8 @@
 #
 #   load/instructions.sh poll                 # or hold
 #   BIN=/path/to/other/flashsale load/instructions.sh hold
+#   KEEP=/tmp/cg load/instructions.sh poll    # keep callgrind's output there
+#                                             # (callgrind_annotate reads it)
 #
 # Starts its own redis-server and the API (release build, or BIN) under
 # valgrind with instrumentation off; makes a sale and 2,000 buyers (hold:
@@ -69,4 +71,7 @@ callgrind_control -d "$api" >/dev/null 2>&1
 for _ in $(seq 1 100); do grep -qs '^totals:' "$work"/callgrind.out.* && break; sleep 0.2; done
 total=$(awk '/^totals:/ {s += $2} END {print s + 0}' "$work"/callgrind.out.*)
 [[ ${requests:-0} -gt 0 && $total -gt 0 ]] || { echo "instructions: nothing counted (see $work/valgrind.log)" >&2; exit 1; }
+if [[ -n ${KEEP:-} ]]; then
+    mkdir -p "$KEEP" && cp "$work"/callgrind.out.* "$KEEP"/
+fi
 echo "$MODE: $requests requests, $total instructions, $((total / requests)) a request ($(basename "$BIN"))"

@@ -14,6 +14,7 @@ mod reservations;
 mod sales;
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -143,11 +144,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
+    let (api, mut doc) = api_routes().split_for_parts();
     // The in-flight cap covers the API, not the operations endpoints, which
-    // must answer most when the service is busiest.
-    let (api, mut doc) = api_routes()
-        .route_layer(middleware::from_fn_with_state(state.clone(), shed_load))
-        .split_for_parts();
+    // must answer most when the service is busiest: the API's route
+    // templates, as its own OpenAPI document lists them.
+    let api_templates: Arc<HashSet<String>> = Arc::new(doc.paths.paths.keys().cloned().collect());
     let (ops, ops_doc) = ops::router().split_for_parts();
     doc.merge(ops_doc);
     let json = Arc::new(doc.to_json().unwrap_or_default());
@@ -169,7 +170,10 @@ pub fn router(state: AppState) -> Router {
         .merge(utoipa_scalar::Scalar::with_url("/docs", doc))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn(note_route))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), api_templates),
+            guard_route,
+        ))
         .with_state(state.clone());
     // Everything else wraps the router once. Layers given to `Router::layer`
     // are copied onto every route and cloned with it on every request, which
@@ -211,18 +215,43 @@ pub fn router(state: AppState) -> Router {
                     );
                 }),
         )
-        .layer(middleware::from_fn(record_metrics))
-        .layer(middleware::from_fn(deadline))
+        .layer(middleware::from_fn(time_and_count))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .service(routes);
     Router::new().fallback_service(outer)
 }
 
-/// Hands the matched route template to the layers outside the router (the
-/// access log and the request metrics) on the response.
-async fn note_route(req: Request, next: Next) -> Response {
+/// Around every route, in one layer (each layer costs every request a boxed
+/// future and a cloned service): sheds an API request with 503 when
+/// `MAX_IN_FLIGHT` requests are being served, since past that queueing only
+/// makes every client wait longer; and hands the matched route template to
+/// the layers outside the router (the access log and the request metrics) on
+/// the response.
+async fn guard_route(
+    axum::extract::State((state, api)): axum::extract::State<(AppState, Arc<HashSet<String>>)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
+    let permit = match &route {
+        Some(r) if api.contains(r.as_str()) => match state.limits.admit() {
+            Some(permit) => Some(permit),
+            None => {
+                metrics::counter!("flashsale_shed_total").increment(1);
+                let mut res = ApiError::Unavailable {
+                    what: "the service (overloaded)",
+                }
+                .into_response();
+                if let Some(route) = route {
+                    res.extensions_mut().insert(route);
+                }
+                return res;
+            }
+        },
+        _ => None,
+    };
     let mut res = next.run(req).await;
+    drop(permit);
     if let Some(route) = route {
         res.extensions_mut().insert(route);
     }
@@ -255,12 +284,20 @@ pub(crate) async fn or_frozen<T>(
     }
 }
 
-/// Counts requests and times them, labelled by route template (never the raw
-/// path, so ids do not explode the label space), method and status.
-async fn record_metrics(req: Request, next: Next) -> Response {
+/// Answers 503 when a request runs past `REQUEST_TIMEOUT`, so a client is
+/// never left hanging on a store that stopped answering; and counts and times
+/// every request, labelled by route template (never the raw path, so ids do
+/// not explode the label space), method and status. One layer for both.
+async fn time_and_count(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let start = Instant::now();
-    let res = next.run(req).await;
+    let res = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::Unavailable {
+            what: "the service",
+        }
+        .into_response(),
+    };
     let elapsed = start.elapsed().as_secs_f64();
     let route = res
         .extensions()
@@ -332,34 +369,5 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
-    }
-}
-
-/// Sheds a request with 503 when `MAX_IN_FLIGHT` requests are being served:
-/// past that, queueing only makes every client wait longer.
-async fn shed_load(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let Some(_permit) = state.limits.admit() else {
-        metrics::counter!("flashsale_shed_total").increment(1);
-        return ApiError::Unavailable {
-            what: "the service (overloaded)",
-        }
-        .into_response();
-    };
-    next.run(req).await
-}
-
-/// Answers 503 when a request runs past `REQUEST_TIMEOUT`, so a client is
-/// never left hanging on a store that stopped answering.
-async fn deadline(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => ApiError::Unavailable {
-            what: "the service",
-        }
-        .into_response(),
     }
 }
