@@ -10,7 +10,8 @@
 #   load/run.sh stress_10k                       # 10,000 req/s for 60 s (RATE, DURATION)
 #   load/run.sh spike                            # 0 to 10,000 req/s in 5 s (PEAK, RAMP, HOLD)
 #
-# stress_10k and spike: a 50,000-seat sale; 36,000 buyers admitted with
+# stress_10k and spike: a 50,000-seat sale (more above about 13,800 req/s,
+# so that every holder can be admitted); 36,000 buyers admitted with
 # passes to hold, 50,000 waiting in the queue to poll, and fresh buyers to
 # join, all prepared before k6 starts. The API's peak resident memory
 # (VmHWM) is printed at the end.
@@ -98,11 +99,23 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
+if [[ $SCENARIO == stress_10k || $SCENARIO == spike ]]; then
+    if [[ $SCENARIO == spike ]]; then
+        iterations=$(( ${PEAK:-10000} * (${RAMP:-5} / 2 + ${HOLD:-30} + 3) ))
+    else
+        iterations=$(( ${RATE:-10000} * ${DURATION:-60} ))
+    fi
+    holders=$(( iterations * 3 / 50 + 100 )) joiners=$(( iterations * 7 / 50 + 100 ))
+    # 50,000 seats; more when the rate needs more holders than that: the
+    # releaser never admits more buyers than there are tickets left, so the
+    # holders could not all be admitted before k6 starts.
+    seats=$(( holders * 5 / 4 > 50000 ? (holders * 5 / 4 + 999) / 1000 * 1000 : 50000 ))
+fi
 case $SCENARIO in
     smoke) sale_body='{"name":"load smoke","zones":[{"code":"A","capacity":20},{"code":"B","capacity":10}],"release_rate":50,"release_interval_ms":200,"hold_ttl_seconds":30}'
            buyers=20 ;;
     stress_10k|spike)
-           sale_body='{"name":"load stress","zones":[{"code":"A","capacity":20000},{"code":"B","capacity":20000},{"code":"C","capacity":10000}],"release_rate":100000,"release_interval_ms":100,"hold_ttl_seconds":30,"pass_ttl_seconds":900}'
+           sale_body='{"name":"load stress","zones":[{"code":"A","capacity":'$((seats * 2 / 5))'},{"code":"B","capacity":'$((seats * 2 / 5))'},{"code":"C","capacity":'$((seats / 5))'}],"release_rate":100000,"release_interval_ms":100,"hold_ttl_seconds":30,"pass_ttl_seconds":900}'
            buyers=0 ;;
     *)     sale_body='{"name":"load flash sale","zones":[{"code":"A","capacity":600},{"code":"B","capacity":400}],"release_rate":100,"release_interval_ms":250,"hold_ttl_seconds":20,"pass_ttl_seconds":60}'
            buyers=$(( ${ARRIVALS_PER_SECOND:-50} * ${ARRIVAL_SECONDS:-60} + 100 )) ;;
@@ -113,12 +126,6 @@ sale=$(curl -sf -X POST "http://$LISTEN_ADDR/v1/sales" -H "Authorization: Bearer
 k6_env=(-e "BASE_URL=http://$LISTEN_ADDR" -e "SALE=$sale")
 case $SCENARIO in
     stress_10k|spike)
-        if [[ $SCENARIO == spike ]]; then
-            iterations=$(( ${PEAK:-10000} * (${RAMP:-5} / 2 + ${HOLD:-30} + 3) ))
-        else
-            iterations=$(( ${RATE:-10000} * ${DURATION:-60} ))
-        fi
-        holders=$(( iterations * 3 / 50 + 100 )) joiners=$(( iterations * 7 / 50 + 100 ))
         # Holders first, admitted at once; then the line slows to 200 a second
         # (a live PATCH, as an organizer would) and the waiting buyers join.
         "$bin/flashsale" prepare-buyers --sale "$sale" --count "$holders" --prefix "hold-$sale" --out "$work/holders"
@@ -127,7 +134,7 @@ case $SCENARIO in
         "$bin/flashsale" prepare-buyers --wait --sale "$sale" --count "${WAITING:-50000}" --prefix "wait-$sale" --out "$work/waiting"
         "$bin/flashsale" token --sub "join-$sale" --count "$joiners" >"$work/joiners"
         k6_env+=(-e "WAITING=$work/waiting" -e "JOINERS=$work/joiners" -e "HOLDERS=$work/holders" -e ZONES=A,B,C)
-        echo "load: scenario $SCENARIO, sale $sale: $holders holders, ${WAITING:-50000} waiting, $joiners joiners; API $LISTEN_ADDR" >&2 ;;
+        echo "load: scenario $SCENARIO, sale $sale ($seats seats): $holders holders, ${WAITING:-50000} waiting, $joiners joiners; API $LISTEN_ADDR" >&2 ;;
     *)
         "$bin/flashsale" token --sub "load-$sale" --count "$buyers" >"$work/tokens"
         k6_env+=(-e "TOKENS=$work/tokens" -e ZONES=A,B)

@@ -268,12 +268,20 @@ async fn prepare_buyers(
         return Ok(());
     }
     for b in &buyers {
+        let since = std::time::Instant::now();
         let deadline = loop {
             match queue::status(&state.redis, &state.scripts, sale, b, 1_000)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
                 queue::Standing::Admitted { deadline_ms, .. } => break deadline_ms,
+                queue::Standing::Waiting { .. } if since.elapsed().as_secs() >= 30 => {
+                    anyhow::bail!(
+                        "{b} is still waiting after 30 s: the releaser admits no more buyers \
+                         than the sale has tickets left (or the sale is paused, closed or at \
+                         its max_active); give the sale more tickets or prepare fewer buyers"
+                    )
+                }
                 queue::Standing::Waiting { .. } => {
                     queue::release_tick(&state.redis, &state.scripts, sale, 3_600_000, 5_000)
                         .await
