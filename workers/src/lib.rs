@@ -25,6 +25,11 @@ use tokio_util::sync::CancellationToken;
 /// cannot hold back the sales after it: one broken sale must not stop every
 /// other sale's queue, sweep or sink. Once every sale has had its turn, the
 /// pass fails if any sale failed, naming each with its error.
+///
+/// Each pass starts one sale further along the list than the one before, so
+/// that a pass cut short (abandoned after `WORKER_STEP_TIMEOUT_SECONDS`, or
+/// a reconciler with very many sales) cannot leave the same sales at the end
+/// of the list unvisited for good.
 pub async fn each_sale<T, F, Fut>(
     sales: impl IntoIterator<Item = SaleId>,
     mut step: F,
@@ -33,6 +38,12 @@ where
     F: FnMut(SaleId) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
+    static PASSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mut sales: Vec<SaleId> = sales.into_iter().collect();
+    if !sales.is_empty() {
+        let start = PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % sales.len();
+        sales.rotate_left(start);
+    }
     let mut done = Vec::new();
     let mut failed = Vec::new();
     for sale in sales {
@@ -115,6 +126,43 @@ mod tests {
     };
 
     use super::*;
+
+    /// Consecutive passes start at different sales, so every sale is first
+    /// in some pass; and a failing sale does not keep the others from
+    /// their turn.
+    #[tokio::test]
+    async fn passes_start_one_sale_further_along_and_a_failing_sale_fails_alone() {
+        let sales: Vec<SaleId> = (0..3).map(|_| SaleId(uuid::Uuid::new_v4())).collect();
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let mut seen = Vec::new();
+            let err = each_sale(sales.clone(), |sale| {
+                seen.push(sale);
+                let fail = sale == sales[1];
+                async move {
+                    if fail {
+                        anyhow::bail!("damaged")
+                    }
+                    Ok(sale)
+                }
+            })
+            .await
+            .unwrap_err();
+            assert_eq!(seen.len(), 3, "every sale had its turn");
+            let err = format!("{err:#}");
+            assert!(err.starts_with("1 of 3 sales failed"), "{err}");
+            assert!(
+                err.contains(&format!("sale {}: damaged", sales[1])),
+                "{err}"
+            );
+            firsts.insert(seen[0]);
+        }
+        assert_eq!(
+            firsts.len(),
+            3,
+            "each sale came first in one of three passes"
+        );
+    }
 
     /// A step that hangs is abandoned after the limit and the worker goes
     /// on: later steps run, and stop still stops it.
