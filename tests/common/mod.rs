@@ -87,18 +87,24 @@ impl TestApp {
 
     /// An app with these rate limits (the others run without any).
     pub async fn spawn_with_limits(limits: LimitsConfig) -> Self {
-        Self::build(&redis_url(), limits).await
+        Self::build(&redis_url(), None, limits).await
     }
 
     /// An app whose Redis is `redis_url` (e.g. a closed port, to see how it
     /// behaves when Redis is down).
     pub async fn spawn_with_redis(redis_url: &str) -> Self {
-        Self::build(redis_url, LimitsConfig::unlimited()).await
+        Self::build(redis_url, None, LimitsConfig::unlimited()).await
     }
 
-    async fn build(redis_url: &str, limits: LimitsConfig) -> Self {
+    /// An app whose Redis is the TLS server at `redis_url` (`rediss://`),
+    /// trusting the CA certificates in the PEM file `ca`.
+    pub async fn spawn_with_tls_redis(redis_url: &str, ca: &std::path::Path) -> Self {
+        Self::build(redis_url, Some(ca), LimitsConfig::unlimited()).await
+    }
+
+    async fn build(redis_url: &str, ca: Option<&std::path::Path>, limits: LimitsConfig) -> Self {
         let (db, db_url) = fresh_database().await;
-        let redis = flashsale::redis::connect(redis_url, 2, Duration::from_secs(2))
+        let redis = flashsale::redis::connect_with_ca(redis_url, 2, Duration::from_secs(2), ca)
             .await
             .expect("redis pool");
         let scripts = Arc::new(Scripts::new());

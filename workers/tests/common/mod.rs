@@ -402,6 +402,39 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts the server with these files copied into its data folder
+    /// (owned by the server's user, mode 0600) and these extra settings
+    /// (`-c name=value`), e.g. a certificate, its key and `ssl=on`.
+    pub fn start_with_files(files: &[(&str, &[u8])], settings: &[&str]) -> Self {
+        let pg = Self::init();
+        for (name, bytes) in files {
+            let path = pg.dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                assert!(Command::new("chown")
+                    .arg("postgres")
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success());
+            }
+        }
+        pg.launch_with(settings);
+        pg
+    }
+
+    fn start_with(settings: &[&str]) -> Self {
+        let pg = Self::init();
+        pg.launch_with(settings);
+        pg
+    }
+
+    fn init() -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).max())
@@ -440,7 +473,6 @@ impl PrivatePostgres {
                 "--no-sync",
             ],
         );
-        pg.launch();
         pg
     }
 
@@ -465,11 +497,19 @@ impl PrivatePostgres {
     }
 
     pub fn launch(&self) {
-        let opts = format!(
+        self.launch_with(&[]);
+    }
+
+    fn launch_with(&self, settings: &[&str]) {
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.data()
         );
+        for setting in settings {
+            opts.push_str(" -c ");
+            opts.push_str(setting);
+        }
         let log = format!("{}/log", self.data());
         self.run(
             "pg_ctl",
