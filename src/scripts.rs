@@ -40,15 +40,17 @@ impl Script {
         args: Vec<Value>,
     ) -> Result<R, Error> {
         let client = redis.next();
-        match client
-            .evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+        // Boxed: fred's command future is kilobytes (about 5 KB, 7 KB with
+        // TLS compiled in). Inline, every handler's future would carry it,
+        // and copy it whole each time that future is moved or boxed.
+        match Box::pin(client.evalsha::<R, _, _, _>(self.sha.as_str(), keys.clone(), args.clone()))
             .await
         {
             Err(err) if err.details().contains("NOSCRIPT") => {
                 metrics::counter!("flashsale_script_reloads_total", "script" => self.name)
                     .increment(1);
                 tracing::info!(script = self.name, "script missing from Redis, reloading");
-                client.eval::<R, _, _, _>(self.source, keys, args).await
+                Box::pin(client.eval::<R, _, _, _>(self.source, keys, args)).await
             }
             other => other,
         }
