@@ -235,6 +235,13 @@ pub struct Swept {
     pub tickets: u64,
 }
 
+impl std::ops::AddAssign for Swept {
+    fn add_assign(&mut self, o: Self) {
+        self.holds += o.holds;
+        self.tickets += o.tickets;
+    }
+}
+
 /// Expires up to `limit` of a sale's holds whose deadline has passed.
 pub async fn expire_due(
     redis: &Pool,

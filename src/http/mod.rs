@@ -233,25 +233,21 @@ async fn guard_route(
     next: Next,
 ) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let permit = match &route {
-        Some(r) if api.contains(r.as_str()) => match state.limits.admit() {
-            Some(permit) => Some(permit),
+    let mut res = if route.as_ref().is_some_and(|r| api.contains(r.as_str())) {
+        match state.limits.admit() {
+            // The permit is held until the response is made.
+            Some(_permit) => next.run(req).await,
             None => {
                 metrics::counter!("flashsale_shed_total").increment(1);
-                let mut res = ApiError::Unavailable {
+                ApiError::Unavailable {
                     what: "the service (overloaded)",
                 }
-                .into_response();
-                if let Some(route) = route {
-                    res.extensions_mut().insert(route);
-                }
-                return res;
+                .into_response()
             }
-        },
-        _ => None,
+        }
+    } else {
+        next.run(req).await
     };
-    let mut res = next.run(req).await;
-    drop(permit);
     if let Some(route) = route {
         res.extensions_mut().insert(route);
     }

@@ -20,8 +20,7 @@ pub async fn run_once(redis: &Pool, scripts: &Scripts) -> anyhow::Result<invento
             let swept = inventory::expire_due(redis, scripts, sale, BATCH)
                 .await
                 .map_err(|e| anyhow::anyhow!("expire holds: {e}"))?;
-            total.holds += swept.holds;
-            total.tickets += swept.tickets;
+            total += swept;
             if swept.holds > 0 {
                 tracing::info!(sale.id = %sale, holds = swept.holds, tickets = swept.tickets, "holds expired");
             }
@@ -32,10 +31,9 @@ pub async fn run_once(redis: &Pool, scripts: &Scripts) -> anyhow::Result<invento
     })
     .await?;
     Ok(swept
-        .iter()
+        .into_iter()
         .fold(inventory::Swept::default(), |mut all, one| {
-            all.holds += one.holds;
-            all.tickets += one.tickets;
+            all += one;
             all
         }))
 }

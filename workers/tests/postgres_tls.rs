@@ -2,32 +2,27 @@
 //! against a private Postgres serving a certificate made here.
 
 mod common;
+#[path = "../../tests/common/pki.rs"]
+mod pki;
 
 use std::time::Duration;
 
 use common::*;
+use pki::Pki;
 
 #[tokio::test]
 async fn the_service_reaches_postgres_over_verified_tls_and_refuses_an_unknown_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let other_key = KeyPair::generate().unwrap();
-    let mut other = CertificateParams::new(Vec::<String>::new()).unwrap();
-    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let other = other.self_signed(&other_key).unwrap();
-
+    let pki = Pki::make();
     let pg = PrivatePostgres::start_with_files(
         &[
-            ("server.crt", server.pem().as_bytes()),
-            ("server.key", key.serialize_pem().as_bytes()),
+            (
+                "server.crt",
+                &std::fs::read(pki.path("server.pem")).unwrap(),
+            ),
+            (
+                "server.key",
+                &std::fs::read(pki.path("server.key")).unwrap(),
+            ),
         ],
         &[
             "ssl=on",
@@ -35,15 +30,11 @@ async fn the_service_reaches_postgres_over_verified_tls_and_refuses_an_unknown_c
             "ssl_key_file=server.key",
         ],
     );
-    let dir = std::env::temp_dir().join(format!("fs-pgtls-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("other.pem"), other.pem()).unwrap();
     let url = |root: &str| {
         format!(
             "{}?sslmode=verify-full&sslrootcert={}",
             pg.url("postgres"),
-            dir.join(root).display()
+            pki.path(root).display()
         )
     };
 
@@ -60,7 +51,7 @@ async fn the_service_reaches_postgres_over_verified_tls_and_refuses_an_unknown_c
     assert!(ssl, "the session is encrypted");
 
     // Trusting another CA: no connection.
-    let untrusted = flashsale::db::connect(&url("other.pem"), 1, Duration::from_secs(2))
+    let untrusted = flashsale::db::connect(&url("other-ca.pem"), 1, Duration::from_secs(2))
         .await
         .unwrap();
     let err = sqlx::query_scalar::<_, i32>("SELECT 1")
@@ -71,5 +62,4 @@ async fn the_service_reaches_postgres_over_verified_tls_and_refuses_an_unknown_c
         !matches!(err, sqlx::Error::Database(_)),
         "refused before any query reached the server: {err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
