@@ -11,14 +11,24 @@
 -- KEYS[3]  {sale:<id>}:buyer:<uid>  the caller's buyer hash
 -- KEYS[4]  {sale:<id>}:deadlines
 -- KEYS[5]  {sale:<id>}:stream
+-- KEYS[6]  {sale:<id>}:meta    `frozen` (checked first) and `seq`, the
+--                              sale's stream sequence (see confirm_hold)
 -- ARGV[1]  caller's user id (another user's reservation reads as not found)
 -- ARGV[2]  sale id
 -- ARGV[3]  reservation id
 -- Returns  {"ok", rid, zone, qty, status, expires_ms, created_ms,
 --           confirmed_ms, cancelled_ms, replayed(0|1)}
---       or {"err", code, expired_now(0|1)}: reservation_not_found, hold_expired
+--       or {"err", code, expired_now(0|1)}: reservation_not_found, hold_expired,
+--           sale_frozen
+--
+-- A cancellation's stream entry also carries the confirmation's time, so
+-- that Postgres can record it in full even when it arrives before the
+-- confirmation itself (two sink replicas apply entries in any order).
 
 local uid, sale, rid = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', KEYS[6], 'frozen') == '1' then
+  return {'err', 'sale_frozen', '0'}
+end
 local r = redis.call('HMGET', KEYS[1], 'user', 'zone', 'qty', 'status',
   'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms')
 if not r[1] or r[1] ~= uid then
@@ -53,6 +63,8 @@ redis.call('HINCRBY', KEYS[2], zone .. ':conf', -qty)
 redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
 redis.call('HINCRBY', KEYS[3], 'tickets', -qty)
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_ms', now)
+local seq = redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('XADD', KEYS[5], '*', 'type', 'cancelled', 'id', rid, 'sale', sale,
-  'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now)
+  'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now, 'confirmed_ms', r[7],
+  'seq', seq)
 return {'ok', rid, zone, r[3], 'cancelled', r[5], r[6], r[7], tostring(now), '0'}

@@ -14,6 +14,9 @@
 -- KEYS[6]  {sale:<id>}:admitted  a confirmation finishes the buyer's turn:
 --                                their pass is spent and frees its place
 --                                among the active buyers
+-- KEYS[7]  {sale:<id>}:meta      `frozen` (checked first: a sale being
+--                                restored takes no write) and `seq`, the
+--                                sale's stream sequence (see below)
 -- ARGV[1]  caller's user id (another user's reservation reads as not found)
 -- ARGV[2]  payment reference ("" for none)
 -- ARGV[3]  sale id
@@ -21,9 +24,17 @@
 -- Returns  {"ok", rid, zone, qty, status, expires_ms, created_ms,
 --           confirmed_ms, cancelled_ms, replayed(0|1)}
 --       or {"err", code, expired_now(0|1)}: reservation_not_found,
---           hold_expired, reservation_cancelled
+--           hold_expired, reservation_cancelled, sale_frozen
+--
+-- Each stream entry carries `seq`, one more than the sale's last entry.
+-- Postgres keeps the highest it has applied: a Redis whose `seq` is behind
+-- it, or whose new entries reuse numbers Postgres already holds, has gone
+-- back in time (a restart from an older file, a lagging replica promoted).
 
 local uid, payment, sale, rid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('HGET', KEYS[7], 'frozen') == '1' then
+  return {'err', 'sale_frozen', '0'}
+end
 local r = redis.call('HMGET', KEYS[1], 'user', 'zone', 'qty', 'status',
   'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms')
 if not r[1] or r[1] ~= uid then
@@ -55,7 +66,9 @@ redis.call('HSET', KEYS[1], 'status', 'confirmed', 'confirmed_ms', now, 'payment
 redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
 redis.call('HINCRBY', KEYS[2], zone .. ':conf', qty)
 redis.call('ZREM', KEYS[4], rid)
+local seq = redis.call('HINCRBY', KEYS[7], 'seq', 1)
 redis.call('XADD', KEYS[5], '*', 'type', 'confirmed', 'id', rid, 'sale', sale,
-  'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now, 'payment_ref', payment)
+  'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now, 'payment_ref', payment,
+  'seq', seq)
 redis.call('ZREM', KEYS[6], uid)
 return {'ok', rid, zone, r[3], 'confirmed', r[5], r[6], tostring(now), '0', '0'}

@@ -9,6 +9,7 @@
 --
 -- KEYS[1]  {sale:<id>}:deadlines
 -- KEYS[2]  {sale:<id>}:zones
+-- KEYS[3]  {sale:<id>}:meta       a frozen sale (being restored) is left alone
 -- ARGV[1]  reservation key prefix, "{sale:<id>}:res:"
 -- ARGV[2]  most holds to expire in one call
 -- ARGV[3]  buyer key prefix, "{sale:<id>}:buyer:"
@@ -17,6 +18,9 @@
 local limit = tonumber(ARGV[2])
 if not limit or limit < 1 then
   return redis.error_reply('ERR expire_holds: bad limit')
+end
+if redis.call('HGET', KEYS[3], 'frozen') == '1' then
+  return {0, 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

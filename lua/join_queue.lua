@@ -18,7 +18,7 @@
 -- ARGV[1]  buyer id
 -- ARGV[2]  pre-queue draw, a decimal in [0, 1)
 -- Returns  a queue status as queue_status.lua does, or {"err", code}:
---          sale_not_found, sale_closed
+--          sale_not_found, sale_closed, sale_frozen (being restored)
 
 local user = ARGV[1]
 local draw = tonumber(ARGV[2])
@@ -29,7 +29,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'sold_out',
-  'measured_rate', 'release_rate', 'paused', 'pass_ttl_seconds')
+  'measured_rate', 'release_rate', 'paused', 'pass_ttl_seconds', 'frozen')
+if m[8] == '1' then
+  return {'err', 'sale_frozen'}
+end
 if not m[1] then
   return {'err', 'sale_not_found'}
 end

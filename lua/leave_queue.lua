@@ -5,10 +5,15 @@
 -- KEYS[3]  {sale:<id>}:joined
 -- KEYS[4]  {sale:<id>}:admitted
 -- KEYS[5]  {sale:<id>}:expired
+-- KEYS[6]  {sale:<id>}:meta      a frozen sale (being restored) takes no write
 -- ARGV[1]  buyer id
--- Returns  1 if the buyer was waiting or admitted, else 0
+-- Returns  1 if the buyer was waiting or admitted, else 0; -1 when the sale
+--          is frozen
 
 local user = ARGV[1]
+if redis.call('HGET', KEYS[6], 'frozen') == '1' then
+  return -1
+end
 local was = redis.call('ZREM', KEYS[1], user) + redis.call('ZREM', KEYS[4], user)
 redis.call('ZREM', KEYS[2], user)
 redis.call('HDEL', KEYS[3], user)

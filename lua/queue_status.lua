@@ -12,7 +12,9 @@
 -- Returns  {"waiting", position (1 = next), measured rate, release_rate,
 --           paused, opens_at_ms}, {"admitted", pass deadline ms,
 --           pass_ttl_seconds}, {"sold_out"}, {"expired"}, {"not_in_queue"}
---          or {"err", "sale_not_found"}
+--          or {"err", "sale_not_found"}, {"err", "sale_frozen"} (a waiting
+--          buyer's poll writes the last-seen mark: a sale being restored
+--          takes no write)
 
 local user = ARGV[1]
 local t = redis.call('TIME')
@@ -37,11 +39,14 @@ if not rank then
   return {'not_in_queue'}
 end
 
+local m = redis.call('HMGET', KEYS[1], 'sold_out', 'measured_rate', 'release_rate', 'paused', 'opens_at_ms', 'frozen')
+if m[6] == '1' then
+  return {'err', 'sale_frozen'}
+end
 local seen = redis.call('ZSCORE', KEYS[3], user)
 if not seen or now - tonumber(seen) > tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[3], now, user)
 end
-local m = redis.call('HMGET', KEYS[1], 'sold_out', 'measured_rate', 'release_rate', 'paused', 'opens_at_ms')
 if m[1] == '1' then
   return {'sold_out'}
 end

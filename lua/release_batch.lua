@@ -9,7 +9,7 @@
 -- buyers' next poll says `expired`); (2) waiting buyers who stopped polling
 -- for idle_ms lose their place; (3) the zones' stock decides `sold_out`
 -- (nothing available and nothing held: held tickets may still come back);
--- (4) unless paused, not yet open, closed, sold out or frozen, admits
+-- (4) unless paused, not yet open, closed or sold out, admits
 -- floor(credit) buyers, where credit grows by release_rate per second of
 -- elapsed time (capped at one interval's worth, so a pause or an outage
 -- never releases a burst), limited by max_active and by the stock: never more
@@ -29,7 +29,8 @@
 --                                  "ms:lowest place:highest place:count"
 -- ARGV[1]  idle_ms: a waiting buyer silent this long loses the place
 -- ARGV[2]  most buyers admitted in one tick (bounds the script's run time)
--- Returns  {"not_due"}, {"err", "sale_not_found"}, or
+-- Returns  {"not_due"}, {"err", "sale_not_found"}, {"frozen"} (a sale being
+--          restored takes no write, not even housekeeping), or
 --          {"ticked", admitted, lapsed passes, abandoned, sold_out(0|1),
 --           waiting, active, wait_ms of each admitted buyer ...}
 
@@ -44,6 +45,9 @@ local m = redis.call('HMGET', KEYS[1], 'release_rate', 'release_interval_ms', 'm
   'paused', 'opens_at_ms', 'closes_at_ms', 'last_tick_ms', 'credit', 'pass_ttl_seconds', 'frozen')
 if not m[1] then
   return {'err', 'sale_not_found'}
+end
+if m[10] == '1' then
+  return {'frozen'}
 end
 local rate, interval, max_active = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
 local paused, opens, closes = m[4] == '1', tonumber(m[5]), tonumber(m[6])
@@ -101,7 +105,7 @@ local sold_out = avail == 0 and held == 0
 -- (4) admission
 local admitted, waits = 0, {}
 local active = redis.call('ZCARD', KEYS[5])
-if paused or now < opens or (closes > 0 and now >= closes) or sold_out or m[10] == '1' then
+if paused or now < opens or (closes > 0 and now >= closes) or sold_out then
   credit = 0
 else
   local cap = math.max(1, rate * interval / 1000)

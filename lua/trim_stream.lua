@@ -8,8 +8,13 @@
 -- entry at that id).
 --
 -- KEYS[1]  {sale:<id>}:stream
--- Returns  entries removed (0 when the stream or its groups do not exist)
+-- KEYS[2]  {sale:<id>}:meta    a frozen sale (being restored) is left alone
+-- Returns  entries removed (0 when the stream or its groups do not exist,
+--          or the sale is frozen)
 
+if redis.call('HGET', KEYS[2], 'frozen') == '1' then
+  return 0
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end

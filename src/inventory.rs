@@ -186,6 +186,7 @@ pub async fn confirm(
     let keys = SaleKeys::new(id.sale);
     let mut confirm_keys = change_keys(&keys, id, user);
     confirm_keys.push(keys.admitted());
+    confirm_keys.push(keys.meta());
     let reply: Vec<String> = scripts
         .confirm
         .run(
@@ -211,11 +212,13 @@ pub async fn cancel(
     user: &str,
 ) -> ApiResult<Outcome> {
     let keys = SaleKeys::new(id.sale);
+    let mut cancel_keys = change_keys(&keys, id, user);
+    cancel_keys.push(keys.meta());
     let reply: Vec<String> = scripts
         .cancel
         .run(
             redis,
-            change_keys(&keys, id, user),
+            cancel_keys,
             vec![
                 Value::from(user),
                 Value::from(id.sale.to_string()),
@@ -254,7 +257,7 @@ pub async fn expire_due(
         .expire
         .run(
             redis,
-            vec![keys.deadlines(), keys.zones()],
+            vec![keys.deadlines(), keys.zones(), keys.meta()],
             vec![
                 Value::from(keys.reservation_prefix()),
                 Value::from(i64::from(limit)),

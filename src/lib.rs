@@ -24,6 +24,8 @@ pub mod json;
 pub mod keys;
 /// Rate limits and the in-flight cap.
 pub mod limits;
+/// The sale's stream (the outbox to Postgres): its fields, position, pages.
+pub mod outbox;
 /// Queue passes: EdDSA JWTs bound to a buyer and a sale, with a JWKS.
 pub mod passes;
 /// The virtual queue: join, status, leave, release ticks, pre-queue draws.

@@ -72,11 +72,21 @@ enum Command {
         #[arg(long, default_value = "organizer")]
         role: Role,
     },
-    /// Rebuild a sale's Redis state from Postgres after Redis lost it
-    /// (confirmed reservations stand, holds and the queue start afresh).
+    /// Rebuild a frozen sale's Redis state from Postgres after Redis lost it
+    /// or went back in time (confirmed reservations stand, holds and the
+    /// queue start afresh). Waits for the workers' sink to bring the
+    /// stream's last entries into Postgres first.
     Restore {
         #[arg(long)]
         sale: String,
+        /// Freeze the sale first if it is not frozen (buyers get 503
+        /// sale_frozen until the rebuild is done); without it, a sale that
+        /// is not frozen is refused.
+        #[arg(long)]
+        freeze: bool,
+        /// Seconds to wait for the stream to drain into Postgres.
+        #[arg(long, default_value_t = 60)]
+        drain_wait_seconds: u64,
     },
     /// Create a demo sale that opens now, and print tokens and curl commands
     /// to try it.
@@ -151,11 +161,25 @@ async fn main() -> anyhow::Result<()> {
             println!("{id}");
             Ok(())
         }
-        Command::Restore { sale } => {
+        Command::Restore {
+            sale,
+            freeze,
+            drain_wait_seconds,
+        } => {
             let state = flashsale::state(&config).await?;
             let sale = sale.parse().context("--sale is not a sale id")?;
-            let done =
-                flashsale::recovery::restore(&state.db, &state.redis, &state.scripts, sale).await?;
+            let options = flashsale::recovery::Options {
+                freeze,
+                drain_wait: std::time::Duration::from_secs(drain_wait_seconds),
+            };
+            let done = flashsale::recovery::restore(
+                &state.db,
+                &state.redis,
+                &state.scripts,
+                sale,
+                options,
+            )
+            .await?;
             println!(
                 "sale {sale} restored: epoch {}, {} confirmed reservations ({} tickets)",
                 done.epoch, done.reservations, done.tickets

@@ -182,10 +182,14 @@ pub async fn leave(redis: &Pool, scripts: &Scripts, sale: SaleId, user: &str) ->
                 k.joined_at(),
                 k.admitted(),
                 k.expired(),
+                k.meta(),
             ],
             vec![Value::from(user)],
         )
         .await?;
+    if was < 0 {
+        return Err(ApiError::SaleFrozen);
+    }
     Ok(was == 1)
 }
 
@@ -246,7 +250,8 @@ pub async fn release_tick(
             .unwrap_or(0)
     };
     match reply.first().map(String::as_str) {
-        Some("not_due") => Ok(None),
+        // Nothing is due while the sale is frozen (being restored).
+        Some("not_due") | Some("frozen") => Ok(None),
         Some("err") => Err(ApiError::SaleNotFound),
         Some("ticked") if reply.len() >= 7 => Ok(Some(Tick {
             admitted: num(1),
@@ -286,6 +291,7 @@ fn decode(reply: &[Option<String>]) -> ApiResult<Standing> {
         "err" => match text(1).as_str() {
             "sale_not_found" => return Err(ApiError::SaleNotFound),
             "sale_closed" => return Err(ApiError::SaleNotOpen("the sale has closed".into())),
+            "sale_frozen" => return Err(ApiError::SaleFrozen),
             other => {
                 return Err(ApiError::internal(anyhow::anyhow!(
                     "queue script refused: {other}"

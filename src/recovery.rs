@@ -5,7 +5,17 @@
 //! to an empty or older replica), the sale is frozen and `flashsale restore
 //! --sale ID` rebuilds it: confirmed reservations stand, holds are gone and
 //! their tickets return, the queue starts empty, and the sale gets the next
-//! epoch. The sale stays frozen (refusing holds) until the rebuild is whole.
+//! epoch. The sale stays frozen (refusing every write) until the rebuild is
+//! whole.
+//!
+//! Restore works only on a frozen sale: every script that writes a sale
+//! checks the flag first, so from the freeze on nothing new reaches the
+//! stream. Only then does restore wait for the sink to bring the stream's
+//! last entries into Postgres, read Postgres, and rebuild. `--freeze`
+//! freezes a live sale first (buyers get `503 sale_frozen` meanwhile); a
+//! confirmation made before the freeze is in Postgres before the read.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fred::{
@@ -19,6 +29,7 @@ use sqlx::PgPool;
 use crate::{
     ids::{ReservationId, SaleId},
     keys::{self, SaleKeys},
+    outbox,
     sales::{self, Release, SaleDef, ZoneDef},
     scripts::Scripts,
 };
@@ -59,35 +70,68 @@ struct ConfirmedRow {
     payment_ref: Option<String>,
 }
 
-/// The stream's consumer group whose acknowledgements mean "in Postgres".
-const SINK_GROUP: &str = "sink";
+/// How a restore is to go.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Freeze a sale that is not frozen (else it is refused).
+    pub freeze: bool,
+    /// How long to wait for the sink to bring the stream's last entries into
+    /// Postgres.
+    pub drain_wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            freeze: false,
+            drain_wait: Duration::from_secs(60),
+        }
+    }
+}
 
 pub async fn restore(
     db: &PgPool,
     redis: &Pool,
     scripts: &Scripts,
     sale: SaleId,
+    options: Options,
 ) -> anyhow::Result<Restored> {
     let k = SaleKeys::new(sale);
-    // Confirmations still on their way to Postgres exist only in Redis:
-    // wiping them would lose them. Let the sink drain them first.
-    let reply: Value = scripts
-        .reconcile_read
-        .run(
-            redis,
-            vec![k.zones(), k.stream()],
-            vec![Value::from(SINK_GROUP)],
-        )
-        .await?;
-    let in_flight = reply
-        .into_array()
-        .get(2)
-        .and_then(|v| v.as_i64())
-        .unwrap_or(0);
-    anyhow::ensure!(
-        in_flight == 0,
-        "sale {sale}: {in_flight} stream entries are not yet in Postgres; let flashsale-workers drain them, then restore again"
-    );
+    let at = outbox::position(redis, scripts, sale).await?;
+    // A sale Redis does not have at all refuses every write already.
+    if at.epoch.is_some() && at.frozen.is_none() {
+        anyhow::ensure!(
+            options.freeze,
+            "sale {sale} is not frozen: restore rebuilds only a frozen sale. Pass --freeze to freeze it first (buyers get 503 sale_frozen until the rebuild is done)"
+        );
+        let _: () = redis
+            .hset(
+                k.meta(),
+                vec![("frozen", "1"), ("frozen_reason", "restoring")],
+            )
+            .await?;
+        tracing::warn!(sale.id = %sale, "sale frozen for a restore");
+    }
+
+    // Frozen: nothing new reaches the stream. Confirmations already in it
+    // exist only in Redis, and wiping them would lose them: wait until the
+    // sink has brought every one into Postgres.
+    let deadline = tokio::time::Instant::now() + options.drain_wait;
+    loop {
+        let at = outbox::position(redis, scripts, sale).await?;
+        if at.drained() {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "sale {sale}: stream entries are not yet in Postgres after {}s ({} pending, last delivered {:?}, last appended {}); is flashsale-workers running? The sale stays frozen: restore again once they are",
+            options.drain_wait.as_secs(),
+            at.pending,
+            at.delivered,
+            at.last_id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let mut tx = db.begin().await?;
     let row: SaleRow = sqlx::query_as(
@@ -141,6 +185,15 @@ pub async fn restore(
         paused: row.paused,
     };
     let (seed, epoch) = (row.prequeue_seed, row.epoch);
+    // New entries are numbered past every number Postgres holds.
+    let seq: i64 = sqlx::query_scalar(
+        "SELECT GREATEST(s.applied_seq, COALESCE(MAX(r.confirm_seq), 0), COALESCE(MAX(r.cancel_seq), 0))
+         FROM sales s LEFT JOIN reservations r ON r.sale_id = s.id
+         WHERE s.id = $1 GROUP BY s.applied_seq",
+    )
+    .bind(sale)
+    .fetch_one(&mut *tx)
+    .await?;
     let next_epoch = epoch + 1;
 
     // Freeze, wipe, rebuild frozen, then unfreeze.
@@ -206,6 +259,7 @@ pub async fn restore(
             .hset(k.buyer(user), (keys::BUYER_TICKETS, tickets.to_string()))
             .await?;
     }
+    let _: () = pipe.hset(k.meta(), ("seq", seq.to_string())).await?;
     let _: Vec<Value> = pipe.all().await?;
 
     sqlx::query("UPDATE sales SET epoch = $2 WHERE id = $1")
@@ -215,6 +269,7 @@ pub async fn restore(
         .await?;
     tx.commit().await?;
     let _: () = redis.hset(k.meta(), ("frozen", "0")).await?;
+    let _: i64 = redis.hdel(k.meta(), "frozen_reason").await?;
     let _: i64 = redis.sadd(keys::SALES, sale.to_string()).await?;
     let tickets = sold.values().sum();
     tracing::info!(sale.id = %sale, epoch = next_epoch, reservations = confirmed.len(), tickets, "sale restored from Postgres");

@@ -421,10 +421,10 @@ pub async fn apply_release(
         .set_release
         .run(redis, vec![SaleKeys::new(sale).meta()], args)
         .await?;
-    if applied == 1 {
-        Ok(())
-    } else {
-        Err(ApiError::SaleNotFound)
+    match applied {
+        1 => Ok(()),
+        -1 => Err(ApiError::SaleFrozen),
+        _ => Err(ApiError::SaleNotFound),
     }
 }
 

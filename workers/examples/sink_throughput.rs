@@ -96,11 +96,7 @@ async fn main() -> anyhow::Result<()> {
         t.await??;
     }
 
-    let sink = Sink {
-        consumer: "bench".into(),
-        batch,
-        claim_idle_ms: 30_000,
-    };
+    let sink = Sink::new("bench", batch, 30_000);
     let started = Instant::now();
     let mut written = 0;
     while written < n as u64 {

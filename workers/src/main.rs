@@ -39,17 +39,20 @@ async fn main() -> anyhow::Result<()> {
     let sink_every = Duration::from_millis(config::parse_or("SINK_INTERVAL_MS", 100u64)?.max(5));
     let reconcile_every =
         Duration::from_secs(config::parse_or("RECONCILE_INTERVAL_SECONDS", 5u64)?.max(1));
-    let sink = Arc::new(Sink {
-        consumer: std::env::var("SINK_CONSUMER").unwrap_or_else(|_| {
-            format!(
-                "{}-{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "sink".into()),
-                std::process::id()
-            )
-        }),
-        batch: config::parse_or("SINK_BATCH", 500u64)?.clamp(1, 10_000),
-        claim_idle_ms: config::parse_or("SINK_CLAIM_IDLE_MS", 30_000u64)?,
-    });
+    let sink = Arc::new(
+        Sink::new(
+            std::env::var("SINK_CONSUMER").unwrap_or_else(|_| {
+                format!(
+                    "{}-{}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "sink".into()),
+                    std::process::id()
+                )
+            }),
+            config::parse_or("SINK_BATCH", 500u64)?.clamp(1, 10_000),
+            config::parse_or("SINK_CLAIM_IDLE_MS", 30_000u64)?,
+        )
+        .max_deliveries(config::parse_or("SINK_MAX_DELIVERIES", 60u32)?.max(1)),
+    );
     let redis = flashsale::redis::connect(&config.redis_url, 2, config.store_timeout).await?;
     let db = flashsale::db::connect(&config.database_url, 4, config.store_timeout).await?;
     let scripts = Arc::new(Scripts::new());

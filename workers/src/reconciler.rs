@@ -1,16 +1,22 @@
 //! The reconciler: checks, every few seconds, that Redis and Postgres agree.
 //!
-//! Per sale and zone it reads, in one atomic Redis step, the counters and the
-//! stream entries not yet acknowledged by the sink, then Postgres's confirmed
-//! tickets, and checks:
+//! Per sale it reads Postgres's high-water mark and epoch first, then, in one
+//! small atomic Redis step, the zone counters and where the stream stands
+//! (the counters are as of stream sequence number `seq`), then pages through
+//! the stream's entries up to that point, then asks Postgres what it held as
+//! of `seq`. No Redis command it sends grows with the backlog. It checks:
 //! - conservation inside Redis: capacity = available + held + confirmed;
 //! - nothing oversold, in Redis or in Postgres;
-//! - drift: Redis's confirmed, less what is still in flight, against
-//!   Postgres's. An in-flight entry reads as lag, never as drift.
+//! - drift: Redis's confirmed, less what is still in flight, against what
+//!   Postgres held as of the same sequence number. An in-flight entry reads
+//!   as lag, never as drift, and an entry applied after the Redis read is
+//!   not counted against it.
 //!
-//! It also checks the sale's epoch: Redis without the sale (flushed,
-//! restarted without its AOF) or with another epoch than Postgres (an older
-//! replica after a restore) freezes the sale until `flashsale restore`.
+//! It also fences the sale: Redis without the sale (flushed, restarted
+//! without its AOF), with another epoch than Postgres (an older replica after
+//! a restore), or with a sequence number below Postgres's high-water mark
+//! (Redis went back in time: a restart from an older file, a lagging replica
+//! promoted) freezes the sale until `flashsale restore`.
 //!
 //! It exports the figures as metrics and stores the last result for the
 //! sale's stats. A drift that persists over three runs is logged as an error
@@ -19,11 +25,14 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use flashsale::{ids::SaleId, keys::SaleKeys, scripts::Scripts};
-use fred::{clients::Pool, interfaces::HashesInterface, types::Value};
+use flashsale::{
+    ids::SaleId,
+    keys::SaleKeys,
+    outbox::{self, Position},
+    scripts::Scripts,
+};
+use fred::{clients::Pool, interfaces::HashesInterface};
 use sqlx::PgPool;
-
-use crate::sink::GROUP;
 
 /// Consecutive runs a drift must last before it is logged as an error.
 pub const PERSISTENT_RUNS: u32 = 3;
@@ -82,38 +91,52 @@ impl Reconciler {
         .await
     }
 
-    /// Compares the sale's epoch in Redis with Postgres's; freezes it on a
-    /// mismatch. `Some(reason)` when the sale is frozen.
+    /// Compares the sale in Redis with Postgres's epoch and high-water mark
+    /// (read before Redis, so that anything Postgres applied is already in
+    /// a Redis that did not go back); freezes it on a mismatch. `Some(reason)`
+    /// when the sale is frozen.
     async fn fence(
         &self,
         redis: &Pool,
-        db: &PgPool,
         sale: SaleId,
+        known: Option<(i32, i64)>,
+        at: &Position,
     ) -> anyhow::Result<Option<&'static str>> {
-        let k = SaleKeys::new(sale);
-        let (epoch, frozen): (Option<i32>, Option<String>) =
-            redis.hmget(k.meta(), vec!["epoch", "frozen"]).await?;
-        let known: Option<i32> = sqlx::query_scalar("SELECT epoch FROM sales WHERE id = $1")
-            .bind(sale.0)
-            .fetch_optional(db)
-            .await?;
-        let Some(known) = known else {
+        let Some((epoch, applied_seq)) = known else {
             return Ok(None);
         };
+        let k = SaleKeys::new(sale);
         let label = sale.to_string();
-        let reason = match epoch {
+        let reason = match at.epoch {
             None => {
-                tracing::error!(sale.id = %sale, "sale is missing from Redis: holds refused; run `flashsale restore --sale {sale}`");
+                tracing::error!(sale.id = %sale, "sale is missing from Redis: holds refused; run `flashsale restore --sale {sale} --freeze`");
                 Some("missing")
             }
-            Some(e) if e != known => {
-                let _: () = redis.hset(k.meta(), ("frozen", "1")).await?;
-                tracing::error!(sale.id = %sale, redis_epoch = e, postgres_epoch = known,
+            Some(e) if e != epoch => {
+                let _: () = redis
+                    .hset(k.meta(), vec![("frozen", "1"), ("frozen_reason", "epoch")])
+                    .await?;
+                tracing::error!(sale.id = %sale, redis_epoch = e, postgres_epoch = epoch,
                     "Redis holds another epoch of this sale (an older state): frozen; run `flashsale restore --sale {sale}`");
                 Some("epoch")
             }
-            Some(_) if frozen.as_deref() == Some("1") => Some("restoring"),
-            Some(_) => None,
+            Some(_) if at.seq < applied_seq => {
+                let _: () = redis
+                    .hset(
+                        k.meta(),
+                        vec![("frozen", "1"), ("frozen_reason", "rollback")],
+                    )
+                    .await?;
+                tracing::error!(sale.id = %sale, redis_seq = at.seq, postgres_seq = applied_seq,
+                    "Redis is behind what Postgres already holds (restarted from an older file, or a lagging replica promoted): frozen; run `flashsale restore --sale {sale}`");
+                Some("rollback")
+            }
+            Some(_) => match at.frozen.as_deref() {
+                Some("rollback") => Some("rollback"),
+                Some("epoch") => Some("epoch"),
+                Some(_) => Some("restoring"),
+                None => None,
+            },
         };
         metrics::gauge!("flashsale_sale_frozen", "sale" => label).set(if reason.is_some() {
             1.0
@@ -131,7 +154,15 @@ impl Reconciler {
         sale: SaleId,
     ) -> anyhow::Result<SaleReport> {
         let k = SaleKeys::new(sale);
-        let frozen = self.fence(redis, db, sale).await?;
+        // Postgres's mark first: whatever it has applied by now was in Redis
+        // before the Redis read below.
+        let known: Option<(i32, i64)> =
+            sqlx::query_as("SELECT epoch, applied_seq FROM sales WHERE id = $1")
+                .bind(sale.0)
+                .fetch_optional(db)
+                .await?;
+        let at = outbox::position(redis, scripts, sale).await?;
+        let frozen = self.fence(redis, sale, known, &at).await?;
         if frozen == Some("missing") {
             return Ok(SaleReport {
                 sale: Some(sale),
@@ -139,34 +170,26 @@ impl Reconciler {
                 ..SaleReport::default()
             });
         }
-        // Redis first, then Postgres: anything the sink acknowledged before
-        // the Redis read was committed before it, so it is in Postgres too.
-        let reply: Value = scripts
-            .reconcile_read
-            .run(redis, vec![k.zones(), k.stream()], vec![Value::from(GROUP)])
-            .await?;
-        let mut parts = reply.into_array().into_iter();
-        let counters = pairs(parts.next().unwrap_or(Value::Null));
-        let entries: Vec<String> = parts
-            .next()
-            .unwrap_or(Value::Null)
-            .into_array()
-            .into_iter()
-            .filter_map(|v| v.as_string())
-            .collect();
-        let lag_entries = parts.next().and_then(|v| v.as_i64()).unwrap_or(0);
-        let in_flight = unapplied(db, &entries).await?;
+        let (in_flight, lag_entries) = unapplied(redis, db, sale, &at.last_id).await?;
 
+        // What Postgres held as of `seq`: confirmations numbered up to it
+        // (or recorded without a number: before numbering, or while frozen),
+        // less cancellations numbered up to it.
         let persisted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
             "SELECT zone_code, SUM(quantity)::bigint FROM reservations
-             WHERE sale_id = $1 AND status = 'confirmed' GROUP BY zone_code",
+             WHERE sale_id = $1
+               AND (confirm_seq <= $2 OR (confirm_seq IS NULL AND (status = 'confirmed' OR cancel_seq IS NULL)))
+               AND NOT (status = 'cancelled' AND COALESCE(cancel_seq, 0) <= $2)
+             GROUP BY zone_code",
         )
         .bind(sale.0)
+        .bind(at.seq)
         .fetch_all(db)
         .await?
         .into_iter()
         .collect();
 
+        let counters = &at.counters;
         let mut zones: Vec<String> = counters
             .keys()
             .filter_map(|f| f.strip_suffix(":cap").map(str::to_owned))
@@ -256,47 +279,47 @@ impl Reconciler {
     }
 }
 
-/// Net tickets per zone of the in-flight entries (`type, id, zone, qty`
-/// quadruples) whose effect is not yet in Postgres. The sink acknowledges
-/// after it commits, so an entry can be both pending and applied; counting
-/// it as in flight would show a drift that is not there.
-async fn unapplied(db: &PgPool, flat: &[String]) -> anyhow::Result<HashMap<String, i64>> {
-    let entries: Vec<&[String]> = flat.chunks_exact(4).collect();
-    let ids: Vec<&str> = entries.iter().map(|e| e[1].as_str()).collect();
-    let recorded: HashMap<String, String> = if ids.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query_as::<_, (String, String)>(
+/// Net tickets per zone of the stream's entries up to `last_id` whose
+/// effect is not yet in Postgres, and how many such entries there are. Read
+/// a page at a time. The sink acknowledges after it commits, so an entry can
+/// be both pending and applied: Postgres says which are applied (a
+/// confirmation whose row exists, even as a tombstone; a cancellation whose
+/// row is cancelled).
+async fn unapplied(
+    redis: &Pool,
+    db: &PgPool,
+    sale: SaleId,
+    last_id: &str,
+) -> anyhow::Result<(HashMap<String, i64>, i64)> {
+    let mut net: HashMap<String, i64> = HashMap::new();
+    let mut count = 0;
+    let mut pages = outbox::Pages::new(sale, last_id);
+    while let Some(page) = pages.next(redis).await? {
+        if page.is_empty() {
+            continue;
+        }
+        let ids: Vec<&str> = page.iter().map(|e| e.reservation.as_str()).collect();
+        let recorded: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
             "SELECT id, status FROM reservations WHERE id = ANY($1)",
         )
         .bind(&ids)
         .fetch_all(db)
         .await?
         .into_iter()
-        .collect()
-    };
-    let mut net: HashMap<String, i64> = HashMap::new();
-    for e in entries {
-        let (kind, id, zone, qty) = (&e[0], &e[1], &e[2], e[3].parse::<i64>().unwrap_or(0));
-        let applied = match kind.as_str() {
-            "cancelled" => recorded.get(id).is_some_and(|s| s == "cancelled"),
-            _ => recorded.contains_key(id),
-        };
-        if !applied {
-            *net.entry(zone.clone()).or_default() += if kind == "cancelled" { -qty } else { qty };
+        .collect();
+        for e in &page {
+            let applied = if e.cancelled {
+                recorded
+                    .get(&e.reservation)
+                    .is_some_and(|s| s == "cancelled")
+            } else {
+                recorded.contains_key(&e.reservation)
+            };
+            if !applied {
+                count += 1;
+                *net.entry(e.zone.clone()).or_default() += if e.cancelled { -e.qty } else { e.qty };
+            }
         }
     }
-    Ok(net)
-}
-
-/// A flat `[k, v, k, v, ...]` reply as a map of numbers.
-fn pairs(v: Value) -> HashMap<String, i64> {
-    let flat = v.into_array();
-    flat.chunks(2)
-        .filter_map(|kv| {
-            let k = kv.first()?.as_string()?;
-            let v = kv.get(1)?.as_string()?.parse().ok()?;
-            Some((k, v))
-        })
-        .collect()
+    Ok((net, count))
 }

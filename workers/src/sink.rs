@@ -2,30 +2,52 @@
 //! Postgres.
 //!
 //! It reads every sale's stream through the consumer group `sink`, writes a
-//! batch in one transaction (confirmations with `INSERT ... SELECT FROM
-//! UNNEST ... ON CONFLICT DO NOTHING`, then cancellations, keeping each
-//! zone's `sold` counter in the same transaction) and acknowledges the
-//! entries only after the commit. A replayed entry changes nothing, so a
-//! crash between commit and acknowledgement is harmless. Entries left pending
-//! by a consumer that died are claimed (XAUTOCLAIM). An entry Postgres
-//! refuses as data (a constraint) goes to the sale's dead-letter stream, so
-//! one bad entry never blocks a sale; a Postgres that is down just leaves
-//! the entries pending until it is back. The stream is trimmed only below
-//! what the group has acknowledged.
+//! batch in one transaction (cancellations, then confirmations, each one
+//! `INSERT ... SELECT FROM UNNEST ... ON CONFLICT` statement that also moves
+//! the zones' `sold` counters, then the sale's high-water mark) and
+//! acknowledges the entries only after the commit. A replayed entry changes
+//! nothing, so a crash between commit and acknowledgement is harmless.
+//! Entries left pending by a consumer that died are claimed (XAUTOCLAIM).
+//!
+//! Order does not matter to the record, so any number of replicas may run:
+//! - a cancellation that arrives before its confirmation (the confirmation
+//!   sits with a slow or dead replica) leaves a `cancelled` tombstone row,
+//!   and the late confirmation changes nothing; `sold` moves only on a real
+//!   transition (a new confirmed row, or a confirmed row cancelled);
+//! - a confirmation refused by the capacity check may be waiting for a
+//!   cancellation another replica holds: it stays pending and is retried
+//!   with backoff, and is dead-lettered only after `max_deliveries` tries.
+//!
+//! Only an entry that can never apply (malformed, an unknown zone) goes to
+//! the sale's dead-letter stream at once, with an error and a metric, so one
+//! bad entry never blocks a sale; a Postgres that is down just leaves the
+//! entries pending until it is back.
+//!
+//! Each entry carries the sale's stream sequence number; Postgres keeps the
+//! numbers and refuses one reused for another entry. That refusal means Redis
+//! went back in time (restarted from an older file, a lagging replica
+//! promoted): the sink freezes the sale (`frozen_reason` `rollback`). The
+//! entries of a frozen sale are still recorded (buyers were told of them),
+//! without their numbers, so that `flashsale restore` finds them in Postgres.
+//! The stream is trimmed only below what the group has acknowledged.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, TimeZone, Utc};
 use flashsale::{ids::SaleId, keys::SaleKeys, scripts::Scripts};
 use fred::{
     clients::Pool,
-    interfaces::StreamsInterface,
+    interfaces::{HashesInterface, StreamsInterface},
     types::{streams::XID, Value},
 };
 use sqlx::PgPool;
 
 /// The consumer group every sink replica joins.
-pub const GROUP: &str = "sink";
+pub const GROUP: &str = flashsale::outbox::SINK_GROUP;
 
 pub struct Sink {
     /// This replica's consumer name (unique per process).
@@ -35,6 +57,25 @@ pub struct Sink {
     /// Pending entries idle this long are claimed from their consumer,
     /// presumed dead.
     pub claim_idle_ms: u64,
+    /// Tries of an entry refused by the capacity check before it is
+    /// dead-lettered as poison. A valid confirmation is refused only while a
+    /// cancellation that freed its ticket is still with another replica, so
+    /// the tries (with backoff up to [`MAX_BACKOFF`]) span minutes, longer
+    /// than a dead replica's entries take to be claimed.
+    pub max_deliveries: u32,
+    /// Tries so far of each entry refused by the capacity check, and when
+    /// its sale's pending entries may be tried again.
+    retries: Mutex<Retries>,
+}
+
+/// The longest wait between two tries of an entry refused by the capacity
+/// check.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Retries {
+    tries: HashMap<String, u32>,
+    not_before: HashMap<SaleId, Instant>,
 }
 
 /// What one pass recorded.
@@ -43,6 +84,9 @@ pub struct Written {
     pub confirmed: u64,
     pub cancelled: u64,
     pub dead_lettered: u64,
+    /// Entries left pending to be tried again (refused by the capacity
+    /// check while a cancellation may be in flight).
+    pub retrying: u64,
 }
 
 impl std::ops::AddAssign for Written {
@@ -50,6 +94,7 @@ impl std::ops::AddAssign for Written {
         self.confirmed += o.confirmed;
         self.cancelled += o.cancelled;
         self.dead_lettered += o.dead_lettered;
+        self.retrying += o.retrying;
     }
 }
 
@@ -63,8 +108,15 @@ struct Event {
     zone: String,
     user: String,
     qty: i32,
+    /// When the entry was written: the confirmation's or the cancellation's
+    /// time.
     at: DateTime<Utc>,
+    /// A cancellation's confirmation time (for a tombstone row).
+    confirmed_at: DateTime<Utc>,
     payment_ref: Option<String>,
+    /// The sale's stream sequence number; absent in entries written before
+    /// the stream carried one.
+    seq: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +127,65 @@ enum Kind {
 
 type Entry = (String, HashMap<String, String>);
 
+/// Why Postgres refused a write.
+enum Refused {
+    /// The capacity check: a cancellation that frees the ticket may still be
+    /// with another replica. Try again later.
+    Capacity,
+    /// A sequence number Postgres holds for another entry: Redis went back
+    /// in time.
+    Rollback,
+    /// The entry can never apply (an unknown zone, a value out of range).
+    Poison(String),
+    /// Postgres is unreachable or failed: leave everything pending.
+    Store(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Refused {
+    fn from(err: sqlx::Error) -> Self {
+        let sqlx::Error::Database(db) = &err else {
+            return Refused::Store(err);
+        };
+        match (db.code().as_deref(), db.constraint()) {
+            (Some("23514"), Some("zones_sold_check")) => Refused::Capacity,
+            (Some("23505"), Some("reservations_confirm_seq" | "reservations_cancel_seq")) => {
+                Refused::Rollback
+            }
+            (Some(code), _) if code.starts_with("22") || code.starts_with("23") => {
+                Refused::Poison(err.to_string())
+            }
+            _ => Refused::Store(err),
+        }
+    }
+}
+
 impl Sink {
+    pub fn new(consumer: impl Into<String>, batch: u64, claim_idle_ms: u64) -> Self {
+        Self {
+            consumer: consumer.into(),
+            batch,
+            claim_idle_ms,
+            max_deliveries: 60,
+            retries: Mutex::default(),
+        }
+    }
+
+    /// With this many tries of an entry refused by the capacity check.
+    pub fn max_deliveries(self, max_deliveries: u32) -> Self {
+        Self {
+            max_deliveries,
+            ..self
+        }
+    }
+
+    /// With entries pending this long claimed from their consumer.
+    pub fn claim_idle_ms(self, claim_idle_ms: u64) -> Self {
+        Self {
+            claim_idle_ms,
+            ..self
+        }
+    }
+
     /// Drains every sale's stream once.
     pub async fn run_once(
         &self,
@@ -96,7 +206,8 @@ impl Sink {
     }
 
     /// Drains one sale: its own pending entries first (a retry after a
-    /// failed write), then entries stale in dead consumers, then new ones.
+    /// failed write, once its backoff has passed), then entries stale in
+    /// dead consumers, then new ones.
     pub async fn drain(
         &self,
         redis: &Pool,
@@ -109,8 +220,10 @@ impl Sink {
         ensure_group(redis, &stream).await?;
         let mut written = Written::default();
 
-        let mine = self.read(redis, &stream, "0").await?;
-        written += self.record(redis, db, sale, mine).await?;
+        if self.due(sale) {
+            let mine = self.read(redis, &stream, "0").await?;
+            written += self.record(redis, db, sale, mine).await?;
+        }
 
         let claimed = self.claim(redis, &stream).await?;
         if !claimed.is_empty() {
@@ -126,8 +239,42 @@ impl Sink {
                 break;
             }
         }
-        let _: i64 = scripts.trim_stream.run(redis, vec![stream], vec![]).await?;
+        let _: i64 = scripts
+            .trim_stream
+            .run(redis, vec![stream, k.meta()], vec![])
+            .await?;
         Ok(written)
+    }
+
+    /// Whether the sale's own pending entries may be tried again.
+    fn due(&self, sale: SaleId) -> bool {
+        let retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        retries
+            .not_before
+            .get(&sale)
+            .is_none_or(|t| Instant::now() >= *t)
+    }
+
+    /// Counts one more try of `stream_id`; the backoff doubles from 100 ms
+    /// up to [`MAX_BACKOFF`]. Returns the tries so far.
+    fn retry_later(&self, sale: SaleId, stream_id: &str) -> u32 {
+        let mut retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        let tries = retries.tries.entry(stream_id.to_owned()).or_insert(0);
+        *tries += 1;
+        let n = *tries;
+        let wait = Duration::from_millis(100u64 << (n - 1).min(6)).min(MAX_BACKOFF);
+        retries.not_before.insert(sale, Instant::now() + wait);
+        n
+    }
+
+    fn forget(&self, sale: SaleId, stream_ids: &[String]) {
+        let mut retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        for id in stream_ids {
+            retries.tries.remove(id);
+        }
+        if retries.tries.is_empty() {
+            retries.not_before.remove(&sale);
+        }
     }
 
     async fn read(&self, redis: &Pool, stream: &str, from: &str) -> anyhow::Result<Vec<Entry>> {
@@ -171,7 +318,8 @@ impl Sink {
         ))
     }
 
-    /// Writes a batch and acknowledges it; bad entries go to dead letters.
+    /// Writes a batch and acknowledges what was recorded or dead-lettered;
+    /// entries refused by the capacity check stay pending for a later try.
     async fn record(
         &self,
         redis: &Pool,
@@ -184,6 +332,7 @@ impl Sink {
         }
         let k = SaleKeys::new(sale);
         let mut written = Written::default();
+        let mut done: Vec<String> = Vec::with_capacity(entries.len());
         let mut events = Vec::with_capacity(entries.len());
         for (stream_id, fields) in &entries {
             match parse_event(stream_id, fields) {
@@ -194,40 +343,83 @@ impl Sink {
                 }
             }
         }
+        // A frozen sale's entries are recorded without their sequence
+        // numbers: after a rollback they may reuse numbers Postgres holds,
+        // and they are real all the same (buyers were told of them).
+        let frozen: Option<String> = redis.hget(k.meta(), "frozen").await?;
+        let numbered = frozen.as_deref() != Some("1");
         let started = Instant::now();
-        match write(db, &events).await {
+        match write(db, sale, &events, numbered).await {
             Ok(w) => {
                 written.confirmed += w.confirmed;
                 written.cancelled += w.cancelled;
+                done.extend(events.iter().map(|e| e.stream_id.clone()));
             }
-            Err(err) if is_data_error(&err) => {
-                // One entry spoils the batch: write them one by one, and
-                // dead-letter those Postgres refuses.
-                tracing::warn!(sale.id = %sale, error = %err, "batch refused by Postgres; writing its entries one by one");
+            Err(Refused::Store(err)) => {
+                // Postgres unreachable: leave the entries pending, retry later.
+                return Err(anyhow::Error::new(err).context("write batch to postgres"));
+            }
+            Err(Refused::Rollback) => {
+                freeze_for_rollback(redis, &k, sale).await?;
+                anyhow::bail!("sale {sale}: Redis reused stream numbers Postgres holds; frozen");
+            }
+            Err(_) => {
+                // One entry spoils the batch: write them one by one.
+                tracing::info!(sale.id = %sale, "batch refused by Postgres; writing its entries one by one");
                 for ev in &events {
-                    match write(db, std::slice::from_ref(ev)).await {
+                    match write(db, sale, std::slice::from_ref(ev), numbered).await {
                         Ok(w) => {
                             written.confirmed += w.confirmed;
                             written.cancelled += w.cancelled;
+                            done.push(ev.stream_id.clone());
                         }
-                        Err(err) if is_data_error(&err) => {
+                        Err(Refused::Capacity) => {
+                            let tries = self.retry_later(sale, &ev.stream_id);
+                            if tries >= self.max_deliveries {
+                                let why = format!("refused by the capacity check {tries} times");
+                                dead_letter(
+                                    redis,
+                                    &k,
+                                    sale,
+                                    &ev.stream_id,
+                                    &entry_fields(&entries, &ev.stream_id),
+                                    &why,
+                                )
+                                .await?;
+                                self.forget(sale, std::slice::from_ref(&ev.stream_id));
+                                written.dead_lettered += 1;
+                            } else {
+                                metrics::counter!("flashsale_sink_retries_total").increment(1);
+                                tracing::info!(sale.id = %sale, stream_id = %ev.stream_id, tries,
+                                    "confirmation refused by the capacity check; a cancellation may be in flight, trying again later");
+                                written.retrying += 1;
+                            }
+                        }
+                        Err(Refused::Poison(why)) => {
                             dead_letter(
                                 redis,
                                 &k,
                                 sale,
                                 &ev.stream_id,
                                 &entry_fields(&entries, &ev.stream_id),
-                                &err.to_string(),
+                                &why,
                             )
                             .await?;
                             written.dead_lettered += 1;
                         }
-                        Err(err) => return Err(err.into()),
+                        Err(Refused::Rollback) => {
+                            freeze_for_rollback(redis, &k, sale).await?;
+                            break;
+                        }
+                        Err(Refused::Store(err)) => {
+                            if !done.is_empty() {
+                                let _: i64 = redis.xack(k.stream(), GROUP, done.clone()).await?;
+                            }
+                            return Err(anyhow::Error::new(err).context("write entry to postgres"));
+                        }
                     }
                 }
             }
-            // Postgres unreachable: leave the entries pending and retry later.
-            Err(err) => return Err(anyhow::Error::new(err).context("write batch to postgres")),
         }
         metrics::histogram!("flashsale_sink_batch_size").record(entries.len() as f64);
         metrics::histogram!("flashsale_sink_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -236,10 +428,27 @@ impl Sink {
         metrics::counter!("flashsale_sink_rows_total", "kind" => "cancelled")
             .increment(written.cancelled);
         // Acknowledge only now, after the commit.
-        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-        let _: i64 = redis.xack(k.stream(), GROUP, ids).await?;
+        if !done.is_empty() {
+            self.forget(sale, &done);
+            let _: i64 = redis.xack(k.stream(), GROUP, done).await?;
+        }
         Ok(written)
     }
+}
+
+/// Marks the sale frozen because Redis went back in time: it refuses every
+/// write until `flashsale restore` rebuilds it from Postgres.
+async fn freeze_for_rollback(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow::Result<()> {
+    let _: () = redis
+        .hset(
+            k.meta(),
+            vec![("frozen", "1"), ("frozen_reason", "rollback")],
+        )
+        .await?;
+    metrics::gauge!("flashsale_sale_frozen", "sale" => sale.to_string()).set(1.0);
+    tracing::error!(sale.id = %sale,
+        "Redis reused stream numbers Postgres already holds: it went back in time (an older file, a lagging replica); sale frozen, run `flashsale restore --sale {sale}`");
+    Ok(())
 }
 
 async fn ensure_group(redis: &Pool, stream: &str) -> anyhow::Result<()> {
@@ -287,6 +496,14 @@ fn parse_event(stream_id: &str, f: &HashMap<String, String>) -> Result<Event, St
             .map(String::as_str)
             .ok_or_else(|| format!("field `{k}` is missing"))
     };
+    let millis = |k: &str| -> Result<DateTime<Utc>, String> {
+        let ms: i64 = get(k)?
+            .parse()
+            .map_err(|_| format!("{k} is not a number"))?;
+        Utc.timestamp_millis_opt(ms)
+            .single()
+            .ok_or_else(|| format!("{k} is out of range"))
+    };
     let kind = match get("type")? {
         "confirmed" => Kind::Confirmed,
         "cancelled" => Kind::Cancelled,
@@ -295,9 +512,16 @@ fn parse_event(stream_id: &str, f: &HashMap<String, String>) -> Result<Event, St
     let qty: i32 = get("qty")?
         .parse()
         .map_err(|_| "qty is not a number".to_owned())?;
-    let at_ms: i64 = get("at_ms")?
-        .parse()
-        .map_err(|_| "at_ms is not a number".to_owned())?;
+    let at = millis("at_ms")?;
+    let seq = match f.get("seq") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or("seq is not a positive number")?,
+        ),
+    };
     Ok(Event {
         stream_id: stream_id.to_owned(),
         kind,
@@ -308,11 +532,16 @@ fn parse_event(stream_id: &str, f: &HashMap<String, String>) -> Result<Event, St
         zone: get("zone")?.to_owned(),
         user: get("user")?.to_owned(),
         qty,
-        at: Utc
-            .timestamp_millis_opt(at_ms)
-            .single()
-            .ok_or("at_ms is out of range")?,
+        at,
+        // Entries written before cancellations carried it: the cancellation's
+        // own time stands in (the row exists already in that case).
+        confirmed_at: if f.contains_key("confirmed_ms") {
+            millis("confirmed_ms")?
+        } else {
+            at
+        },
         payment_ref: f.get("payment_ref").filter(|p| !p.is_empty()).cloned(),
+        seq,
     })
 }
 
@@ -333,42 +562,88 @@ fn parse_entries(v: Value) -> Vec<Entry> {
         .collect()
 }
 
-/// A constraint or data error: the entry itself is at fault, retrying it
-/// cannot help.
-fn is_data_error(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("23") || c.starts_with("22")),
-        _ => false,
-    }
-}
-
-/// Writes events in one transaction: confirmations, then cancellations,
-/// each one statement that also moves the zones' `sold` counters.
-async fn write(db: &PgPool, events: &[Event]) -> Result<Written, sqlx::Error> {
-    let confirmed: Vec<&Event> = events
+/// Writes events in one transaction: cancellations first (a cancellation
+/// only frees tickets, so a confirmation in the same batch that needs them
+/// finds them), then confirmations, each one statement that also moves the
+/// zones' `sold` counters, then the sale's high-water mark. `numbered`:
+/// record the entries' sequence numbers.
+async fn write(
+    db: &PgPool,
+    sale: SaleId,
+    events: &[Event],
+    numbered: bool,
+) -> Result<Written, Refused> {
+    // One entry per reservation and kind: a statement may not touch a row
+    // twice (a confirmation can be appended twice after a rollback).
+    let mut seen = HashSet::new();
+    let (mut cancelled, mut confirmed): (Vec<&Event>, Vec<&Event>) = events
         .iter()
-        .filter(|e| e.kind == Kind::Confirmed)
-        .collect();
-    let cancelled: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.kind == Kind::Cancelled)
-        .collect();
+        .filter(|e| seen.insert((e.kind == Kind::Confirmed, e.id.as_str())))
+        .partition(|e| e.kind == Kind::Cancelled);
+    cancelled.sort_by(|a, b| a.id.cmp(&b.id));
+    confirmed.sort_by(|a, b| a.id.cmp(&b.id));
+    let seq = |e: &&Event| if numbered { e.seq } else { None };
     let mut tx = db.begin().await?;
     let mut written = Written::default();
+    if !cancelled.is_empty() {
+        // A new row is a tombstone (its confirmation has not arrived); a
+        // confirmed row becomes cancelled and gives its tickets back. Rows
+        // inserted have xmax 0; rows updated through ON CONFLICT do not.
+        let changed: i64 = sqlx::query_scalar(
+            "WITH c AS (
+                 INSERT INTO reservations AS r (id, sale_id, zone_code, user_id, quantity, status,
+                                                confirmed_at, cancelled_at, cancel_seq)
+                 SELECT id, sale_id, zone_code, user_id, quantity, 'cancelled', confirmed_at, cancelled_at, seq
+                 FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::int[],
+                             $6::timestamptz[], $7::timestamptz[], $8::bigint[])
+                      AS u(id, sale_id, zone_code, user_id, quantity, confirmed_at, cancelled_at, seq)
+                 ON CONFLICT (id) DO UPDATE
+                     SET status = 'cancelled', cancelled_at = EXCLUDED.cancelled_at,
+                         cancel_seq = EXCLUDED.cancel_seq
+                     WHERE r.status = 'confirmed'
+                 RETURNING r.sale_id, r.zone_code, r.quantity, r.xmax <> 0 AS was_confirmed),
+             sold AS (
+                 UPDATE zones z SET sold = z.sold - s.q
+                 FROM (SELECT sale_id, zone_code, SUM(quantity)::int AS q FROM c
+                       WHERE was_confirmed GROUP BY 1, 2) s
+                 WHERE z.sale_id = s.sale_id AND z.code = s.zone_code
+                 RETURNING 1)
+             SELECT COUNT(*) FROM c",
+        )
+        .bind(cancelled.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .bind(cancelled.iter().map(|e| e.sale.0).collect::<Vec<_>>())
+        .bind(cancelled.iter().map(|e| e.zone.as_str()).collect::<Vec<_>>())
+        .bind(cancelled.iter().map(|e| e.user.as_str()).collect::<Vec<_>>())
+        .bind(cancelled.iter().map(|e| e.qty).collect::<Vec<_>>())
+        .bind(cancelled.iter().map(|e| e.confirmed_at).collect::<Vec<_>>())
+        .bind(cancelled.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(cancelled.iter().map(seq).collect::<Vec<_>>())
+        .fetch_one(&mut *tx)
+        .await?;
+        written.cancelled = changed as u64;
+    }
     if !confirmed.is_empty() {
+        // A new row is a confirmation. An existing row (a replay, or a
+        // tombstone left by its cancellation) only learns the confirmation's
+        // sequence number, once: the confirmations recorded are the rows
+        // returned, and only new rows move `sold`.
         let inserted: i64 = sqlx::query_scalar(
             "WITH ins AS (
-                 INSERT INTO reservations (id, sale_id, zone_code, user_id, quantity, status, confirmed_at, payment_ref)
-                 SELECT id, sale_id, zone_code, user_id, quantity, 'confirmed', confirmed_at, payment_ref
-                 FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::text[])
-                      AS u(id, sale_id, zone_code, user_id, quantity, confirmed_at, payment_ref)
-                 ON CONFLICT (id) DO NOTHING
-                 RETURNING sale_id, zone_code, quantity),
+                 INSERT INTO reservations AS r (id, sale_id, zone_code, user_id, quantity, status,
+                                                confirmed_at, payment_ref, confirm_seq)
+                 SELECT id, sale_id, zone_code, user_id, quantity, 'confirmed', confirmed_at, payment_ref, seq
+                 FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::int[],
+                             $6::timestamptz[], $7::text[], $8::bigint[])
+                      AS u(id, sale_id, zone_code, user_id, quantity, confirmed_at, payment_ref, seq)
+                 ON CONFLICT (id) DO UPDATE
+                     SET confirm_seq = EXCLUDED.confirm_seq,
+                         payment_ref = COALESCE(r.payment_ref, EXCLUDED.payment_ref)
+                     WHERE r.confirm_seq IS NULL AND EXCLUDED.confirm_seq IS NOT NULL
+                 RETURNING r.sale_id, r.zone_code, r.quantity, r.xmax = 0 AS fresh),
              sold AS (
                  UPDATE zones z SET sold = z.sold + s.q
-                 FROM (SELECT sale_id, zone_code, SUM(quantity)::int AS q FROM ins GROUP BY 1, 2) s
+                 FROM (SELECT sale_id, zone_code, SUM(quantity)::int AS q FROM ins
+                       WHERE fresh GROUP BY 1, 2) s
                  WHERE z.sale_id = s.sale_id AND z.code = s.zone_code
                  RETURNING 1)
              SELECT COUNT(*) FROM ins",
@@ -380,29 +655,18 @@ async fn write(db: &PgPool, events: &[Event]) -> Result<Written, sqlx::Error> {
         .bind(confirmed.iter().map(|e| e.qty).collect::<Vec<_>>())
         .bind(confirmed.iter().map(|e| e.at).collect::<Vec<_>>())
         .bind(confirmed.iter().map(|e| e.payment_ref.as_deref()).collect::<Vec<_>>())
+        .bind(confirmed.iter().map(seq).collect::<Vec<_>>())
         .fetch_one(&mut *tx)
         .await?;
         written.confirmed = inserted as u64;
     }
-    if !cancelled.is_empty() {
-        let updated: i64 = sqlx::query_scalar(
-            "WITH c AS (
-                 UPDATE reservations r SET status = 'cancelled', cancelled_at = u.at
-                 FROM UNNEST($1::text[], $2::timestamptz[]) AS u(id, at)
-                 WHERE r.id = u.id AND r.status = 'confirmed'
-                 RETURNING r.sale_id, r.zone_code, r.quantity),
-             sold AS (
-                 UPDATE zones z SET sold = z.sold - s.q
-                 FROM (SELECT sale_id, zone_code, SUM(quantity)::int AS q FROM c GROUP BY 1, 2) s
-                 WHERE z.sale_id = s.sale_id AND z.code = s.zone_code
-                 RETURNING 1)
-             SELECT COUNT(*) FROM c",
-        )
-        .bind(cancelled.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(|e| e.at).collect::<Vec<_>>())
-        .fetch_one(&mut *tx)
-        .await?;
-        written.cancelled = updated as u64;
+    let high = events.iter().filter_map(|e| e.seq).max();
+    if let (true, Some(high)) = (numbered, high) {
+        sqlx::query("UPDATE sales SET applied_seq = GREATEST(applied_seq, $2) WHERE id = $1")
+            .bind(sale.0)
+            .bind(high)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(written)

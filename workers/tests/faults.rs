@@ -28,11 +28,11 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 fn sink() -> Sink {
-    Sink {
-        consumer: format!("test-{}", uuid::Uuid::new_v4().simple()),
-        batch: 200,
-        claim_idle_ms: 1_000,
-    }
+    Sink::new(
+        format!("test-{}", uuid::Uuid::new_v4().simple()),
+        200,
+        1_000,
+    )
 }
 
 /// Sends until the answer is not a 503 or a broken connection (a store is
@@ -273,7 +273,7 @@ async fn a_flushed_redis_freezes_the_sale_until_it_is_restored_from_postgres() {
         .unwrap();
     assert_eq!(report.frozen, Some("missing"));
 
-    let restored = recovery::restore(&db, &redis, &scripts, sale)
+    let restored = recovery::restore(&db, &redis, &scripts, sale, Default::default())
         .await
         .unwrap();
     assert_eq!(
@@ -369,27 +369,65 @@ async fn a_flushed_redis_freezes_the_sale_until_it_is_restored_from_postgres() {
 }
 
 #[tokio::test]
-async fn restore_refuses_while_confirmations_are_not_yet_in_postgres() {
+async fn restore_refuses_a_sale_that_is_not_frozen() {
     let private = PrivateRedis::start();
     let (db, _) = fresh_database().await;
     let redis = redis(&private.url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 100, 600).await;
     confirmations(&redis, &scripts, sale, "r", 2, "A", 1).await;
-    let err = recovery::restore(&db, &redis, &scripts, sale)
+    drain(&redis, &scripts, &db, sale).await;
+    let err = recovery::restore(&db, &redis, &scripts, sale, Default::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not frozen"), "{err}");
+    // Nothing was touched: the sale still sells.
+    let live = flashsale::sales::live(&redis, sale).await.unwrap().unwrap();
+    assert!(!live.frozen);
+    assert_eq!(live.stock[0].confirmed, 2);
+    confirmations(&redis, &scripts, sale, "r2", 1, "A", 1).await;
+}
+
+#[tokio::test]
+async fn restore_with_freeze_waits_until_every_confirmation_is_in_postgres() {
+    let private = PrivateRedis::start();
+    let (db, _) = fresh_database().await;
+    let redis = redis(&private.url()).await;
+    let scripts = scripts();
+    let sale = sale(&db, &redis, &scripts, 100, 600).await;
+    let sold = confirmations(&redis, &scripts, sale, "w", 2, "A", 1).await;
+    let quick = recovery::Options {
+        freeze: true,
+        drain_wait: Duration::from_millis(500),
+    };
+    // No sink runs: the two confirmations exist only in the stream.
+    let err = recovery::restore(&db, &redis, &scripts, sale, quick)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not yet in Postgres"), "{err}");
-    // Nothing was touched.
-    assert_eq!(
-        flashsale::sales::live(&redis, sale)
-            .await
-            .unwrap()
-            .unwrap()
-            .stock[0]
-            .confirmed,
-        2
+    // The sale is frozen now, and its stock untouched.
+    let live = flashsale::sales::live(&redis, sale).await.unwrap().unwrap();
+    assert!(live.frozen);
+    assert_eq!(live.stock[0].confirmed, 2);
+    let (user, id) = &sold[0];
+    assert!(
+        matches!(
+            inventory::cancel(&redis, &scripts, id, user).await.unwrap(),
+            Err(inventory::Refusal::Frozen)
+        ),
+        "a frozen sale takes no cancellation"
     );
+
+    // Once the sink has drained the stream, the restore goes through and
+    // every confirmation stands.
+    drain(&redis, &scripts, &db, sale).await;
+    let restored = recovery::restore(&db, &redis, &scripts, sale, Default::default())
+        .await
+        .unwrap();
+    assert_eq!((restored.reservations, restored.tickets), (2, 2));
+    let live = flashsale::sales::live(&redis, sale).await.unwrap().unwrap();
+    assert!(!live.frozen);
+    assert_eq!(live.stock[0].confirmed, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

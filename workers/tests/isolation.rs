@@ -100,11 +100,7 @@ async fn a_sale_whose_keys_are_damaged_fails_alone_and_every_worker_serves_the_o
     );
 
     // The sink records the healthy sale's confirmations in Postgres.
-    let sink = Sink {
-        consumer: "isolation".into(),
-        batch: 100,
-        claim_idle_ms: 30_000,
-    };
+    let sink = Sink::new("isolation", 100, 30_000);
     for _ in 0..2 {
         failed_alone(sink.run_once(&redis, &scripts, &db).await.unwrap_err());
     }

@@ -14,11 +14,7 @@ use flashsale_workers::{
 use fred::{interfaces::StreamsInterface, types::streams::XReadResponse};
 
 fn sink(consumer: &str) -> Sink {
-    Sink {
-        consumer: consumer.into(),
-        batch: 100,
-        claim_idle_ms: 30_000,
-    }
+    Sink::new(consumer, 100, 30_000)
 }
 
 #[tokio::test]
@@ -41,7 +37,8 @@ async fn the_sink_records_confirmations_and_cancellations_once_however_often_it_
         Written {
             confirmed: 20,
             cancelled: 3,
-            dead_lettered: 0
+            dead_lettered: 0,
+            retrying: 0
         }
     );
     assert_eq!(persisted(&db, sale).await, (17, 34, 34));
@@ -200,7 +197,8 @@ async fn a_bad_entry_is_dead_lettered_and_never_blocks_the_sale() {
         Written {
             confirmed: 6,
             cancelled: 0,
-            dead_lettered: 2
+            dead_lettered: 2,
+            retrying: 0
         }
     );
     assert_eq!(persisted(&db, sale).await, (6, 6, 6));
@@ -256,10 +254,7 @@ async fn entries_left_pending_by_a_dead_consumer_are_claimed() {
         Written::default()
     );
     // Stale: claimed and written.
-    let claimer = Sink {
-        claim_idle_ms: 0,
-        ..sink("alive")
-    };
+    let claimer = sink("alive").claim_idle_ms(0);
     tokio::time::sleep(Duration::from_millis(5)).await;
     let written = claimer.drain(&redis, &scripts, &db, sale).await.unwrap();
     assert_eq!(written.confirmed, 10);
