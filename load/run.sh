@@ -19,9 +19,9 @@
 #   CHAOS=1 load/run.sh stress_10k               # the chaos variant
 #
 # Every run has its own redis-server on a free port, stopped at the end: the
-# workers visit every sale Redis knows every few milliseconds, and the keys
-# earlier runs left in a shared Redis (millions, after a few benchmarks) made
-# later runs measurably slower. Postgres is the shared one.
+# workers visit every sale Redis knows every few milliseconds, so the keys
+# other runs leave in a shared Redis (millions, after a few benchmarks) slow
+# a run down measurably. Postgres is the shared one.
 #
 # CHAOS=1: that Redis keeps an AOF (fsync every second); CHAOS_AT seconds
 # into the k6 run (default 15) the workers are killed with kill -9 and
@@ -49,12 +49,12 @@ export RUST_LOG=${RUST_LOG:-warn} RATE_LIMITS=off RELEASE_POLL_MS=20
 export JWT_SECRET=${JWT_SECRET:-load-test-secret-load-test-secret-0123456789}
 # k6, Redis, Postgres, the API and the workers share this machine's cores:
 # the API gets one runtime worker and one (pipelined) Redis connection, which
-# cost it 10-20% less CPU a request here than a worker per core and four
-# connections. Both are the service's ordinary settings, set as a deployment
-# on a shared two-core box would set them.
+# cost it less CPU a request than a worker per core and four connections
+# (load/RESULTS.md). Both are the service's ordinary settings, set as a
+# deployment on a shared two-core box would set them.
 export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-1}
 # k6 is written in Go: collecting garbage less often (GOGC=400, about 1.5 GB
-# more memory for k6) cut its CPU per request by a fifth.
+# more memory for k6) costs it less CPU per request (load/RESULTS.md).
 export GOGC=${GOGC:-400}
 
 cargo build --release --quiet --workspace

@@ -80,8 +80,8 @@ export function thresholds(iterationsPlanned) {
 }
 
 // Each VU polls for its own slice of the waiting buyers, with requests built
-// once: building them per iteration cost k6 half again as much CPU per
-// request, on a machine it shares with the service.
+// once: k6 shares the machine with the service, and building requests on
+// every iteration costs k6 CPU the service then lacks (load/RESULTS.md).
 const POLLERS_PER_VU = Number(__ENV.POLLERS_PER_VU || 1000);
 const polls = [];
 if (__VU > 0) {
@@ -142,13 +142,13 @@ export const PER_ITERATION = 50;
 // What stress_10k and spike share. k6 runs on the machine it measures, so it
 // is set to spend as little of it as it can:
 // - Every VU (VUS, default 100) is made before the run starts, none during
-//   it. Making a VU costs k6 tens of milliseconds of CPU, and mid-run it came
-//   exactly when the service was slowest: at 10,000 req/s that snowballed to
-//   150 VUs and a quarter of the iterations dropped. An iteration that finds
-//   no free VU is dropped and counted against the 1% threshold.
+//   it. Making a VU costs k6 tens of milliseconds of CPU, and mid-run that
+//   cost comes exactly when the service is slowest, so k6 falls further
+//   behind (figures in load/RESULTS.md). An iteration that finds no free VU
+//   is dropped and counted against the 1% threshold.
 // - BATCH_PER_HOST (default 10) connections per VU: an iteration's 50
-//   requests go five to a connection, not one each (2,500 connections cost
-//   k6 and the API more than 1,000).
+//   requests go five to a connection, not one each: fewer connections cost
+//   k6 and the API less CPU and memory.
 // - Only the tags the thresholds and summary read.
 export const VUS = Number(__ENV.VUS || 100);
 export const common = {
