@@ -93,6 +93,7 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         passes,
         limits,
         seeds: Arc::new(http::Seeds::default()),
+        known_sales: Default::default(),
         seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
         access_token_ttl: config.access_token_ttl_seconds,
         metrics: telemetry::metrics(),

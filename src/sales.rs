@@ -536,3 +536,40 @@ pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, ApiErr
 pub fn from_millis(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
+
+/// Whether Postgres knows a sale, remembered for a second per sale.
+///
+/// A sale Redis does not have is either unknown or lost by Redis (flushed,
+/// restarted without its AOF, an empty replica). Telling the two apart takes
+/// a Postgres query, and with a lost sale every buyer's poll asks: 100,000
+/// buyers polling would be a query storm on Postgres at the worst moment.
+/// The answer is cached under (sale, current second), and concurrent askers
+/// of the same key wait for one query, so Postgres sees at most one query per
+/// sale per second.
+pub struct KnownSales {
+    answers: quick_cache::sync::Cache<(SaleId, i64), bool>,
+}
+
+impl Default for KnownSales {
+    fn default() -> Self {
+        Self {
+            answers: quick_cache::sync::Cache::new(10_000),
+        }
+    }
+}
+
+impl KnownSales {
+    pub async fn in_postgres(&self, db: &PgPool, sale: SaleId) -> Result<bool, sqlx::Error> {
+        let second = Utc::now().timestamp();
+        self.answers
+            .get_or_insert_async(&(sale, second), async {
+                metrics::counter!("flashsale_lost_sale_lookups_total").increment(1);
+                let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM sales WHERE id = $1")
+                    .bind(sale)
+                    .fetch_optional(db)
+                    .await?;
+                Ok(known.is_some())
+            })
+            .await
+    }
+}

@@ -422,3 +422,37 @@ async fn only_the_sales_own_organizer_may_change_it() {
         .unwrap();
     assert_problem(res, StatusCode::NOT_FOUND, "sale_not_found").await;
 }
+
+/// A sale Redis lost is told apart from an unknown one by asking Postgres;
+/// with every buyer of a lost sale polling, the answer is remembered so that
+/// Postgres is asked at most once a second per sale.
+#[tokio::test]
+async fn a_lost_sale_is_looked_up_in_postgres_at_most_once_a_second() {
+    let app = TestApp::spawn().await;
+    let sale = app.sale_id(json!({})).await;
+    let unknown = flashsale::ids::SaleId::new();
+    let known = flashsale::sales::KnownSales::default();
+    // Start early in a second, so the checks below fall in the same one.
+    let ms = chrono::Utc::now().timestamp_subsec_millis();
+    tokio::time::sleep(std::time::Duration::from_millis(u64::from(1_010 - ms))).await;
+    let second = chrono::Utc::now().timestamp();
+    let answers = futures::future::join_all(
+        (0..200).map(|i| known.in_postgres(&app.db, if i % 2 == 0 { sale } else { unknown })),
+    )
+    .await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap(), i % 2 == 0);
+    }
+    // Postgres is gone for this cache: within the same second it answers
+    // from memory, and asks again (and fails) only in the next.
+    app.db.close().await;
+    let again = known.in_postgres(&app.db, sale).await;
+    if chrono::Utc::now().timestamp() == second {
+        assert!(again.unwrap(), "answered from memory");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert!(
+        known.in_postgres(&app.db, sale).await.is_err(),
+        "a new second asks Postgres again"
+    );
+}

@@ -76,6 +76,8 @@ pub struct AppInner {
     pub passes: Arc<PassKeys>,
     pub limits: Arc<Limits>,
     pub seeds: Arc<Seeds>,
+    /// Which sales Postgres knows, for sales Redis lost (cached per second).
+    pub known_sales: Arc<crate::sales::KnownSales>,
     pub metrics: PrometheusHandle,
     /// How stale a waiting buyer's last-seen mark may get before a poll
     /// refreshes it: a tenth of the idle limit, at most five seconds, so most
@@ -257,7 +259,8 @@ async fn guard_route(
 /// Redis does not know `sale`. If Postgres does, Redis lost it (flushed,
 /// restarted without its AOF, an empty replica): the sale is frozen until
 /// `flashsale restore` rebuilds it, rather than unknown. Never sells from an
-/// empty Redis.
+/// empty Redis. Postgres is asked at most once a second per sale
+/// ([`crate::sales::KnownSales`]).
 pub(crate) async fn or_frozen<T>(
     state: &AppState,
     sale: crate::ids::SaleId,
@@ -265,12 +268,9 @@ pub(crate) async fn or_frozen<T>(
 ) -> Result<T, ApiError> {
     match result {
         Err(ApiError::SaleNotFound) => {
-            let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM sales WHERE id = $1")
-                .bind(sale)
-                .fetch_optional(&state.db)
-                .await?;
-            Err(if known.is_some() {
-                tracing::error!(sale.id = %sale, "sale is in Postgres but not in Redis: frozen until restored");
+            let known = state.known_sales.in_postgres(&state.db, sale).await?;
+            Err(if known {
+                tracing::warn!(sale.id = %sale, "sale is in Postgres but not in Redis: frozen until restored");
                 ApiError::SaleFrozen
             } else {
                 ApiError::SaleNotFound

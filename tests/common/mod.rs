@@ -121,6 +121,7 @@ impl TestApp {
             passes: passes.clone(),
             limits: Arc::new(flashsale::limits::Limits::new(&limits)),
             seeds: Arc::new(Seeds::default()),
+            known_sales: Default::default(),
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,
             access_token_ttl: 3600,

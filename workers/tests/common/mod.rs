@@ -350,6 +350,7 @@ impl Api {
             passes: passes.clone(),
             limits: Arc::new(flashsale::limits::Limits::new(&limits)),
             seeds: Arc::new(http::Seeds::default()),
+            known_sales: Default::default(),
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,
             access_token_ttl: 3600,
