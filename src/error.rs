@@ -1,7 +1,7 @@
 //! The one API error type, rendered as RFC 9457 problem details.
 //!
 //! Each variant is a thing a client can act on, and carries the stable
-//! snake_case `code` that API.md promises. 5xx bodies are opaque: their cause
+//! snake_case `code` that docs/API.md (Problem codes) promises. 5xx bodies are opaque: their cause
 //! is logged once, here, and never sent to the client.
 
 use axum::{
@@ -135,7 +135,7 @@ impl ApiError {
         }
     }
 
-    /// The stable machine code of API.md.
+    /// The stable machine code of docs/API.md.
     pub fn code(&self) -> &'static str {
         use ApiError::*;
         match self {

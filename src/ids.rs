@@ -50,7 +50,7 @@ impl FromStr for SaleId {
 pub struct ReservationId {
     pub sale: SaleId,
     suffix: u128,
-    /// An id of the earlier, 64-bit form (16 hex digits).
+    /// An id of the narrow, 64-bit form (16 hex digits), still accepted.
     narrow: bool,
 }
 

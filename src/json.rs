@@ -53,8 +53,8 @@ pub fn is_object(body: &[u8]) -> bool {
 /// serde helper: a UTC time as RFC 3339, exactly as chrono's own
 /// `Serialize` writes it (`2026-11-21T19:30:58.821Z`, no fraction on a whole
 /// second), without `core::fmt`. A hold's answer carries two times, and
-/// chrono's formatting took about 3,400 instructions each, 6.7% of a hold
-/// in the API. Times this does not cover (sub-millisecond, or outside the
+/// chrono's formatting goes through `core::fmt`, a noticeable share of a
+/// hold (load/RESULTS.md). Times this does not cover (sub-millisecond, or outside the
 /// years 0 to 9999) go through chrono.
 pub fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     let mut buf = [0u8; 24];

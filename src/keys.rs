@@ -28,7 +28,8 @@ impl SaleKeys {
     }
 
     /// Prefix + suffix without the formatting machinery: a poll builds five
-    /// keys, and `format!` showed at 5% of its instructions.
+    /// keys, and `format!`'s machinery is a measurable share of a poll
+    /// (load/RESULTS.md).
     fn key(&self, suffix: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + suffix.len());
         key.push_str(&self.prefix);

@@ -98,7 +98,8 @@ enum Command {
 }
 
 /// mimalloc: the request path allocates many small, short-lived objects, and
-/// glibc's malloc spent a tenth of the API's CPU on them under load.
+/// glibc's malloc is a large share of the API's CPU on them under load
+/// (load/RESULTS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

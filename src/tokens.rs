@@ -177,8 +177,8 @@ impl AccessTokens {
 /// caller who never learns the key cannot make a second string land on a
 /// cached token's digest (2^-128 a try), so a hit stands for the very token
 /// that was verified. It takes a fraction of SHA-256's time on CPUs without
-/// SHA instructions, where SHA-256 of a token and a pass was 7% of a hold's
-/// CPU.
+/// SHA instructions, where SHA-256 of a token and a pass is a noticeable
+/// share of a hold's CPU (load/RESULTS.md).
 pub type CacheKey = u128;
 
 pub fn cache_key(token: &str) -> CacheKey {

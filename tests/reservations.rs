@@ -1,5 +1,5 @@
 //! Reservations through HTTP: hold, confirm, cancel, expiry, idempotency,
-//! limits and every refusal API.md lists.
+//! limits and every refusal docs/API.md lists.
 
 mod common;
 

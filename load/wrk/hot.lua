@@ -22,7 +22,7 @@ local hold_body = '{"zone":"A","quantity":1}'
 
 -- Every request is formatted once, here, so that each request costs wrk a
 -- table lookup: wrk shares the machine with the service, and formatting
--- requests in Lua on every call took CPU the service then lacked.
+-- requests in Lua on every call would take CPU the service then lacks.
 local prepared = {}
 for n, b in ipairs(buyers) do
   if mode == "join" then

@@ -50,7 +50,7 @@ async fn the_sink_records_confirmations_and_cancellations_once_however_often_it_
     .await
     .unwrap();
     assert_eq!(cancelled, 3);
-    // The rows carry what API.md promises auditors.
+    // The rows carry what docs/API.md (Durable record) promises auditors.
     let (id, zone, user, qty): (String, String, String, i32) =
         sqlx::query_as("SELECT id, zone_code, user_id, quantity FROM reservations WHERE id = $1")
             .bind(sold[5].1.to_string())
