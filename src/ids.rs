@@ -84,20 +84,11 @@ impl ReservationId {
 }
 
 impl ReservationId {
-    /// The id's text, written into `buf` without `core::fmt` (a hold writes
-    /// it four times: key, argument, body and `Location`).
+    /// The id's text, written into `buf` without `core::fmt`
+    /// ([`crate::fast::hex_pair`]).
     pub fn encode<'a>(&self, buf: &'a mut [u8; 64]) -> &'a str {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let sale = self.sale.0.as_u128();
         let digits = if self.narrow { 16 } else { 32 };
-        for i in 0..32 {
-            buf[i] = HEX[((sale >> (124 - 4 * i)) & 0xf) as usize];
-        }
-        for i in 0..digits {
-            buf[32 + i] = HEX[((self.suffix >> (4 * (digits - 1 - i))) & 0xf) as usize];
-        }
-        // Only ASCII hex digits were written.
-        std::str::from_utf8(&buf[..32 + digits]).unwrap_or_default()
+        crate::fast::hex_pair(self.sale.0.as_u128(), self.suffix, digits, buf)
     }
 }
 

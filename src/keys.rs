@@ -15,6 +15,49 @@ pub const SALES: &str = "flashsale:sales";
 /// a reservation id (hex digits only, so never this).
 pub const BUYER_TICKETS: &str = "tickets";
 
+/// One of a zone's four counters in the sale's zones hash, whose fields are
+/// `<zone code>:<counter>` (`A:avail`). The Lua scripts name them the same
+/// way; this is the one place the Rust side spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Capacity,
+    Available,
+    Held,
+    Confirmed,
+}
+
+impl Counter {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Counter::Capacity => "cap",
+            Counter::Available => "avail",
+            Counter::Held => "held",
+            Counter::Confirmed => "conf",
+        }
+    }
+
+    /// The field of `zone`'s counter in the zones hash.
+    pub fn field(self, zone: &str) -> String {
+        let suffix = self.suffix();
+        let mut field = String::with_capacity(zone.len() + 1 + suffix.len());
+        field.push_str(zone);
+        field.push(':');
+        field.push_str(suffix);
+        field
+    }
+
+    /// The zone codes of a zones hash, from its capacity fields.
+    pub fn zones<'a>(fields: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        let suffix = format!(":{}", Counter::Capacity.suffix());
+        let mut zones: Vec<String> = fields
+            .into_iter()
+            .filter_map(|f| f.strip_suffix(suffix.as_str()).map(str::to_owned))
+            .collect();
+        zones.sort();
+        zones
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SaleKeys {
     prefix: String,
@@ -82,7 +125,8 @@ impl SaleKeys {
     pub fn admissions(&self) -> String {
         self.key("admissions")
     }
-    /// Hash of zone counters: `<code>:cap`, `:avail`, `:held`, `:conf`.
+    /// Hash of zone counters: `<code>:cap`, `:avail`, `:held`, `:conf`
+    /// ([`Counter`]).
     pub fn zones(&self) -> String {
         self.key("zones")
     }

@@ -12,6 +12,8 @@ pub mod config;
 pub mod db;
 /// The API error type and its problem+json rendering.
 pub mod error;
+/// Hand-written versions of hot-path routines, each with its equivalence test.
+pub mod fast;
 /// The HTTP API: router, extractors, one module per resource.
 pub mod http;
 /// Sale and reservation identifiers.

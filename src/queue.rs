@@ -8,8 +8,14 @@
 //! value of a per-sale counter (1, 2, 3, ...). Every change is a Lua script,
 //! so order holds however many API and releaser replicas run.
 
+use std::{collections::HashMap, sync::Arc};
+
 use chrono::{DateTime, Utc};
-use fred::{clients::Pool, interfaces::SetsInterface, types::Value};
+use fred::{
+    clients::Pool,
+    interfaces::{HashesInterface, SetsInterface},
+    types::Value,
+};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -338,5 +344,29 @@ mod tests {
         assert_eq!(w(50.0, -1000).eta_seconds(now), Some(2));
         assert_eq!(w(0.0, -1000).eta_seconds(now), Some(10));
         assert_eq!(w(50.0, 30_000).eta_seconds(now), Some(32));
+    }
+}
+
+/// Each sale's pre-queue seed, read from Redis once and kept: a sale's seed
+/// never changes, and joins should cost one Redis call.
+#[derive(Default)]
+pub struct Seeds {
+    known: std::sync::RwLock<HashMap<SaleId, Arc<Vec<u8>>>>,
+}
+
+impl Seeds {
+    pub async fn get(&self, redis: &fred::clients::Pool, sale: SaleId) -> ApiResult<Arc<Vec<u8>>> {
+        if let Some(seed) = self.known.read().ok().and_then(|m| m.get(&sale).cloned()) {
+            return Ok(seed);
+        }
+        let hex_seed: Option<String> = redis.hget(SaleKeys::new(sale).meta(), "seed").await?;
+        let seed = hex::decode(hex_seed.ok_or(ApiError::SaleNotFound)?).map_err(|e| {
+            ApiError::internal(anyhow::anyhow!("sale {sale} has a malformed seed: {e}"))
+        })?;
+        let seed = Arc::new(seed);
+        if let Ok(mut m) = self.known.write() {
+            m.insert(sale, seed.clone());
+        }
+        Ok(seed)
     }
 }

@@ -28,7 +28,7 @@ use sqlx::PgPool;
 
 use crate::{
     ids::{ReservationId, SaleId},
-    keys::{self, SaleKeys},
+    keys::{self, Counter, SaleKeys},
     outbox,
     sales::{self, Release, SaleDef, ZoneDef},
     scripts::Scripts,
@@ -245,9 +245,9 @@ pub async fn restore(
             .hset(
                 k.zones(),
                 vec![
-                    (format!("{code}:conf"), s.to_string()),
+                    (Counter::Confirmed.field(code), s.to_string()),
                     (
-                        format!("{code}:avail"),
+                        Counter::Available.field(code),
                         (i64::from(*capacity) - s).to_string(),
                     ),
                 ],

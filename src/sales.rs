@@ -20,12 +20,12 @@ use sqlx::PgPool;
 use crate::{
     error::ApiError,
     ids::SaleId,
-    keys::{self, SaleKeys},
+    keys::{self, Counter, SaleKeys},
     scripts::Scripts,
 };
 
 /// Bounds of the numbers an organizer may set, checked at the edge.
-pub mod limits {
+pub mod bounds {
     pub const ZONES: usize = 100;
     pub const CAPACITY: (i64, i64) = (1, 10_000_000);
     pub const PRICE_CENTS: (i64, i64) = (0, 10_000_000_000);
@@ -185,10 +185,10 @@ impl NewSale {
                 "name must be 1 to 200 characters, without control characters".into(),
             ));
         }
-        if self.zones.is_empty() || self.zones.len() > limits::ZONES {
+        if self.zones.is_empty() || self.zones.len() > bounds::ZONES {
             return Err(ApiError::Validation(format!(
                 "zones must list 1 to {} zones",
-                limits::ZONES
+                bounds::ZONES
             )));
         }
         let mut zones = Vec::with_capacity(self.zones.len());
@@ -220,12 +220,12 @@ impl NewSale {
                 capacity: bounded(
                     &format!("zones[{i}].capacity"),
                     z.capacity,
-                    limits::CAPACITY,
+                    bounds::CAPACITY,
                 )?,
                 price_cents: in_range(
                     &format!("zones[{i}].price_cents"),
                     z.price_cents.unwrap_or(0),
-                    limits::PRICE_CENTS,
+                    bounds::PRICE_CENTS,
                 )?,
                 code: z.code,
                 name: zone_name,
@@ -241,16 +241,16 @@ impl NewSale {
             }
         }
         let release = Release {
-            release_rate: setting("release_rate", self.release_rate, 100, limits::RELEASE_RATE)?,
+            release_rate: setting("release_rate", self.release_rate, 100, bounds::RELEASE_RATE)?,
             release_interval_ms: setting(
                 "release_interval_ms",
                 self.release_interval_ms,
                 1000,
-                limits::RELEASE_INTERVAL_MS,
+                bounds::RELEASE_INTERVAL_MS,
             )?,
             max_active: self
                 .max_active
-                .map(|v| bounded("max_active", v, limits::MAX_ACTIVE))
+                .map(|v| bounded("max_active", v, bounds::MAX_ACTIVE))
                 .transpose()?,
             paused: false,
         };
@@ -265,19 +265,19 @@ impl NewSale {
                 "pass_ttl_seconds",
                 self.pass_ttl_seconds,
                 300,
-                limits::PASS_TTL_SECONDS,
+                bounds::PASS_TTL_SECONDS,
             )?,
             hold_ttl_seconds: setting(
                 "hold_ttl_seconds",
                 self.hold_ttl_seconds,
                 600,
-                limits::HOLD_TTL_SECONDS,
+                bounds::HOLD_TTL_SECONDS,
             )?,
             per_user_limit: setting(
                 "per_user_limit",
                 self.per_user_limit,
                 4,
-                limits::PER_USER_LIMIT,
+                bounds::PER_USER_LIMIT,
             )?,
             created_at: now,
             prequeue_seed_sha256: String::new(),
@@ -504,17 +504,12 @@ pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, ApiErr
         .zones
         .iter()
         .map(|z| {
-            let get = |what: &str| {
-                zones
-                    .get(&format!("{}:{what}", z.code))
-                    .copied()
-                    .unwrap_or(0)
-            };
+            let get = |c: Counter| zones.get(&c.field(&z.code)).copied().unwrap_or(0);
             ZoneStock {
-                capacity: get("cap"),
-                available: get("avail"),
-                held: get("held"),
-                confirmed: get("conf"),
+                capacity: get(Counter::Capacity),
+                available: get(Counter::Available),
+                held: get(Counter::Held),
+                confirmed: get(Counter::Confirmed),
             }
         })
         .collect();

@@ -17,7 +17,6 @@ use jsonwebtoken::{
 };
 use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
-use siphasher::sip128::SipHasher24;
 
 use crate::config::JwtConfig;
 
@@ -169,24 +168,8 @@ impl AccessTokens {
     }
 }
 
-/// What a verified token or pass is cached under: a 128-bit SipHash-2-4 of
-/// its exact string, keyed with 128 random bits drawn once per process.
-///
-/// The digest, not the token, is the key: 16 bytes instead of a few hundred,
-/// for each of up to 200,000 buyers. SipHash is a pseudorandom function: a
-/// caller who never learns the key cannot make a second string land on a
-/// cached token's digest (2^-128 a try), so a hit stands for the very token
-/// that was verified. It takes a fraction of SHA-256's time on CPUs without
-/// SHA instructions, where SHA-256 of a token and a pass is a noticeable
-/// share of a hold's CPU (load/RESULTS.md).
-pub type CacheKey = u128;
-
-pub fn cache_key(token: &str) -> CacheKey {
-    static KEY: std::sync::LazyLock<[u8; 16]> = std::sync::LazyLock::new(rand::random);
-    SipHasher24::new_with_key(&KEY)
-        .hash(token.as_bytes())
-        .into()
-}
+/// What a verified token or pass is cached under (see [`crate::fast`]).
+pub use crate::fast::{cache_key, CacheKey};
 
 pub fn unix_now() -> u64 {
     SystemTime::now()

@@ -34,8 +34,8 @@ use tower_http::{
     trace::TraceLayer,
 };
 
+pub use crate::queue::Seeds;
 pub use extract::{AuthUser, ClientAddr, Json, Organizer};
-pub use queue::Seeds;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_scalar::Servable;
 

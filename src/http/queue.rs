@@ -2,28 +2,28 @@
 //! receive a signed queue pass; organizers export the pre-queue and read the
 //! sale's figures; anyone reads the passes' public keys (JWKS).
 
-use std::collections::HashMap;
-
 use axum::{
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use fred::interfaces::HashesInterface;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, ClientAddr, Organizer};
+use super::{
+    or_frozen,
+    sales::{own_sale, parse_sale_id},
+    AppState, AuthUser, ClientAddr, Organizer,
+};
 use crate::{
     error::{ApiError, ApiResult, Problem},
     ids::SaleId,
-    keys::SaleKeys,
     limits::Action,
     passes::PassClaims,
     queue::{self, Standing},
-    sales::{self, from_millis, LiveSale},
+    sales::from_millis,
     tokens::Identity,
 };
 
@@ -31,7 +31,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(status, join, leave))
         .routes(routes!(export_prequeue))
-        .routes(routes!(stats))
         .routes(routes!(jwks))
 }
 
@@ -175,21 +174,6 @@ async fn leave(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The sale, if `who` is its organizer.
-async fn own_sale(state: &AppState, sale_id: &str, who: &Identity) -> ApiResult<LiveSale> {
-    let sale = parse_sale_id(sale_id)?;
-    let live = sales::live(&state.redis, sale)
-        .await?
-        .ok_or(ApiError::SaleNotFound);
-    let live = or_frozen(state, sale, live).await?;
-    if live.def.organizer_id != who.user_id {
-        return Err(ApiError::Forbidden(
-            "only the sale's organizer may read this".into(),
-        ));
-    }
-    Ok(live)
-}
-
 /// The pre-queue's buyers and the seed that ordered them.
 #[derive(Serialize, ToSchema)]
 struct PrequeueExport {
@@ -235,95 +219,6 @@ async fn export_prequeue(
     }))
 }
 
-/// A sale's figures for its organizer.
-#[derive(Serialize, ToSchema)]
-struct Stats {
-    waiting: i64,
-    admitted_total: i64,
-    active: i64,
-    zones: Vec<ZoneStats>,
-    /// When the reconciler last compared Redis with Postgres.
-    reconciled_at: Option<DateTime<Utc>>,
-    /// Redis's confirmed tickets, less those still on their way, minus
-    /// Postgres's, over all zones at that moment (0 when they agree).
-    drift: Option<i64>,
-}
-
-#[derive(Serialize, ToSchema)]
-struct ZoneStats {
-    code: String,
-    capacity: i64,
-    available: i64,
-    held: i64,
-    confirmed: i64,
-    /// Confirmed tickets recorded in Postgres.
-    persisted: i64,
-}
-
-/// The sale's figures: queue, admissions, stock by zone, and what
-/// Postgres has recorded (its organizer).
-#[utoipa::path(get, path = "/v1/sales/{sale_id}/stats", tag = "sales",
-    params(("sale_id" = String, Path, description = "The sale's id")),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The figures", body = Stats),
-        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`: not this sale's organizer", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
-    ))]
-async fn stats(
-    State(state): State<AppState>,
-    Organizer(who): Organizer,
-    Path(sale_id): Path<String>,
-) -> ApiResult<axum::Json<Stats>> {
-    let live = own_sale(&state, &sale_id, &who).await?;
-    let active: i64 = {
-        use fred::interfaces::SortedSetsInterface;
-        state
-            .redis
-            .zcard(SaleKeys::new(live.def.id).admitted())
-            .await?
-    };
-    let persisted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT zone_code, COALESCE(SUM(quantity), 0)::bigint FROM reservations
-         WHERE sale_id = $1 AND status = 'confirmed' GROUP BY zone_code",
-    )
-    .bind(live.def.id)
-    .fetch_all(&state.db)
-    .await?
-    .into_iter()
-    .collect();
-    let recon: HashMap<String, String> = state
-        .redis
-        .hgetall(SaleKeys::new(live.def.id).reconciliation())
-        .await?;
-    Ok(axum::Json(Stats {
-        waiting: live.waiting,
-        admitted_total: live.admitted_total,
-        active,
-        zones: live
-            .def
-            .zones
-            .iter()
-            .zip(&live.stock)
-            .map(|(z, s)| ZoneStats {
-                code: z.code.clone(),
-                capacity: s.capacity,
-                available: s.available,
-                held: s.held,
-                confirmed: s.confirmed,
-                persisted: persisted.get(&z.code).copied().unwrap_or(0),
-            })
-            .collect(),
-        reconciled_at: recon
-            .get("at_ms")
-            .and_then(|ms| ms.parse().ok())
-            .and_then(from_millis),
-        drift: recon.get("drift").and_then(|d| d.parse().ok()),
-    }))
-}
-
 /// The public keys that verify queue passes (JWKS).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "queue",
     responses((status = 200, description = "`{\"keys\": [...]}`", body = Object)))]
@@ -332,32 +227,4 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
         axum::Json(state.passes.jwks()),
     )
-}
-
-/// Each sale's pre-queue seed, read from Redis once and kept: a sale's seed
-/// never changes, and joins should cost one Redis call.
-#[derive(Default)]
-pub struct Seeds {
-    known: std::sync::RwLock<HashMap<SaleId, std::sync::Arc<Vec<u8>>>>,
-}
-
-impl Seeds {
-    pub async fn get(
-        &self,
-        redis: &fred::clients::Pool,
-        sale: SaleId,
-    ) -> ApiResult<std::sync::Arc<Vec<u8>>> {
-        if let Some(seed) = self.known.read().ok().and_then(|m| m.get(&sale).cloned()) {
-            return Ok(seed);
-        }
-        let hex_seed: Option<String> = redis.hget(SaleKeys::new(sale).meta(), "seed").await?;
-        let seed = hex::decode(hex_seed.ok_or(ApiError::SaleNotFound)?).map_err(|e| {
-            ApiError::internal(anyhow::anyhow!("sale {sale} has a malformed seed: {e}"))
-        })?;
-        let seed = std::sync::Arc::new(seed);
-        if let Ok(mut m) = self.known.write() {
-            m.insert(sale, seed.clone());
-        }
-        Ok(seed)
-    }
 }

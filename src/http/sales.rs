@@ -1,12 +1,15 @@
 //! `/v1/sales`: organizers create sales and steer their release; anyone
 //! reads a sale's live state.
 
+use std::collections::HashMap;
+
 use axum::{
     extract::{Path, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
+use fred::interfaces::HashesInterface;
 use serde::{Deserialize, Serialize};
 
 use super::{or_frozen, AppState, Json, Organizer};
@@ -14,7 +17,9 @@ use crate::error::Problem;
 use crate::{
     error::{ApiError, ApiResult},
     ids::SaleId,
-    sales::{self, limits, LiveSale, NewSale, Release, SaleState},
+    keys::SaleKeys,
+    sales::{self, bounds, from_millis, LiveSale, NewSale, Release, SaleState},
+    tokens::Identity,
 };
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -23,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_sale))
         .routes(routes!(get_sale, patch_sale))
+        .routes(routes!(stats))
 }
 
 /// A sale, with its live state and stock.
@@ -203,14 +209,14 @@ impl SalePatch {
         let check = sales::bounded;
 
         if let Some(v) = self.release_rate {
-            r.release_rate = check("release_rate", v, limits::RELEASE_RATE)?;
+            r.release_rate = check("release_rate", v, bounds::RELEASE_RATE)?;
         }
         if let Some(v) = self.release_interval_ms {
-            r.release_interval_ms = check("release_interval_ms", v, limits::RELEASE_INTERVAL_MS)?;
+            r.release_interval_ms = check("release_interval_ms", v, bounds::RELEASE_INTERVAL_MS)?;
         }
         if let Some(v) = self.max_active {
             r.max_active = v
-                .map(|v| check("max_active", v, limits::MAX_ACTIVE))
+                .map(|v| check("max_active", v, bounds::MAX_ACTIVE))
                 .transpose()?;
         }
         if let Some(v) = self.paused {
@@ -303,4 +309,112 @@ async fn patch_sale(
         .await?
         .ok_or(ApiError::SaleNotFound)?;
     Ok(axum::Json(SaleBody::new(live)))
+}
+
+/// The sale, if `who` is its organizer.
+pub(super) async fn own_sale(
+    state: &AppState,
+    sale_id: &str,
+    who: &Identity,
+) -> ApiResult<LiveSale> {
+    let sale = parse_sale_id(sale_id)?;
+    let live = sales::live(&state.redis, sale)
+        .await?
+        .ok_or(ApiError::SaleNotFound);
+    let live = or_frozen(state, sale, live).await?;
+    if live.def.organizer_id != who.user_id {
+        return Err(ApiError::Forbidden(
+            "only the sale's organizer may read this".into(),
+        ));
+    }
+    Ok(live)
+}
+
+/// A sale's figures for its organizer.
+#[derive(Serialize, ToSchema)]
+struct Stats {
+    waiting: i64,
+    admitted_total: i64,
+    active: i64,
+    zones: Vec<ZoneStats>,
+    /// When the reconciler last compared Redis with Postgres.
+    reconciled_at: Option<DateTime<Utc>>,
+    /// Redis's confirmed tickets, less those still on their way, minus
+    /// Postgres's, over all zones at that moment (0 when they agree).
+    drift: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ZoneStats {
+    code: String,
+    capacity: i64,
+    available: i64,
+    held: i64,
+    confirmed: i64,
+    /// Confirmed tickets recorded in Postgres.
+    persisted: i64,
+}
+
+/// The sale's figures: queue, admissions, stock by zone, and what
+/// Postgres has recorded (its organizer).
+#[utoipa::path(get, path = "/v1/sales/{sale_id}/stats", tag = "sales",
+    params(("sale_id" = String, Path, description = "The sale's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The figures", body = Stats),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: not this sale's organizer", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn stats(
+    State(state): State<AppState>,
+    Organizer(who): Organizer,
+    Path(sale_id): Path<String>,
+) -> ApiResult<axum::Json<Stats>> {
+    let live = own_sale(&state, &sale_id, &who).await?;
+    let active: i64 = {
+        use fred::interfaces::SortedSetsInterface;
+        state
+            .redis
+            .zcard(SaleKeys::new(live.def.id).admitted())
+            .await?
+    };
+    let persisted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT zone_code, COALESCE(SUM(quantity), 0)::bigint FROM reservations
+         WHERE sale_id = $1 AND status = 'confirmed' GROUP BY zone_code",
+    )
+    .bind(live.def.id)
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .collect();
+    let recon: HashMap<String, String> = state
+        .redis
+        .hgetall(SaleKeys::new(live.def.id).reconciliation())
+        .await?;
+    Ok(axum::Json(Stats {
+        waiting: live.waiting,
+        admitted_total: live.admitted_total,
+        active,
+        zones: live
+            .def
+            .zones
+            .iter()
+            .zip(&live.stock)
+            .map(|(z, s)| ZoneStats {
+                code: z.code.clone(),
+                capacity: s.capacity,
+                available: s.available,
+                held: s.held,
+                confirmed: s.confirmed,
+                persisted: persisted.get(&z.code).copied().unwrap_or(0),
+            })
+            .collect(),
+        reconciled_at: recon
+            .get("at_ms")
+            .and_then(|ms| ms.parse().ok())
+            .and_then(from_millis),
+        drift: recon.get("drift").and_then(|d| d.parse().ok()),
+    }))
 }

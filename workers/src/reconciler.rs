@@ -27,7 +27,7 @@ use std::{collections::HashMap, sync::Mutex};
 
 use flashsale::{
     ids::SaleId,
-    keys::SaleKeys,
+    keys::{Counter, SaleKeys},
     outbox::{self, Position},
     scripts::Scripts,
 };
@@ -190,11 +190,7 @@ impl Reconciler {
         .collect();
 
         let counters = &at.counters;
-        let mut zones: Vec<String> = counters
-            .keys()
-            .filter_map(|f| f.strip_suffix(":cap").map(str::to_owned))
-            .collect();
-        zones.sort();
+        let zones = Counter::zones(counters.keys());
         let label = sale.to_string();
         let mut report = SaleReport {
             sale: Some(sale),
@@ -205,14 +201,13 @@ impl Reconciler {
         let mut stored: Vec<(String, String)> = Vec::new();
         let mut total_drift = 0;
         for zone in zones {
-            let get = |what: &str| {
-                counters
-                    .get(&format!("{zone}:{what}"))
-                    .copied()
-                    .unwrap_or(0)
-            };
-            let (capacity, available, held, confirmed) =
-                (get("cap"), get("avail"), get("held"), get("conf"));
+            let get = |c: Counter| counters.get(&c.field(&zone)).copied().unwrap_or(0);
+            let (capacity, available, held, confirmed) = (
+                get(Counter::Capacity),
+                get(Counter::Available),
+                get(Counter::Held),
+                get(Counter::Confirmed),
+            );
             let in_flight = in_flight.get(&zone).copied().unwrap_or(0);
             let persisted = persisted.get(&zone).copied().unwrap_or(0);
             let z = ZoneReport {
