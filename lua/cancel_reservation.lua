@@ -46,9 +46,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 if status == 'held' then
-  redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
-  redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
-  redis.call('HINCRBY', KEYS[3], 'tickets', -qty)
+  return_tickets(KEYS[2], KEYS[3], zone, qty)
   redis.call('ZREM', KEYS[4], rid)
   if now >= tonumber(r[5]) then
     redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_ms', now)

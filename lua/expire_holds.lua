@@ -33,9 +33,7 @@ for _, rid in ipairs(due) do
   if r[4] == 'held' then
     local qty = tonumber(r[3])
     redis.call('HSET', key, 'status', 'expired', 'expired_ms', now)
-    redis.call('HINCRBY', KEYS[2], r[2] .. ':held', -qty)
-    redis.call('HINCRBY', KEYS[2], r[2] .. ':avail', qty)
-    redis.call('HINCRBY', ARGV[3] .. r[1], 'tickets', -qty)
+    return_tickets(KEYS[2], ARGV[3] .. r[1], r[2], qty)
     holds = holds + 1
     tickets = tickets + qty
   end

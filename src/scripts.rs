@@ -1,7 +1,8 @@
 //! The Lua scripts, loaded once and called by SHA.
 //!
 //! Each script lives in `lua/` (one per file, with a header naming KEYS, ARGV
-//! and the result) and is compiled into the binary. Calls go by EVALSHA; when
+//! and the result) and is compiled into the binary; a few share a function
+//! from `lua/lib/`, prepended to their source. Calls go by EVALSHA; when
 //! Redis answers NOSCRIPT (a restart, a failover, `SCRIPT FLUSH`) the call is
 //! repeated once with EVAL, which also puts the script back in the cache, so
 //! no client ever sees the miss.
@@ -84,12 +85,27 @@ impl Scripts {
         Self {
             load_sale: Script::new("load_sale", include_str!("../lua/load_sale.lua")),
             hold: Script::new("hold_tickets", include_str!("../lua/hold_tickets.lua")),
-            confirm: Script::new("confirm_hold", include_str!("../lua/confirm_hold.lua")),
+            confirm: Script::new(
+                "confirm_hold",
+                concat!(
+                    include_str!("../lua/lib/return_tickets.lua"),
+                    include_str!("../lua/confirm_hold.lua")
+                ),
+            ),
             cancel: Script::new(
                 "cancel_reservation",
-                include_str!("../lua/cancel_reservation.lua"),
+                concat!(
+                    include_str!("../lua/lib/return_tickets.lua"),
+                    include_str!("../lua/cancel_reservation.lua")
+                ),
             ),
-            expire: Script::new("expire_holds", include_str!("../lua/expire_holds.lua")),
+            expire: Script::new(
+                "expire_holds",
+                concat!(
+                    include_str!("../lua/lib/return_tickets.lua"),
+                    include_str!("../lua/expire_holds.lua")
+                ),
+            ),
             join: Script::new("join_queue", include_str!("../lua/join_queue.lua")),
             status: Script::new("queue_status", include_str!("../lua/queue_status.lua")),
             leave: Script::new("leave_queue", include_str!("../lua/leave_queue.lua")),

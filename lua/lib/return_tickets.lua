@@ -1,0 +1,12 @@
+-- lib/return_tickets: prepended to the scripts that end a hold without
+-- confirming it (confirm_hold when the deadline has passed,
+-- cancel_reservation, expire_holds), so the three give tickets back the
+-- same way: the zone's held tickets become available again, and the buyer's
+-- count for the per-user limit goes down.
+
+local function return_tickets(zones, buyer, zone, qty)
+  redis.call('HINCRBY', zones, zone .. ':held', -qty)
+  redis.call('HINCRBY', zones, zone .. ':avail', qty)
+  redis.call('HINCRBY', buyer, 'tickets', -qty)
+end
+
