@@ -1,5 +1,6 @@
-//! Extractors: JSON bodies whose rejections are our problem+json, and the
-//! caller's identity, so a handler's signature says who may call it.
+//! Extractors: JSON bodies and path ids whose rejections are our
+//! problem+json, and the caller's identity, so a handler's signature says
+//! who may call it and what it works on.
 
 use axum::{
     extract::{rejection::JsonRejection, FromRequest, FromRequestParts, Request},
@@ -12,6 +13,39 @@ use crate::{
     error::ApiError,
     tokens::{Identity, Role},
 };
+
+/// A path id (`/v1/sales/{sale_id}`), parsed at the edge: a malformed id
+/// names nothing, so it is answered as the id type's not-found problem.
+pub struct Path<T>(pub T);
+
+/// An id that a path can name, and the problem when it names nothing.
+pub trait PathId: std::str::FromStr {
+    fn not_found() -> ApiError;
+}
+
+impl PathId for crate::ids::SaleId {
+    fn not_found() -> ApiError {
+        ApiError::SaleNotFound
+    }
+}
+
+impl PathId for crate::ids::ReservationId {
+    fn not_found() -> ApiError {
+        ApiError::ReservationNotFound
+    }
+}
+
+impl<T: PathId + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| T::not_found())?;
+        raw.parse().map(Path).map_err(|_| T::not_found())
+    }
+}
 
 /// `axum::Json`, with bad input answered as our problem details.
 pub struct Json<T>(pub T);

@@ -35,7 +35,7 @@ use tower_http::{
 };
 
 pub use crate::queue::Seeds;
-pub use extract::{AuthUser, ClientAddr, Json, Organizer};
+pub use extract::{AuthUser, ClientAddr, Json, Organizer, Path};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_scalar::Servable;
 

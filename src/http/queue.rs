@@ -3,7 +3,7 @@
 //! sale's figures; anyone reads the passes' public keys (JWKS).
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -12,11 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{
-    or_frozen,
-    sales::{own_sale, parse_sale_id},
-    AppState, AuthUser, ClientAddr, Organizer,
-};
+use super::{or_frozen, sales::own_sale, AppState, AuthUser, ClientAddr, Organizer, Path};
 use crate::{
     error::{ApiError, ApiResult, Problem},
     ids::SaleId,
@@ -108,10 +104,9 @@ async fn join(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     ClientAddr(addr): ClientAddr,
-    Path(sale_id): Path<String>,
+    Path(sale): Path<SaleId>,
 ) -> ApiResult<Response> {
     state.limits.check(Action::Join, Some(&who.user_id), addr)?;
-    let sale = parse_sale_id(&sale_id)?;
     let seed = or_frozen(&state, sale, state.seeds.get(&state.redis, sale).await).await?;
     let joined = queue::join(&state.redis, &state.scripts, sale, &who.user_id, &seed).await;
     let standing = or_frozen(&state, sale, joined).await?;
@@ -138,10 +133,9 @@ async fn status(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     ClientAddr(addr): ClientAddr,
-    Path(sale_id): Path<String>,
+    Path(sale): Path<SaleId>,
 ) -> ApiResult<axum::Json<QueueStatus>> {
     state.limits.check(Action::Poll, Some(&who.user_id), addr)?;
-    let sale = parse_sale_id(&sale_id)?;
     let polled = queue::status(
         &state.redis,
         &state.scripts,
@@ -167,9 +161,8 @@ async fn status(
 async fn leave(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
-    Path(sale_id): Path<String>,
+    Path(sale): Path<SaleId>,
 ) -> ApiResult<StatusCode> {
-    let sale = parse_sale_id(&sale_id)?;
     queue::leave(&state.redis, &state.scripts, sale, &who.user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -202,9 +195,9 @@ struct PrequeueExport {
 async fn export_prequeue(
     State(state): State<AppState>,
     Organizer(who): Organizer,
-    Path(sale_id): Path<String>,
+    Path(sale): Path<SaleId>,
 ) -> ApiResult<axum::Json<PrequeueExport>> {
-    let live = own_sale(&state, &sale_id, &who).await?;
+    let live = own_sale(&state, sale, &who).await?;
     if Utc::now() < live.def.opens_at {
         return Err(ApiError::SaleNotOpen(
             "the pre-queue can be exported once the sale has opened; its seed is secret until then"

@@ -6,7 +6,7 @@
 use axum::{
     body::Bytes,
     extract::rejection::BytesRejection,
-    extract::{Path, State},
+    extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{or_frozen, sales::parse_sale_id, AppState, AuthUser, ClientAddr, Json};
+use super::{or_frozen, AppState, AuthUser, ClientAddr, Json, Path};
 use crate::{
     error::{ApiError, ApiResult, Problem},
     ids::{ReservationId, SaleId},
@@ -106,12 +106,11 @@ async fn hold(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     ClientAddr(addr): ClientAddr,
-    Path(sale_id): Path<String>,
+    Path(sale): Path<SaleId>,
     headers: HeaderMap,
     Json(body): Json<HoldBody>,
 ) -> ApiResult<Response> {
     state.limits.check(Action::Hold, Some(&who.user_id), addr)?;
-    let sale = parse_sale_id(&sale_id)?;
     check_pass(&state, &headers, sale, &who.user_id)?;
     let idempotency_key = parse_idempotency_key(&headers)?;
     let zone = match &body.zone {
@@ -228,10 +227,9 @@ struct ConfirmBody {
 async fn confirm(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
-    Path(id): Path<String>,
+    Path(id): Path<ReservationId>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let id = parse_reservation_id(&id)?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
@@ -286,9 +284,8 @@ async fn confirm(
 async fn cancel(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
-    Path(id): Path<String>,
+    Path(id): Path<ReservationId>,
 ) -> ApiResult<Response> {
-    let id = parse_reservation_id(&id)?;
     let outcome = inventory::cancel(&state.redis, &state.scripts, &id, &who.user_id).await?;
     respond(outcome)
 }
@@ -306,9 +303,8 @@ async fn cancel(
 async fn get_reservation(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
-    Path(id): Path<String>,
+    Path(id): Path<ReservationId>,
 ) -> ApiResult<axum::Json<Reservation>> {
-    let id = parse_reservation_id(&id)?;
     inventory::get(&state.redis, &id, &who.user_id)
         .await?
         .map(axum::Json)
@@ -357,10 +353,6 @@ async fn my_reservations(
 #[derive(Serialize, ToSchema)]
 struct MyReservations {
     reservations: Vec<Reservation>,
-}
-
-fn parse_reservation_id(raw: &str) -> ApiResult<ReservationId> {
-    raw.parse().map_err(|_| ApiError::ReservationNotFound)
 }
 
 fn respond(outcome: Outcome) -> ApiResult<Response> {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use fred::interfaces::HashesInterface;
 use serde::{Deserialize, Serialize};
 
-use super::{or_frozen, AppState, Json, Organizer};
+use super::{or_frozen, AppState, Json, Organizer, Path};
 use crate::error::Problem;
 use crate::{
     error::{ApiError, ApiResult},
@@ -122,10 +122,6 @@ impl SaleBody {
     }
 }
 
-pub fn parse_sale_id(raw: &str) -> ApiResult<SaleId> {
-    raw.parse().map_err(|_| ApiError::SaleNotFound)
-}
-
 /// Create a sale (organizers).
 #[utoipa::path(post, path = "/v1/sales", tag = "sales", request_body = NewSale,
     security(("bearer" = [])),
@@ -169,9 +165,9 @@ async fn create_sale(
     ))]
 async fn get_sale(
     State(state): State<AppState>,
-    Path(sale_id): Path<String>,
+    Path(sale): Path<SaleId>,
 ) -> ApiResult<axum::Json<SaleBody>> {
-    let id = parse_sale_id(&sale_id)?;
+    let id = sale;
     let live = sales::live(&state.redis, id)
         .await?
         .ok_or(ApiError::SaleNotFound);
@@ -245,10 +241,10 @@ impl SalePatch {
 async fn patch_sale(
     State(state): State<AppState>,
     Organizer(who): Organizer,
-    Path(sale_id): Path<String>,
+    Path(sale): Path<SaleId>,
     Json(patch): Json<SalePatch>,
 ) -> ApiResult<axum::Json<SaleBody>> {
-    let id = parse_sale_id(&sale_id)?;
+    let id = sale;
     let mut tx = state.db.begin().await?;
     // Lock the row so two concurrent changes are recorded in the order applied.
     let row: Option<(String, i32, i32, Option<i32>, bool)> = sqlx::query_as(
@@ -314,10 +310,9 @@ async fn patch_sale(
 /// The sale, if `who` is its organizer.
 pub(super) async fn own_sale(
     state: &AppState,
-    sale_id: &str,
+    sale: SaleId,
     who: &Identity,
 ) -> ApiResult<LiveSale> {
-    let sale = parse_sale_id(sale_id)?;
     let live = sales::live(&state.redis, sale)
         .await?
         .ok_or(ApiError::SaleNotFound);
@@ -370,9 +365,9 @@ struct ZoneStats {
 async fn stats(
     State(state): State<AppState>,
     Organizer(who): Organizer,
-    Path(sale_id): Path<String>,
+    Path(sale): Path<SaleId>,
 ) -> ApiResult<axum::Json<Stats>> {
-    let live = own_sale(&state, &sale_id, &who).await?;
+    let live = own_sale(&state, sale, &who).await?;
     let active: i64 = {
         use fred::interfaces::SortedSetsInterface;
         state
