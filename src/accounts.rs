@@ -15,17 +15,17 @@ use argon2::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{error::ApiError, tokens::Role};
+use crate::{store::StoreError, tokens::Role};
 
 /// An email address, checked for shape (not deliverability).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, AccountError> {
         let email = raw.trim();
         let bad = || {
-            ApiError::InvalidEmail(format!(
+            AccountError::InvalidEmail(format!(
                 "`{}` is not an email address",
                 email.chars().take(64).collect::<String>()
             ))
@@ -76,25 +76,56 @@ const COMMON: &[&str] = &[
 ];
 
 impl Password {
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, AccountError> {
         let n = raw.chars().count();
         if n < 10 {
-            return Err(ApiError::WeakPassword(
+            return Err(AccountError::WeakPassword(
                 "the password must have at least 10 characters".into(),
             ));
         }
         if n > 256 {
-            return Err(ApiError::WeakPassword(
+            return Err(AccountError::WeakPassword(
                 "the password must have at most 256 characters".into(),
             ));
         }
         let first = raw.chars().next();
         if raw.chars().all(|c| Some(c) == first) || COMMON.contains(&raw.to_lowercase().as_str()) {
-            return Err(ApiError::WeakPassword(
+            return Err(AccountError::WeakPassword(
                 "this password is too easy to guess".into(),
             ));
         }
         Ok(Self(raw.to_owned()))
+    }
+}
+
+/// Why registration or login was refused, or could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("{0}")]
+    InvalidEmail(String),
+    #[error("{0}")]
+    WeakPassword(String),
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("the email or the password is wrong")]
+    InvalidCredentials,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Hashing or verifying a password failed (a thread panicked, or argon2
+    /// refused its own parameters): a bug, never the caller's fault.
+    #[error("{0:#}")]
+    Hashing(anyhow::Error),
+}
+
+impl AccountError {
+    fn hashing(err: impl Into<anyhow::Error>) -> Self {
+        AccountError::Hashing(err.into())
+    }
+}
+
+impl From<sqlx::Error> for AccountError {
+    fn from(err: sqlx::Error) -> Self {
+        AccountError::Store(err.into())
     }
 }
 
@@ -103,8 +134,8 @@ impl Password {
 static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Hashes on a blocking thread: argon2 is deliberately slow.
-async fn hash(password: Password) -> Result<String, ApiError> {
-    let _slot = HASHING.acquire().await.map_err(ApiError::internal)?;
+async fn hash(password: Password) -> Result<String, AccountError> {
+    let _slot = HASHING.acquire().await.map_err(AccountError::hashing)?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -112,14 +143,14 @@ async fn hash(password: Password) -> Result<String, ApiError> {
             .map(|h| h.to_string())
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| ApiError::internal(anyhow::anyhow!("hash password: {e}")))
+    .map_err(AccountError::hashing)?
+    .map_err(|e| AccountError::hashing(anyhow::anyhow!("hash password: {e}")))
 }
 
 /// Verifies on a blocking thread. `stored` None: an unknown email, checked
 /// against a fixed hash so the time taken is the same.
-async fn verify(password: String, stored: Option<String>) -> Result<bool, ApiError> {
-    let _slot = HASHING.acquire().await.map_err(ApiError::internal)?;
+async fn verify(password: String, stored: Option<String>) -> Result<bool, AccountError> {
+    let _slot = HASHING.acquire().await.map_err(AccountError::hashing)?;
     tokio::task::spawn_blocking(move || {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| dummy_hash().to_owned());
@@ -133,7 +164,7 @@ async fn verify(password: String, stored: Option<String>) -> Result<bool, ApiErr
         known && ok
     })
     .await
-    .map_err(ApiError::internal)
+    .map_err(AccountError::hashing)
 }
 
 fn dummy_hash() -> &'static str {
@@ -153,7 +184,7 @@ pub async fn register(
     email: &Email,
     password: Password,
     role: Role,
-) -> Result<Uuid, ApiError> {
+) -> Result<Uuid, AccountError> {
     let hashed = hash(password).await?;
     let id = Uuid::new_v4();
     let role = match role {
@@ -170,18 +201,22 @@ pub async fn register(
             .await;
     match inserted {
         Ok(_) => Ok(id),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(ApiError::EmailTaken),
-        Err(e) => Err(e.into()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(AccountError::EmailTaken),
+        Err(e) => Err(StoreError::from(e).into()),
     }
 }
 
 /// The account's id and role when the password is right.
-pub async fn login(db: &PgPool, email: &str, password: String) -> Result<(Uuid, Role), ApiError> {
+pub async fn login(
+    db: &PgPool,
+    email: &str,
+    password: String,
+) -> Result<(Uuid, Role), AccountError> {
     // No stored email has control characters (registration refuses them),
     // and Postgres text cannot even hold a NUL.
     if email.chars().any(char::is_control) || email.len() > 254 {
         let _ = verify(password, None).await?;
-        return Err(ApiError::InvalidCredentials);
+        return Err(AccountError::InvalidCredentials);
     }
     let row: Option<(Uuid, String, String)> =
         sqlx::query_as("SELECT id, password_hash, role FROM users WHERE lower(email) = lower($1)")
@@ -193,12 +228,12 @@ pub async fn login(db: &PgPool, email: &str, password: String) -> Result<(Uuid, 
         None => (None, None, String::new()),
     };
     if !verify(password, stored).await? {
-        return Err(ApiError::InvalidCredentials);
+        return Err(AccountError::InvalidCredentials);
     }
-    let id = id.ok_or(ApiError::InvalidCredentials)?;
+    let id = id.ok_or(AccountError::InvalidCredentials)?;
     let role = role
         .parse()
-        .map_err(|e: String| ApiError::internal(anyhow::anyhow!(e)))?;
+        .map_err(|e: String| StoreError::corrupt(anyhow::anyhow!(e)))?;
     Ok((id, role))
 }
 

@@ -271,4 +271,61 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match err {
+            StoreError::Redis(e) => e.into(),
+            StoreError::Postgres(e) => e.into(),
+            StoreError::Corrupt(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<crate::queue::QueueError> for ApiError {
+    fn from(err: crate::queue::QueueError) -> Self {
+        use crate::queue::QueueError;
+        match err {
+            QueueError::SaleNotFound => ApiError::SaleNotFound,
+            QueueError::SaleFrozen => ApiError::SaleFrozen,
+            QueueError::SaleClosed => ApiError::SaleNotOpen("the sale has closed".into()),
+            QueueError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::sales::SaleError> for ApiError {
+    fn from(err: crate::sales::SaleError) -> Self {
+        use crate::sales::SaleError;
+        match err {
+            SaleError::Invalid(detail) => ApiError::Validation(detail),
+            SaleError::NotFound => ApiError::SaleNotFound,
+            SaleError::Frozen => ApiError::SaleFrozen,
+            SaleError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::accounts::AccountError> for ApiError {
+    fn from(err: crate::accounts::AccountError) -> Self {
+        use crate::accounts::AccountError;
+        match err {
+            AccountError::InvalidEmail(detail) => ApiError::InvalidEmail(detail),
+            AccountError::WeakPassword(detail) => ApiError::WeakPassword(detail),
+            AccountError::EmailTaken => ApiError::EmailTaken,
+            AccountError::InvalidCredentials => ApiError::InvalidCredentials,
+            AccountError::Store(e) => e.into(),
+            AccountError::Hashing(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<crate::limits::RateLimited> for ApiError {
+    fn from(err: crate::limits::RateLimited) -> Self {
+        ApiError::RateLimited {
+            retry_after: err.retry_after,
+        }
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -40,6 +40,8 @@ pub mod redis;
 pub mod sales;
 /// The Lua scripts, loaded once and called by SHA.
 pub mod scripts;
+/// Store failures as the domain modules report them.
+pub mod store;
 /// Tracing and Prometheus setup.
 pub mod telemetry;
 /// Access tokens (HS256 JWT).

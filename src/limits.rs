@@ -20,7 +20,7 @@ use governor::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{config::parse_or, error::ApiError};
+use crate::config::parse_or;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -200,7 +200,7 @@ impl Limits {
         action: Action,
         user: Option<&str>,
         addr: Option<IpAddr>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), RateLimited> {
         if let Some(addr) = addr {
             check(&self.per_address, &addr, "address")?;
             if action == Action::Login {
@@ -254,18 +254,25 @@ impl Limits {
     }
 }
 
+/// A request over its limit, and how many seconds until it would pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("too many requests; retry after {retry_after} s")]
+pub struct RateLimited {
+    pub retry_after: u64,
+}
+
 fn check<K: std::hash::Hash + Eq + Clone>(
     limiter: &Keyed<K>,
     key: &K,
     name: &'static str,
-) -> Result<(), ApiError> {
+) -> Result<(), RateLimited> {
     let Some(limiter) = limiter else {
         return Ok(());
     };
     limiter.check_key(key).map_err(|not_until| {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         metrics::counter!("flashsale_rate_limited_total", "limit" => name).increment(1);
-        ApiError::RateLimited {
+        RateLimited {
             retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
         }
     })

@@ -152,13 +152,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let db = flashsale::db::connect(&config.database_url, 2, config.store_timeout).await?;
-            let email =
-                flashsale::accounts::Email::parse(&email).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let password = flashsale::accounts::Password::parse(&password)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let email = flashsale::accounts::Email::parse(&email).context("--email")?;
+            let password =
+                flashsale::accounts::Password::parse(&password).context("the password")?;
             let id = flashsale::accounts::register(&db, &email, password, role)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .context("create the account")?;
             println!("{id}");
             Ok(())
         }
@@ -266,7 +265,7 @@ async fn prepare_buyers(
         .seeds
         .get(&state.redis, sale)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .context("read the sale's pre-queue seed")?;
     let buyers: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
     // In order, 64 at a time: places follow the buyers' numbers closely.
     futures::stream::iter(&buyers)
@@ -276,7 +275,7 @@ async fn prepare_buyers(
             async move {
                 queue::join(&state.redis, &state.scripts, sale, b, seed)
                     .await
-                    .map_err(|e| anyhow::anyhow!("join {b}: {e}"))
+                    .with_context(|| format!("join {b}"))
             }
         })
         .buffered(64)
@@ -297,7 +296,7 @@ async fn prepare_buyers(
         let deadline = loop {
             match queue::status(&state.redis, &state.scripts, sale, b, 1_000)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_context(|| format!("poll for {b}"))?
             {
                 queue::Standing::Admitted { deadline_ms, .. } => break deadline_ms,
                 queue::Standing::Waiting { .. } if since.elapsed().as_secs() >= 30 => {
@@ -310,7 +309,7 @@ async fn prepare_buyers(
                 queue::Standing::Waiting { .. } => {
                     queue::release_tick(&state.redis, &state.scripts, sale, 3_600_000, 5_000)
                         .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        .context("release tick")?;
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
                 other => anyhow::bail!("{b} cannot be admitted: {other:?}"),
@@ -345,10 +344,10 @@ async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
     }))?;
     let (mut def, release) = new_sale
         .validate(organizer, Utc::now())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .context("the demo sale's settings")?;
     sales::create(&state.db, &state.redis, &state.scripts, &mut def, &release)
         .await
-        .map_err(|e| anyhow::anyhow!("create demo sale: {e}"))?;
+        .context("create demo sale")?;
     let buyer = state.tokens.issue("demo-buyer", Role::Buyer, 24 * 3600)?;
     let org = state.tokens.issue(organizer, Role::Organizer, 24 * 3600)?;
     let id = def.id;

@@ -19,12 +19,7 @@ use fred::{
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    error::{ApiError, ApiResult},
-    ids::SaleId,
-    keys::SaleKeys,
-    scripts::Scripts,
-};
+use crate::{ids::SaleId, keys::SaleKeys, scripts::Scripts, store::StoreError};
 
 /// A buyer's standing in a sale's queue, as the scripts report it.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,7 +118,7 @@ pub async fn join(
     sale: SaleId,
     user: &str,
     seed: &[u8],
-) -> ApiResult<Standing> {
+) -> Result<Standing, QueueError> {
     let k = SaleKeys::new(sale);
     let reply: Vec<Option<String>> = scripts
         .join
@@ -156,7 +151,7 @@ pub async fn status(
     sale: SaleId,
     user: &str,
     seen_refresh_ms: u64,
-) -> ApiResult<Standing> {
+) -> Result<Standing, QueueError> {
     let k = SaleKeys::new(sale);
     let reply: Vec<Option<String>> = scripts
         .status
@@ -176,7 +171,12 @@ pub async fn status(
 }
 
 /// Gives up the buyer's place or pass. True if there was one.
-pub async fn leave(redis: &Pool, scripts: &Scripts, sale: SaleId, user: &str) -> ApiResult<bool> {
+pub async fn leave(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    user: &str,
+) -> Result<bool, QueueError> {
     let k = SaleKeys::new(sale);
     let was: i64 = scripts
         .leave
@@ -194,13 +194,39 @@ pub async fn leave(redis: &Pool, scripts: &Scripts, sale: SaleId, user: &str) ->
         )
         .await?;
     if was < 0 {
-        return Err(ApiError::SaleFrozen);
+        return Err(QueueError::SaleFrozen);
     }
     Ok(was == 1)
 }
 
+/// Why the queue refused, or could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("sale not found")]
+    SaleNotFound,
+    /// The sale's live state is being restored.
+    #[error("the sale is frozen")]
+    SaleFrozen,
+    #[error("the sale has closed")]
+    SaleClosed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl QueueError {
+    fn corrupt(err: impl Into<anyhow::Error>) -> Self {
+        QueueError::Store(StoreError::corrupt(err))
+    }
+}
+
+impl From<fred::error::Error> for QueueError {
+    fn from(err: fred::error::Error) -> Self {
+        QueueError::Store(err.into())
+    }
+}
+
 /// The buyers who joined before opening, for the organizer's export.
-pub async fn early_buyers(redis: &Pool, sale: SaleId) -> ApiResult<Vec<String>> {
+pub async fn early_buyers(redis: &Pool, sale: SaleId) -> Result<Vec<String>, QueueError> {
     let mut buyers: Vec<String> = redis.smembers(SaleKeys::new(sale).early()).await?;
     buyers.sort();
     Ok(buyers)
@@ -226,7 +252,7 @@ pub async fn release_tick(
     sale: SaleId,
     idle_ms: u64,
     max_batch: u32,
-) -> ApiResult<Option<Tick>> {
+) -> Result<Option<Tick>, QueueError> {
     let k = SaleKeys::new(sale);
     let reply: Vec<String> = scripts
         .release
@@ -258,7 +284,7 @@ pub async fn release_tick(
     match reply.first().map(String::as_str) {
         // Nothing is due while the sale is frozen (being restored).
         Some("not_due") | Some("frozen") => Ok(None),
-        Some("err") => Err(ApiError::SaleNotFound),
+        Some("err") => Err(QueueError::SaleNotFound),
         Some("ticked") if reply.len() >= 7 => Ok(Some(Tick {
             admitted: num(1),
             lapsed: num(2),
@@ -268,14 +294,14 @@ pub async fn release_tick(
             active: num(6),
             waits_ms: (7..reply.len()).map(num).collect(),
         })),
-        _ => Err(ApiError::internal(anyhow::anyhow!(
+        _ => Err(QueueError::corrupt(anyhow::anyhow!(
             "release_batch replied {reply:?}"
         ))),
     }
 }
 
 /// Decodes the replies of join_queue and queue_status.
-fn decode(reply: &[Option<String>]) -> ApiResult<Standing> {
+fn decode(reply: &[Option<String>]) -> Result<Standing, QueueError> {
     let text = |i: usize| reply.get(i).cloned().flatten().unwrap_or_default();
     let float = |i: usize| text(i).parse::<f64>().unwrap_or(0.0);
     let int = |i: usize| float(i) as i64;
@@ -295,17 +321,17 @@ fn decode(reply: &[Option<String>]) -> ApiResult<Standing> {
         "expired" => Standing::Expired,
         "not_in_queue" => Standing::NotInQueue,
         "err" => match text(1).as_str() {
-            "sale_not_found" => return Err(ApiError::SaleNotFound),
-            "sale_closed" => return Err(ApiError::SaleNotOpen("the sale has closed".into())),
-            "sale_frozen" => return Err(ApiError::SaleFrozen),
+            "sale_not_found" => return Err(QueueError::SaleNotFound),
+            "sale_closed" => return Err(QueueError::SaleClosed),
+            "sale_frozen" => return Err(QueueError::SaleFrozen),
             other => {
-                return Err(ApiError::internal(anyhow::anyhow!(
+                return Err(QueueError::corrupt(anyhow::anyhow!(
                     "queue script refused: {other}"
                 )))
             }
         },
         other => {
-            return Err(ApiError::internal(anyhow::anyhow!(
+            return Err(QueueError::corrupt(anyhow::anyhow!(
                 "queue script replied `{other}`"
             )))
         }
@@ -355,13 +381,17 @@ pub struct Seeds {
 }
 
 impl Seeds {
-    pub async fn get(&self, redis: &fred::clients::Pool, sale: SaleId) -> ApiResult<Arc<Vec<u8>>> {
+    pub async fn get(
+        &self,
+        redis: &fred::clients::Pool,
+        sale: SaleId,
+    ) -> Result<Arc<Vec<u8>>, QueueError> {
         if let Some(seed) = self.known.read().ok().and_then(|m| m.get(&sale).cloned()) {
             return Ok(seed);
         }
         let hex_seed: Option<String> = redis.hget(SaleKeys::new(sale).meta(), "seed").await?;
-        let seed = hex::decode(hex_seed.ok_or(ApiError::SaleNotFound)?).map_err(|e| {
-            ApiError::internal(anyhow::anyhow!("sale {sale} has a malformed seed: {e}"))
+        let seed = hex::decode(hex_seed.ok_or(QueueError::SaleNotFound)?).map_err(|e| {
+            QueueError::corrupt(anyhow::anyhow!("sale {sale} has a malformed seed: {e}"))
         })?;
         let seed = Arc::new(seed);
         if let Ok(mut m) = self.known.write() {

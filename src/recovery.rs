@@ -17,6 +17,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use chrono::{DateTime, Utc};
 use fred::{
     clients::Pool,
@@ -201,7 +203,7 @@ pub async fn restore(
     wipe(redis, &k, sale).await?;
     sales::load_into_redis(redis, scripts, &def, &release, &seed, next_epoch, true)
         .await
-        .map_err(|e| anyhow::anyhow!("load sale into redis: {e}"))?;
+        .context("load sale into redis")?;
 
     let mut sold: std::collections::HashMap<&str, i64> = Default::default();
     let mut per_user: std::collections::HashMap<&str, i64> = Default::default();

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::{
-    error::ApiError,
     ids::SaleId,
     keys::{self, Counter, SaleKeys},
     scripts::Scripts,
+    store::StoreError,
 };
 
 /// Bounds of the numbers an organizer may set, checked at the edge.
@@ -127,6 +127,33 @@ pub struct ZoneDef {
     pub price_cents: i64,
 }
 
+/// Why a sale could not be created, changed or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SaleError {
+    /// A field is out of its bounds; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("sale not found")]
+    NotFound,
+    /// The sale's live state is being restored.
+    #[error("the sale is frozen")]
+    Frozen,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<fred::error::Error> for SaleError {
+    fn from(err: fred::error::Error) -> Self {
+        SaleError::Store(err.into())
+    }
+}
+
+impl From<sqlx::Error> for SaleError {
+    fn from(err: sqlx::Error) -> Self {
+        SaleError::Store(err.into())
+    }
+}
+
 /// The settings an organizer changes while the sale runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
@@ -136,11 +163,11 @@ pub struct Release {
     pub paused: bool,
 }
 
-fn in_range(field: &str, value: i64, (lo, hi): (i64, i64)) -> Result<i64, ApiError> {
+fn in_range(field: &str, value: i64, (lo, hi): (i64, i64)) -> Result<i64, SaleError> {
     if (lo..=hi).contains(&value) {
         Ok(value)
     } else {
-        Err(ApiError::Validation(format!(
+        Err(SaleError::Invalid(format!(
             "{field} must be between {lo} and {hi}, got {value}"
         )))
     }
@@ -148,7 +175,7 @@ fn in_range(field: &str, value: i64, (lo, hi): (i64, i64)) -> Result<i64, ApiErr
 
 /// `value` for `field`, checked against one of the `limits` ranges (every
 /// one of them fits in u32).
-pub fn bounded(field: &str, value: i64, range: (i64, i64)) -> Result<u32, ApiError> {
+pub fn bounded(field: &str, value: i64, range: (i64, i64)) -> Result<u32, SaleError> {
     Ok(in_range(field, value, range)? as u32)
 }
 
@@ -157,7 +184,7 @@ fn setting(
     value: Option<i64>,
     default: i64,
     range: (i64, i64),
-) -> Result<u32, ApiError> {
+) -> Result<u32, SaleError> {
     bounded(field, value.unwrap_or(default), range)
 }
 
@@ -176,17 +203,17 @@ impl NewSale {
         self,
         organizer_id: &str,
         now: DateTime<Utc>,
-    ) -> Result<(SaleDef, Release), ApiError> {
+    ) -> Result<(SaleDef, Release), SaleError> {
         // Milliseconds, as Redis keeps times: both stores then agree exactly.
         let now = now.trunc_subsecs(3);
         let name = self.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(ApiError::Validation(
+            return Err(SaleError::Invalid(
                 "name must be 1 to 200 characters, without control characters".into(),
             ));
         }
         if self.zones.is_empty() || self.zones.len() > bounds::ZONES {
-            return Err(ApiError::Validation(format!(
+            return Err(SaleError::Invalid(format!(
                 "zones must list 1 to {} zones",
                 bounds::ZONES
             )));
@@ -194,12 +221,12 @@ impl NewSale {
         let mut zones = Vec::with_capacity(self.zones.len());
         for (i, z) in self.zones.into_iter().enumerate() {
             if !valid_zone_code(&z.code) {
-                return Err(ApiError::Validation(format!(
+                return Err(SaleError::Invalid(format!(
                     "zones[{i}].code must be 1 to 32 letters, digits, `_` or `-`"
                 )));
             }
             if zones.iter().any(|seen: &ZoneDef| seen.code == z.code) {
-                return Err(ApiError::Validation(format!(
+                return Err(SaleError::Invalid(format!(
                     "zones[{i}].code `{}` appears twice",
                     z.code
                 )));
@@ -212,7 +239,7 @@ impl NewSale {
                 || zone_name.chars().count() > 100
                 || zone_name.chars().any(char::is_control)
             {
-                return Err(ApiError::Validation(format!(
+                return Err(SaleError::Invalid(format!(
                     "zones[{i}].name must be 1 to 100 characters, without control characters"
                 )));
             }
@@ -235,7 +262,7 @@ impl NewSale {
         let closes_at = self.closes_at.map(|t| t.trunc_subsecs(3));
         if let Some(closes_at) = closes_at {
             if closes_at <= opens_at {
-                return Err(ApiError::Validation(
+                return Err(SaleError::Invalid(
                     "closes_at must be after opens_at".into(),
                 ));
             }
@@ -295,7 +322,7 @@ pub async fn create(
     scripts: &Scripts,
     def: &mut SaleDef,
     release: &Release,
-) -> Result<(), ApiError> {
+) -> Result<(), SaleError> {
     let seed = crate::queue::new_seed();
     def.prequeue_seed_sha256 = crate::queue::seed_commitment(&seed);
     let mut tx = db.begin().await?;
@@ -354,9 +381,9 @@ pub async fn load_into_redis(
     seed: &str,
     epoch: i32,
     frozen: bool,
-) -> Result<(), ApiError> {
+) -> Result<(), SaleError> {
     let keys = SaleKeys::new(def.id);
-    let def_json = serde_json::to_string(def).map_err(ApiError::internal)?;
+    let def_json = serde_json::to_string(def).map_err(StoreError::corrupt)?;
     let mut meta: Vec<(&str, String)> = vec![
         ("def", def_json),
         ("opens_at_ms", def.opens_at.timestamp_millis().to_string()),
@@ -412,7 +439,7 @@ pub async fn apply_release(
     scripts: &Scripts,
     sale: SaleId,
     r: &Release,
-) -> Result<(), ApiError> {
+) -> Result<(), SaleError> {
     let args: Vec<Value> = release_fields(r)
         .into_iter()
         .flat_map(|(k, v)| [Value::from(k), Value::from(v)])
@@ -423,8 +450,8 @@ pub async fn apply_release(
         .await?;
     match applied {
         1 => Ok(()),
-        -1 => Err(ApiError::SaleFrozen),
-        _ => Err(ApiError::SaleNotFound),
+        -1 => Err(SaleError::Frozen),
+        _ => Err(SaleError::NotFound),
     }
 }
 
@@ -481,7 +508,7 @@ impl LiveSale {
 
 /// Reads a sale's definition, settings and stock from Redis in one round
 /// trip. `None` when Redis does not know the sale.
-pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, ApiError> {
+pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, StoreError> {
     let keys = SaleKeys::new(sale);
     let pipe = redis.next().pipeline();
     let _: () = pipe.hgetall(keys.meta()).await?;
@@ -492,7 +519,7 @@ pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, ApiErr
     let Some(def_json) = meta.get("def") else {
         return Ok(None);
     };
-    let def: SaleDef = serde_json::from_str(def_json).map_err(ApiError::internal)?;
+    let def: SaleDef = serde_json::from_str(def_json).map_err(StoreError::corrupt)?;
     let num = |k: &str| meta.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
     let release = Release {
         release_rate: num("release_rate"),

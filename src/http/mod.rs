@@ -261,12 +261,12 @@ async fn guard_route(
 /// `flashsale restore` rebuilds it, rather than unknown. Never sells from an
 /// empty Redis. Postgres is asked at most once a second per sale
 /// ([`crate::sales::KnownSales`]).
-pub(crate) async fn or_frozen<T>(
+pub(crate) async fn or_frozen<T, E: Into<ApiError>>(
     state: &AppState,
     sale: crate::ids::SaleId,
-    result: Result<T, ApiError>,
+    result: Result<T, E>,
 ) -> Result<T, ApiError> {
-    match result {
+    match result.map_err(Into::into) {
         Err(ApiError::SaleNotFound) => {
             let known = state.known_sales.in_postgres(&state.db, sale).await?;
             Err(if known {

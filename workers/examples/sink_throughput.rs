@@ -7,6 +7,7 @@
 //! Arguments: confirmations (default 50,000), batch size (default 500).
 //! Uses REDIS_URL and DATABASE_URL (migrated), like the workers.
 
+use anyhow::Context;
 use std::{sync::Arc, time::Instant};
 
 use chrono::Utc;
@@ -42,10 +43,10 @@ async fn main() -> anyhow::Result<()> {
     }))?;
     let (mut def, release) = new
         .validate("bench", Utc::now())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .context("set up the sale")?;
     sales::create(&db, &redis, &scripts, &mut def, &release)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .context("set up the sale")?;
     let sale = def.id;
 
     eprintln!("filling the stream with {n} confirmations...");
@@ -53,13 +54,13 @@ async fn main() -> anyhow::Result<()> {
     for u in &users {
         queue::join(&redis, &scripts, sale, u, b"seed")
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .context("set up the sale")?;
     }
     let mut admitted = 0;
     while admitted < n as u64 {
         if let Some(t) = queue::release_tick(&redis, &scripts, sale, 3_600_000, 10_000)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .context("set up the sale")?
         {
             admitted += t.admitted;
         } else {
@@ -82,11 +83,11 @@ async fn main() -> anyhow::Result<()> {
                 };
                 inventory::hold(&redis, &scripts, req)
                     .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .context("set up the sale")?
                     .ok();
                 inventory::confirm(&redis, &scripts, &id, &u, "")
                     .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .context("set up the sale")?
                     .ok();
             }
             anyhow::Ok(())

@@ -4,6 +4,7 @@
 //! sorted set with Redis's own clock, so any number of expirers may run at
 //! once and each hold expires exactly once.
 
+use anyhow::Context;
 use flashsale::{inventory, scripts::Scripts};
 use fred::clients::Pool;
 
@@ -19,7 +20,7 @@ pub async fn run_once(redis: &Pool, scripts: &Scripts) -> anyhow::Result<invento
         loop {
             let swept = inventory::expire_due(redis, scripts, sale, BATCH)
                 .await
-                .map_err(|e| anyhow::anyhow!("expire holds: {e}"))?;
+                .context("expire holds")?;
             total += swept;
             if swept.holds > 0 {
                 tracing::info!(sale.id = %sale, holds = swept.holds, tickets = swept.tickets, "holds expired");

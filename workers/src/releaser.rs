@@ -5,6 +5,7 @@
 //! passed, so two or more releasers never admit twice and a rate change or
 //! pause applies at the next tick on every replica.
 
+use anyhow::Context;
 use flashsale::{queue, scripts::Scripts};
 use fred::clients::Pool;
 
@@ -18,7 +19,7 @@ pub async fn run_once(redis: &Pool, scripts: &Scripts, idle_ms: u64) -> anyhow::
     let admitted = each_sale(sales_in_redis(redis).await?, |sale| async move {
         let Some(tick) = queue::release_tick(redis, scripts, sale, idle_ms, MAX_BATCH)
             .await
-            .map_err(|e| anyhow::anyhow!("release tick: {e}"))?
+            .context("release tick")?
         else {
             return Ok(0);
         };
