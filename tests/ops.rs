@@ -1,5 +1,7 @@
 //! Operations endpoints, request ids, metrics, and behaviour with a store down.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use common::{assert_problem, TestApp};

@@ -2,7 +2,7 @@
 //! Postgres database per test, so tests run in parallel without sharing
 //! state (each sale has its own Redis keys).
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test crate uses part of the harness")]
 
 pub mod pki;
 
