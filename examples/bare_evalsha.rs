@@ -12,6 +12,8 @@
 //! fixed keys and arguments, which separates what Redis spends on the script
 //! from what the API spends around it.
 
+#![allow(clippy::print_stderr, reason = "an example prints where it listens")]
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{extract::State, routing::get, Router};

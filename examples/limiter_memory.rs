@@ -6,6 +6,8 @@
 //! Prints the process's resident memory (VmRSS) before, after the million
 //! keys, and after the shrink, and how many keys the limiters hold.
 
+#![allow(clippy::print_stdout, reason = "an example prints its figures")]
+
 use std::time::Duration;
 
 use flashsale::limits::{Action, Limits, LimitsConfig, Rate};

@@ -387,7 +387,7 @@ fn decode(sale: SaleId, reply: &[String]) -> anyhow::Result<Outcome> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one per field of the hash")]
 fn reservation(
     id: ReservationId,
     zone: &str,

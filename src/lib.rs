@@ -22,6 +22,8 @@ pub mod ids;
 pub mod inventory;
 /// JSON input as JSON Schema reads it.
 pub mod json;
+/// The JWT algorithms the service signs and verifies with, HS256 and EdDSA.
+pub mod jwt_crypto;
 /// Redis key names, all under the sale's hash tag.
 pub mod keys;
 /// Rate limits and the in-flight cap.

@@ -1,5 +1,11 @@
 //! The `flashsale` binary: the API server and its operator commands.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool prints its results"
+)]
+
 use anyhow::Context;
 use chrono::Utc;
 use clap::{Parser, Subcommand};

@@ -241,6 +241,7 @@ impl PassKeys {
     /// Kids must be non-empty and distinct: a kid naming two keys would make
     /// which one verifies a pass a matter of chance.
     pub fn new(current: SigningKey, previous: Vec<VerifyingKey>) -> anyhow::Result<Self> {
+        crate::jwt_crypto::install();
         let der = current
             .key
             .to_pkcs8_der()
@@ -258,7 +259,7 @@ impl PassKeys {
                 bail!("queue pass kid `{}` names more than one key", key.kid);
             }
             jwk_list.push(jwk(&key));
-            // The raw 32 bytes: what the rust_crypto backend reads for Ed.
+            // The raw 32 bytes: what `jwt_crypto` reads for Ed.
             decoding.insert(
                 key.kid.clone(),
                 DecodingKey::from_ed_der(key.key.as_bytes()),

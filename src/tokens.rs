@@ -80,6 +80,7 @@ pub struct AccessTokens {
 
 impl AccessTokens {
     pub fn new(cfg: &JwtConfig) -> Self {
+        crate::jwt_crypto::install();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = cfg.leeway_seconds;
         validation.set_required_spec_claims(&["exp", "sub"]);

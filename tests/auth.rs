@@ -1,6 +1,8 @@
 //! Accounts through HTTP: register, log in, use the token; and organizers
 //! created from the command line.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use common::{assert_problem, TestApp};

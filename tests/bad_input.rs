@@ -1,6 +1,8 @@
 //! A corpus of hostile and broken input: each request gets its documented
 //! 4xx problem with its code, never a 5xx, and no ticket moves.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use common::{assert_problem, TestApp};

@@ -2,6 +2,8 @@
 //! tickets, with cancels, expiries and retries mixed in, and Redis's script
 //! cache flushed while they run.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};

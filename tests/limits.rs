@@ -1,5 +1,7 @@
 //! Rate limits and load shedding through HTTP.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Operations endpoints, request ids, metrics, and behaviour with a store down.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use common::{assert_problem, TestApp};
@@ -99,6 +101,38 @@ async fn an_invented_method_is_a_405_counted_as_other_so_labels_stay_bounded() {
     assert!(
         !text.contains("BREW"),
         "the invented method never becomes a label"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_an_opaque_500_problem_and_the_server_keeps_serving() {
+    async fn panics() -> &'static str {
+        panic!("secret detail of a bug")
+    }
+    let panics = axum::Router::new().route("/test/panic", axum::routing::get(panics));
+    let app = TestApp::spawn_with_routes(panics).await;
+    for _ in 0..2 {
+        let res = app
+            .http
+            .get(app.url("/test/panic"))
+            .header("x-request-id", "panic-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-request-id"], "panic-1");
+        let body = assert_problem(res, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+        assert_eq!(body["detail"], "internal error");
+        assert!(!body.to_string().contains("secret"), "opaque: {body}");
+    }
+    assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
+    // Counted as 500s; under no route, as the template travels on the
+    // response the handler never made.
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        text.contains(
+            "flashsale_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"500\"}"
+        ),
+        "the panics are counted as 500s"
     );
 }
 

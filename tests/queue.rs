@@ -2,6 +2,8 @@
 //! releaser (two at once, live rate changes, pause, stock), sold out,
 //! abandonment, and queue passes.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::{collections::HashMap, time::Duration};

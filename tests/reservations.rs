@@ -1,6 +1,8 @@
 //! Reservations through HTTP: hold, confirm, cancel, expiry, idempotency,
 //! limits and every refusal docs/API.md lists.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::time::Duration;

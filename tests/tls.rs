@@ -2,6 +2,8 @@
 //! Redis servers use: a real `redis-server` serving TLS only, with
 //! certificates made here.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::{

@@ -2,9 +2,10 @@
 //!
 //! Layers, outermost first, wrapped once around the whole router: a request
 //! id (echoed or made), a trace span per request, metrics by route and
-//! status, a timeout and a body limit. Each route only notes its template on
-//! the response for them. Every
-//! error, including unknown routes and layer refusals, is problem+json.
+//! status, a timeout, a body limit, and a catch for panics (answered 500 as
+//! any internal error is). Each route only notes its template on the
+//! response for them. Every error, including unknown routes, layer refusals
+//! and panicking handlers, is problem+json.
 
 mod auth;
 mod extract;
@@ -14,6 +15,7 @@ mod reservations;
 mod sales;
 
 use std::{
+    any::Any,
     collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
@@ -30,6 +32,7 @@ use fred::clients::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -145,6 +148,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with `extra` routes served beside the API's, under the same
+/// layers: how tests reach what no real route does on purpose, such as a
+/// handler that panics.
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let (api, mut doc) = api_routes().split_for_parts();
     // The in-flight cap covers the API, not the operations endpoints, which
@@ -157,6 +167,7 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(api)
         .merge(ops)
+        .merge(extra)
         .route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -219,8 +230,23 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(middleware::from_fn(time_and_count))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // Innermost, so a panic's 500 is logged, counted and carries the
+        // request id like any other answer.
+        .layer(CatchPanicLayer::custom(panic_response))
         .service(routes);
     Router::new().fallback_service(outer)
+}
+
+/// A handler that panicked: the client gets the opaque 500 of any internal
+/// error, and the panic's message is logged once, there, with the request's
+/// span. Without this the connection would be dropped with no answer.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    ApiError::internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
 }
 
 /// Around every route, in one layer (each layer costs every request a boxed

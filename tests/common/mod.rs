@@ -2,7 +2,7 @@
 //! Postgres database per test, so tests run in parallel without sharing
 //! state (each sale has its own Redis keys).
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test crate uses part of the harness")]
 
 pub mod pki;
 
@@ -89,22 +89,45 @@ impl TestApp {
 
     /// An app with these rate limits (the others run without any).
     pub async fn spawn_with_limits(limits: LimitsConfig) -> Self {
-        Self::build(&redis_url(), None, limits).await
+        Self::build(&redis_url(), None, limits, axum::Router::new()).await
     }
 
     /// An app whose Redis is `redis_url` (e.g. a closed port, to see how it
     /// behaves when Redis is down).
     pub async fn spawn_with_redis(redis_url: &str) -> Self {
-        Self::build(redis_url, None, LimitsConfig::unlimited()).await
+        Self::build(
+            redis_url,
+            None,
+            LimitsConfig::unlimited(),
+            axum::Router::new(),
+        )
+        .await
     }
 
     /// An app whose Redis is the TLS server at `redis_url` (`rediss://`),
     /// trusting the CA certificates in the PEM file `ca`.
     pub async fn spawn_with_tls_redis(redis_url: &str, ca: &std::path::Path) -> Self {
-        Self::build(redis_url, Some(ca), LimitsConfig::unlimited()).await
+        Self::build(
+            redis_url,
+            Some(ca),
+            LimitsConfig::unlimited(),
+            axum::Router::new(),
+        )
+        .await
     }
 
-    async fn build(redis_url: &str, ca: Option<&std::path::Path>, limits: LimitsConfig) -> Self {
+    /// An app that also serves `extra` routes, under the service's layers
+    /// (for what no real route does on purpose, such as panicking).
+    pub async fn spawn_with_routes(extra: axum::Router<AppState>) -> Self {
+        Self::build(&redis_url(), None, LimitsConfig::unlimited(), extra).await
+    }
+
+    async fn build(
+        redis_url: &str,
+        ca: Option<&std::path::Path>,
+        limits: LimitsConfig,
+        extra: axum::Router<AppState>,
+    ) -> Self {
         let (db, db_url) = fresh_database().await;
         let redis = flashsale::redis::connect_with_ca(redis_url, 2, Duration::from_secs(2), ca)
             .await
@@ -128,7 +151,7 @@ impl TestApp {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = flashsale::http::router(state);
+        let app = flashsale::http::router_with(state, extra);
         tokio::spawn(async move {
             axum::serve(
                 listener,

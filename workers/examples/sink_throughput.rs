@@ -7,9 +7,15 @@
 //! Arguments: confirmations (default 50,000), batch size (default 500).
 //! Uses REDIS_URL and DATABASE_URL (migrated), like the workers.
 
-use anyhow::Context;
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "an example prints its figures"
+)]
+
 use std::{sync::Arc, time::Instant};
 
+use anyhow::Context;
 use chrono::Utc;
 use flashsale::{
     config::Config,

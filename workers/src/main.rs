@@ -1,6 +1,8 @@
 //! `flashsale-workers`: runs every background worker of flashsale in one
 //! process, until SIGTERM or Ctrl-C, then finishes the current step and exits.
 
+#![allow(clippy::print_stdout, reason = "a CLI prints its results")]
+
 use std::{sync::Arc, time::Duration};
 
 use flashsale::{

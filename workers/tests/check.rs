@@ -1,6 +1,8 @@
 //! The post-run check's queue-order verdict, from the admissions ledger the
 //! releaser keeps.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::collections::HashSet;

@@ -1,5 +1,7 @@
 //! The hold expirer, as a step and as the real `flashsale-workers` process.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::time::Duration;

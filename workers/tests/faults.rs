@@ -3,6 +3,8 @@
 //! After each, every confirmation a client was told of is in Postgres
 //! exactly once, no zone is above capacity, and drift is back to 0.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::{

@@ -1,5 +1,7 @@
 //! One broken sale does not stop the workers for the others.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Postgres over TLS: `sslmode=verify-full` with the CA in `sslrootcert`,
 //! against a private Postgres serving a certificate made here.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 #[path = "../../tests/common/pki.rs"]
 mod pki;

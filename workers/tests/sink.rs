@@ -1,6 +1,8 @@
 //! The stream sink and the reconciler: every confirmation a client was told
 //! of lands in Postgres exactly once, whatever runs twice, dies or lies.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+
 mod common;
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! that run the real workers process or kill Redis, and sales with buyers
 //! who went through the queue.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test crate uses part of the harness")]
 
 use std::{
     net::TcpListener,
@@ -159,6 +159,7 @@ impl Workers {
     }
 
     /// SIGTERM, then the exit status.
+    #[allow(unsafe_code, reason = "std can only SIGKILL a child")]
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
@@ -551,6 +552,7 @@ impl Drop for PrivatePostgres {
     }
 }
 
+#[allow(unsafe_code, reason = "libc::geteuid has no safe wrapper in std")]
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
