@@ -18,6 +18,8 @@ pub mod fast;
 pub mod http;
 /// Sale and reservation identifiers.
 pub mod ids;
+/// Buyers' values parsed at the edge: zone codes, quantities, hold requests.
+pub mod input;
 /// Holds, confirmations, cancellations and expiry, through Lua scripts.
 pub mod inventory;
 /// JSON input as JSON Schema reads it.

@@ -188,15 +188,6 @@ fn setting(
     bounded(field, value.unwrap_or(default), range)
 }
 
-/// A zone code: 1 to 32 of `A-Z a-z 0-9 _ -`. Codes end Redis hash fields
-/// (`<code>:avail`), so they never contain `:`.
-pub fn valid_zone_code(code: &str) -> bool {
-    (1..=32).contains(&code.len())
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 impl NewSale {
     /// Checks every field and fills the defaults.
     pub fn validate(
@@ -220,7 +211,7 @@ impl NewSale {
         }
         let mut zones = Vec::with_capacity(self.zones.len());
         for (i, z) in self.zones.into_iter().enumerate() {
-            if !valid_zone_code(&z.code) {
+            if crate::input::ZoneCode::parse(&z.code).is_none() {
                 return Err(SaleError::Invalid(format!(
                     "zones[{i}].code must be 1 to 32 letters, digits, `_` or `-`"
                 )));

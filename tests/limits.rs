@@ -167,8 +167,8 @@ async fn past_the_in_flight_cap_requests_are_shed_with_503_and_ops_still_answer(
     // One request that never finishes sending its body holds the only slot.
     let mut stuck = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let head = format!(
-        "POST /v1/sales/{sale}/reservations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
-        app.buyer("slow")
+        "POST /v1/sales HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+        app.organizer("slow")
     );
     stuck.write_all(head.as_bytes()).await.unwrap();
     let mut shed = false;

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use crate::{
     error::ApiError,
+    passes::PassError,
     tokens::{Identity, Role},
 };
 
@@ -219,6 +220,53 @@ impl FromRequestParts<AppState> for AuthUser {
             .verify(token)
             .map(AuthUser)
             .map_err(ApiError::Unauthenticated)
+    }
+}
+
+/// An admitted buyer: the caller, and the sale the path names, for which the
+/// caller's queue pass (`X-Queue-Pass`) is valid. The pass is checked by its
+/// signature here, with no Redis trip; the hold script checks again that the
+/// buyer is still admitted, so a revoked pass is refused there.
+pub struct Admitted {
+    pub who: Identity,
+    pub sale: crate::ids::SaleId,
+}
+
+impl FromRequestParts<AppState> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AuthUser(who) = AuthUser::from_request_parts(parts, state).await?;
+        let Path(sale) = Path::<crate::ids::SaleId>::from_request_parts(parts, state).await?;
+        let refuse = |reason: &'static str, err: ApiError| {
+            metrics::counter!("flashsale_pass_refusals_total", "reason" => reason).increment(1);
+            Err(err)
+        };
+        let Some(raw) = parts.headers.get("x-queue-pass") else {
+            return refuse("missing", ApiError::PassRequired);
+        };
+        let Ok(token) = raw.to_str() else {
+            return refuse(
+                "malformed",
+                ApiError::PassInvalid("the queue pass is malformed".into()),
+            );
+        };
+        match state.passes.verify(token.trim()) {
+            Err(PassError::Expired) => refuse("expired", ApiError::PassExpired),
+            Err(PassError::Invalid(why)) => refuse(
+                "invalid",
+                ApiError::PassInvalid(format!("the queue pass is invalid: {why}")),
+            ),
+            Ok(claims) if claims.sub != who.user_id => refuse(
+                "other_buyer",
+                ApiError::PassInvalid("the queue pass was issued to another account".into()),
+            ),
+            Ok(claims) if claims.sale != sale.to_string() => refuse(
+                "other_sale",
+                ApiError::PassInvalid("the queue pass is for another sale".into()),
+            ),
+            Ok(_) => Ok(Admitted { who, sale }),
+        }
     }
 }
 

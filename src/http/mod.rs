@@ -38,7 +38,7 @@ use tower_http::{
 };
 
 pub use crate::queue::Seeds;
-pub use extract::{AuthUser, ClientAddr, Json, Organizer, Path};
+pub use extract::{Admitted, AuthUser, ClientAddr, Json, Organizer, Path};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_scalar::Servable;
 

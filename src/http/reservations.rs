@@ -16,14 +16,14 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{or_frozen, AppState, AuthUser, ClientAddr, Json, Path};
+use super::{or_frozen, Admitted, AppState, AuthUser, ClientAddr, Json, Path};
 use crate::{
     error::{ApiError, ApiResult, Problem},
     ids::{ReservationId, SaleId},
+    input::{Hold, RawHold},
     inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation},
     keys::{self, SaleKeys},
     limits::Action,
-    passes::PassError,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -35,33 +35,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(my_reservations))
 }
 
-/// Most tickets one request may ask for; the sale's per-user limit is
-/// usually far lower and is checked in the hold script.
-const MAX_QUANTITY: i64 = 100;
-
-/// A hold request. Fields are read loosely so that a wrong type gets the
-/// precise `invalid_quantity` or `zone_not_found` answer.
-#[derive(Deserialize, ToSchema)]
+/// A hold request (the schema the OpenAPI document shows; the body is
+/// parsed into [`crate::input::Hold`]).
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "describes the body for the OpenAPI document")]
 struct HoldBody {
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9_-]{1,32}$", example = "A")]
-    zone: serde_json::Value,
-    #[serde(default)]
-    #[schema(value_type = i64, required = true, minimum = 1, maximum = 100, example = 2)]
-    quantity: serde_json::Value,
-}
-
-/// The quantity must be a JSON integer in range: `"2"`, `2.5`, `1e12`,
-/// `null`, `0` and `-1` are all refused with `invalid_quantity`.
-fn parse_quantity(v: &serde_json::Value) -> ApiResult<u32> {
-    match crate::json::whole(v) {
-        Some(q) if (1..=MAX_QUANTITY).contains(&q) => Ok(q as u32),
-        Some(q) => Err(ApiError::InvalidQuantity(format!(
-            "quantity must be between 1 and {MAX_QUANTITY}, got {q}"
-        ))),
-        None => Err(ApiError::InvalidQuantity(format!(
-            "quantity must be a whole number between 1 and {MAX_QUANTITY}"
-        ))),
-    }
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$", example = "A")]
+    zone: String,
+    #[schema(minimum = 1, maximum = 100, example = 2)]
+    quantity: i64,
 }
 
 /// An Idempotency-Key: 1 to 255 visible ASCII characters.
@@ -104,27 +86,15 @@ fn parse_idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
     ))]
 async fn hold(
     State(state): State<AppState>,
-    AuthUser(who): AuthUser,
+    Admitted { who, sale }: Admitted,
     ClientAddr(addr): ClientAddr,
-    Path(sale): Path<SaleId>,
     headers: HeaderMap,
-    Json(body): Json<HoldBody>,
+    Json(body): Json<RawHold>,
 ) -> ApiResult<Response> {
     state.limits.check(Action::Hold, Some(&who.user_id), addr)?;
-    check_pass(&state, &headers, sale, &who.user_id)?;
     let idempotency_key = parse_idempotency_key(&headers)?;
-    let zone = match &body.zone {
-        serde_json::Value::String(z) => z.as_str(),
-        _ => {
-            return Err(ApiError::InvalidBody(
-                "zone must be a zone code (a string)".into(),
-            ))
-        }
-    };
-    let quantity = parse_quantity(&body.quantity)?;
-    if !crate::sales::valid_zone_code(zone) {
-        return Err(ApiError::ZoneNotFound(zone.chars().take(32).collect()));
-    }
+    let Hold { zone, quantity } = body.try_into()?;
+    let (zone, quantity) = (zone.as_str(), quantity.get());
     // With a key, the id is drawn from (user, key), so a retry finds its
     // hold; without one it is 128 random bits, which no other hold shares.
     let (id, fingerprint) = match idempotency_key {
@@ -162,38 +132,6 @@ async fn hold(
 /// Checks the `X-Queue-Pass` by signature (cached after the first check), and
 /// that it names this buyer and this sale. The hold script then checks the
 /// buyer is still admitted, so a revoked pass fails there.
-fn check_pass(state: &AppState, headers: &HeaderMap, sale: SaleId, user: &str) -> ApiResult<()> {
-    let refuse = |reason: &'static str, err: ApiError| {
-        metrics::counter!("flashsale_pass_refusals_total", "reason" => reason).increment(1);
-        Err(err)
-    };
-    let Some(raw) = headers.get("x-queue-pass") else {
-        return refuse("missing", ApiError::PassRequired);
-    };
-    let Ok(token) = raw.to_str() else {
-        return refuse(
-            "malformed",
-            ApiError::PassInvalid("the queue pass is malformed".into()),
-        );
-    };
-    match state.passes.verify(token.trim()) {
-        Err(PassError::Expired) => refuse("expired", ApiError::PassExpired),
-        Err(PassError::Invalid(why)) => refuse(
-            "invalid",
-            ApiError::PassInvalid(format!("the queue pass is invalid: {why}")),
-        ),
-        Ok(claims) if claims.sub != user => refuse(
-            "other_buyer",
-            ApiError::PassInvalid("the queue pass was issued to another account".into()),
-        ),
-        Ok(claims) if claims.sale != sale.to_string() => refuse(
-            "other_sale",
-            ApiError::PassInvalid("the queue pass is for another sale".into()),
-        ),
-        Ok(_) => Ok(()),
-    }
-}
-
 /// What distinguishes one hold request from another under the same key.
 fn fingerprint(zone: &str, quantity: u32) -> String {
     let digest = Sha256::digest(format!("{zone}\0{quantity}"));
