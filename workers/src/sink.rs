@@ -147,7 +147,11 @@ impl From<sqlx::Error> for Refused {
             return Refused::Store(err);
         };
         match (db.code().as_deref(), db.constraint()) {
-            (Some("23514"), Some("zones_sold_check")) => Refused::Capacity,
+            // The check that keeps `sold` within capacity, the only one on
+            // `zones` a write here can break. Told by its table, not its
+            // name: Postgres named it `zones_check` (a column's check that
+            // reads another column is named after the table alone).
+            (Some("23514"), _) if db.table() == Some("zones") => Refused::Capacity,
             (Some("23505"), Some("reservations_confirm_seq" | "reservations_cancel_seq")) => {
                 Refused::Rollback
             }
