@@ -163,12 +163,11 @@ impl Reconciler {
         // The sink's and the organizer's updates of the row take a lock this
         // one does not wait for.
         let mut locked = db.begin().await?;
-        let known: Option<(i32, i64)> = sqlx::query_as(
-            "SELECT epoch, applied_seq FROM sales WHERE id = $1 FOR KEY SHARE",
-        )
-        .bind(sale.0)
-        .fetch_optional(&mut *locked)
-        .await?;
+        let known: Option<(i32, i64)> =
+            sqlx::query_as("SELECT epoch, applied_seq FROM sales WHERE id = $1 FOR KEY SHARE")
+                .bind(sale.0)
+                .fetch_optional(&mut *locked)
+                .await?;
         let at = outbox::position(redis, scripts, sale).await?;
         let frozen = self.fence(redis, sale, known, &at).await?;
         locked.commit().await?;
