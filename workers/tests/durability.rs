@@ -1055,3 +1055,44 @@ async fn a_rollback_followed_only_by_cancellations_is_detected_all_the_same() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_quiet_sale_whose_redis_went_back_is_frozen_by_the_reconciler() {
+    let mut private = PrivateRedis::start();
+    let (db, _) = fresh_database().await;
+    let redis = redis(&private.url()).await;
+    let scripts = scripts();
+    let sale = sale(&db, &redis, &scripts, 100, 600).await;
+    let sink = Sink::new("s", 100, 60_000);
+    confirmations(&redis, &scripts, sale, "early", 2, "A", 1).await;
+    // A buyer admitted before the backup, still admitted after it.
+    let buyer = vec!["next".to_owned()];
+    admit(&redis, &scripts, sale, &buyer).await;
+    sink.drain(&redis, &scripts, &db, sale).await.unwrap();
+    let snapshot = private.snapshot(&redis).await;
+    confirmations(&redis, &scripts, sale, "late", 2, "A", 1).await;
+    sink.drain(&redis, &scripts, &db, sale).await.unwrap();
+
+    // Back from the backup, and nobody buys: no entry will ever reuse a
+    // number, so only the reconciler can tell.
+    private.kill();
+    private.relaunch_from(&snapshot);
+    let reconciler = Reconciler::default();
+    let report = once_redis_answers(|| reconciler.check(&redis, &scripts, &db, sale)).await;
+    assert_eq!(report.frozen, Some("rollback"));
+    let refused = inventory::hold(
+        &redis,
+        &scripts,
+        inventory::HoldRequest {
+            sale,
+            user: "next",
+            zone: "A",
+            quantity: 1,
+            id: ReservationId::random(sale),
+            fingerprint: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.map(|_| ()), Err(inventory::Refusal::Frozen));
+}
