@@ -35,9 +35,10 @@ db=fs_backlog_$$
 rdir=$(mktemp -d)
 rport=$(free_port)
 cleanup() {
-    kill "${redis_pid:-}" 2>/dev/null || true
+    # Wait for the server to go: it writes its log as it exits.
+    { kill "${redis_pid:-}" && wait "${redis_pid:-}"; } 2>/dev/null || true
     rm -rf "$rdir"
-    psql -q "$base" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+    psql -q "$base" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 cargo build --release --quiet -p flashsale-workers --example sink_throughput
