@@ -7,6 +7,13 @@
 -- trimmed below the lowest safe point of all groups (XTRIM MINID keeps the
 -- entry at that id).
 --
+-- The trim is approximate (`~`): it removes whole nodes of the stream only,
+-- and at most 10,000 entries a call (Redis's limit for an approximate trim,
+-- 100 times stream-node-max-entries), so one call stays short however large
+-- the acknowledged backlog (an exact trim of 200,000 entries held Redis for
+-- 14 to 20 ms). What it leaves is trimmed by the next passes; entries at or
+-- above the safe point are never removed either way.
+--
 -- KEYS[1]  {sale:<id>}:stream
 -- KEYS[2]  {sale:<id>}:meta    a frozen sale (being restored) is left alone
 -- Returns  entries removed (0 when the stream or its groups do not exist,
@@ -49,4 +56,4 @@ for _, g in ipairs(groups) do
     safe = point
   end
 end
-return redis.call('XTRIM', KEYS[1], 'MINID', safe)
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', safe)

@@ -135,6 +135,10 @@ pub async fn restore(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The sale's row stays locked until the new epoch is committed, past
+    // the rebuild: the reconciler reads the epoch under a key-share lock,
+    // so it never pairs the old epoch in Postgres with the new one in Redis
+    // (and freezes the sale again behind the restore's back).
     let mut tx = db.begin().await?;
     let row: SaleRow = sqlx::query_as(
         "SELECT organizer_id, name, opens_at, closes_at, release_rate, release_interval_ms, max_active,

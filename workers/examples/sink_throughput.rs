@@ -3,9 +3,16 @@
 //! sink draining it.
 //!
 //!   cargo run --release -p flashsale-workers --example sink_throughput -- 50000 500
+//!   cargo run --release -p flashsale-workers --example sink_throughput -- 200000 500 --slowlog
 //!
 //! Arguments: confirmations (default 50,000), batch size (default 500).
 //! Uses REDIS_URL and DATABASE_URL (migrated), like the workers.
+//!
+//! `--slowlog` (only against a Redis of the run's own: it changes the
+//! server's settings, as `load/backlog.sh` does): with the backlog in
+//! flight, times one reconciler pass over the sale and reports the longest
+//! Redis command of the pass from SLOWLOG (every command logged), then the
+//! longest command of the drain.
 
 #![allow(
     clippy::print_stdout,
@@ -25,17 +32,24 @@ use flashsale::{
     sales::{self, NewSale},
     scripts::Scripts,
 };
-use flashsale_workers::sink::Sink;
+use flashsale_workers::{reconciler::Reconciler, sink::Sink};
+use fred::{clients::Pool, interfaces::ClientLike, types::Value};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let slowlog = args.iter().any(|a| a == "--slowlog");
+    let mut numbers = args.iter().filter(|a| !a.starts_with("--"));
+    let n: usize = numbers
         .next()
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(50_000);
-    let batch: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(500);
+    let batch: u64 = numbers
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(500);
     let config = Config::from_env()?;
     let redis = flashsale::redis::connect(&config.redis_url, 4, config.store_timeout).await?;
     let db = flashsale::db::connect(&config.database_url, 4, config.store_timeout).await?;
@@ -56,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let sale = def.id;
 
     eprintln!("filling the stream with {n} confirmations...");
+    let filling = Instant::now();
     let users: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
     for u in &users {
         queue::join(&redis, &scripts, sale, u, b"seed")
@@ -102,6 +117,25 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         t.await??;
     }
+    eprintln!("filled in {:.1} s", filling.elapsed().as_secs_f64());
+
+    if slowlog {
+        // Every command is logged from here on; the log is emptied first.
+        redis_cmd(&redis, "CONFIG", &["SET", "slowlog-log-slower-than", "0"]).await?;
+        redis_cmd(&redis, "CONFIG", &["SET", "slowlog-max-len", "1000000"]).await?;
+        redis_cmd(&redis, "SLOWLOG", &["RESET"]).await?;
+        let started = Instant::now();
+        let report = Reconciler::default()
+            .check(&redis, &scripts, &db, sale)
+            .await?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "reconcile: one pass over {} entries in flight took {secs:.2} s; {}",
+            report.lag_entries,
+            read_slowlog(&redis).await?
+        );
+        redis_cmd(&redis, "SLOWLOG", &["RESET"]).await?;
+    }
 
     let sink = Sink::new("bench", batch, 30_000);
     let started = Instant::now();
@@ -114,5 +148,74 @@ async fn main() -> anyhow::Result<()> {
         "sink: {written} confirmations into Postgres in {secs:.2} s = {:.0} rows/s (batch {batch})",
         written as f64 / secs
     );
+    if slowlog {
+        println!("sink, while draining: {}", read_slowlog(&redis).await?);
+    }
     Ok(())
+}
+
+async fn redis_cmd(redis: &Pool, cmd: &'static str, args: &[&str]) -> anyhow::Result<Value> {
+    Ok(redis.next().custom(fred::cmd!(cmd), args.to_vec()).await?)
+}
+
+/// What SLOWLOG says of the commands since it was reset.
+struct Slowlog {
+    count: usize,
+    /// Redis's time in all of them (µs).
+    total_us: i64,
+    /// The median command's time (µs).
+    median_us: i64,
+    /// The longest command's time (µs) and its first words (a script's
+    /// SHA shortened).
+    longest: (i64, String),
+}
+
+impl std::fmt::Display for Slowlog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} Redis commands, {:.1} ms of Redis's time in all, the median {:.2} ms, the longest {:.2} ms ({})",
+            self.count,
+            self.total_us as f64 / 1000.0,
+            self.median_us as f64 / 1000.0,
+            self.longest.0 as f64 / 1000.0,
+            self.longest.1
+        )
+    }
+}
+
+async fn read_slowlog(redis: &Pool) -> anyhow::Result<Slowlog> {
+    // Each entry: [id, unix time, µs, [command, args...], client, name].
+    let log = redis_cmd(redis, "SLOWLOG", &["GET", "-1"])
+        .await?
+        .into_array();
+    let mut total = 0;
+    let mut times = Vec::with_capacity(log.len());
+    let mut longest = (0, String::new());
+    for entry in &log {
+        let entry = entry.clone().into_array();
+        let us = entry.get(2).and_then(|v| v.as_i64()).unwrap_or(0);
+        total += us;
+        times.push(us);
+        if us > longest.0 {
+            let words: Vec<String> = entry
+                .get(3)
+                .cloned()
+                .map(|v| v.into_array())
+                .unwrap_or_default()
+                .iter()
+                .take(3)
+                .filter_map(|w| w.as_string())
+                .map(|w| w.chars().take(12).collect())
+                .collect();
+            longest = (us, words.join(" "));
+        }
+    }
+    times.sort_unstable();
+    Ok(Slowlog {
+        count: log.len(),
+        total_us: total,
+        median_us: times.get(times.len() / 2).copied().unwrap_or(0),
+        longest,
+    })
 }

@@ -155,14 +155,22 @@ impl Reconciler {
     ) -> anyhow::Result<SaleReport> {
         let k = SaleKeys::new(sale);
         // Postgres's mark first: whatever it has applied by now was in Redis
-        // before the Redis read below.
+        // before the Redis read below. The row stays key-share locked until
+        // the fence is written: `flashsale restore` holds it for update
+        // while it rebuilds Redis under the next epoch and commits that
+        // epoch, so a check never pairs Postgres's old epoch with Redis's new
+        // one and freezes (for good) a sale the restore has just unfrozen.
+        // The sink's and the organizer's updates of the row take a lock this
+        // one does not wait for.
+        let mut locked = db.begin().await?;
         let known: Option<(i32, i64)> =
-            sqlx::query_as("SELECT epoch, applied_seq FROM sales WHERE id = $1")
+            sqlx::query_as("SELECT epoch, applied_seq FROM sales WHERE id = $1 FOR KEY SHARE")
                 .bind(sale.0)
-                .fetch_optional(db)
+                .fetch_optional(&mut *locked)
                 .await?;
         let at = outbox::position(redis, scripts, sale).await?;
         let frozen = self.fence(redis, sale, known, &at).await?;
+        locked.commit().await?;
         if frozen == Some("missing") {
             return Ok(SaleReport {
                 sale: Some(sale),

@@ -24,7 +24,8 @@
 //! entries pending until it is back.
 //!
 //! Each entry carries the sale's stream sequence number; Postgres keeps the
-//! numbers and refuses one reused for another entry. That refusal means Redis
+//! numbers and refuses one reused for another entry, of either kind (a
+//! confirmation's number on a cancellation too). That refusal means Redis
 //! went back in time (restarted from an older file, a lagging replica
 //! promoted): the sink freezes the sale (`frozen_reason` `rollback`). The
 //! entries of a frozen sale are still recorded (buyers were told of them),
@@ -147,7 +148,11 @@ impl From<sqlx::Error> for Refused {
             return Refused::Store(err);
         };
         match (db.code().as_deref(), db.constraint()) {
-            (Some("23514"), Some("zones_sold_check")) => Refused::Capacity,
+            // The check that keeps `sold` within capacity, the only one on
+            // `zones` a write here can break. Told by its table, not its
+            // name: Postgres named it `zones_check` (a column's check that
+            // reads another column is named after the table alone).
+            (Some("23514"), _) if db.table() == Some("zones") => Refused::Capacity,
             (Some("23505"), Some("reservations_confirm_seq" | "reservations_cancel_seq")) => {
                 Refused::Rollback
             }
@@ -585,6 +590,32 @@ async fn write(
     let seq = |e: &&Event| if numbered { e.seq } else { None };
     let mut tx = db.begin().await?;
     let mut written = Written::default();
+    if numbered {
+        // One numbering for both kinds of entry. The unique indexes catch a
+        // number that comes back on an entry of the same kind; a number
+        // Postgres holds for another reservation's confirmation that comes
+        // back on a cancellation (or the other way round) is caught here. A
+        // Redis gone back in time whose next entries were all cancellations
+        // would otherwise go unnoticed, its numbers soon past the mark.
+        let reused: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM UNNEST($2::text[], $3::bigint[]) AS u(id, seq)
+                            JOIN reservations r ON r.sale_id = $1 AND r.confirm_seq = u.seq
+                            WHERE r.id <> u.id)
+                 OR EXISTS (SELECT 1 FROM UNNEST($4::text[], $5::bigint[]) AS u(id, seq)
+                            JOIN reservations r ON r.sale_id = $1 AND r.cancel_seq = u.seq
+                            WHERE r.id <> u.id)",
+        )
+        .bind(sale.0)
+        .bind(cancelled.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .bind(cancelled.iter().map(seq).collect::<Vec<_>>())
+        .bind(confirmed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .bind(confirmed.iter().map(seq).collect::<Vec<_>>())
+        .fetch_one(&mut *tx)
+        .await?;
+        if reused {
+            return Err(Refused::Rollback);
+        }
+    }
     if !cancelled.is_empty() {
         // A new row is a tombstone (its confirmation has not arrived); a
         // confirmed row becomes cancelled and gives its tickets back. Rows

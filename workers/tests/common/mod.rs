@@ -124,6 +124,59 @@ impl PrivateRedis {
     }
 }
 
+impl PrivateRedis {
+    /// `SAVE`s the dataset and copies the file aside: a backup of Redis as
+    /// it is now, for [`PrivateRedis::relaunch_from`].
+    pub async fn snapshot(&self, redis: &Pool) -> PathBuf {
+        use fred::interfaces::ClientLike;
+        let _: () = redis
+            .next()
+            .custom(fred::cmd!("SAVE"), Vec::<String>::new())
+            .await
+            .unwrap();
+        let copy = self
+            .dir
+            .join(format!("snapshot-{}.rdb", uuid::Uuid::new_v4().simple()));
+        std::fs::copy(self.dir.join("dump.rdb"), &copy).unwrap();
+        copy
+    }
+
+    /// Starts the (killed) server again from an older file: the snapshot
+    /// becomes its dataset and its AOF is thrown away, as when Redis comes
+    /// back from a backup or a lagging replica is promoted. AOF stays off
+    /// (with AOF on and no AOF file, Redis would start empty instead).
+    pub fn relaunch_from(&mut self, snapshot: &std::path::Path) {
+        assert!(self.child.is_none(), "kill the server first");
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        std::fs::copy(snapshot, self.dir.join("dump.rdb")).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis-server did not start from the snapshot");
+    }
+}
+
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
@@ -555,4 +608,39 @@ impl Drop for PrivatePostgres {
 #[allow(unsafe_code, reason = "libc::geteuid has no safe wrapper in std")]
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Queues `users` and waits until each is admitted, with or without a
+/// releaser running elsewhere (a `Workers` process): ticks are run here too,
+/// and the script decides which are due. Joins refused while the sale is
+/// frozen are tried again. Bounded: panics after 30 s.
+pub async fn admit_alongside_workers(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    users: &[String],
+) {
+    use fred::interfaces::SortedSetsInterface;
+    let admitted = flashsale::keys::SaleKeys::new(sale).admitted();
+    let mut joined = vec![false; users.len()];
+    for _ in 0..600 {
+        for (u, j) in users.iter().zip(joined.iter_mut()) {
+            if !*j {
+                *j = queue::join(redis, scripts, sale, u, b"seed").await.is_ok();
+            }
+        }
+        let _ = queue::release_tick(redis, scripts, sale, 300_000, 10_000).await;
+        // One score per buyer, nil for one not (yet) admitted.
+        let scores: Option<fred::types::Value> =
+            redis.zmscore(&admitted, users.to_vec()).await.ok();
+        let all_in = scores.is_some_and(|v| {
+            let v = v.into_array();
+            v.len() == users.len() && v.iter().all(|s| !s.is_null())
+        });
+        if joined.iter().all(|j| *j) && all_in {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("buyers were not admitted within 30 s");
 }
