@@ -7,7 +7,7 @@
 //! no client ever sees the miss.
 
 use fred::{
-    clients::Pool,
+    clients::{Client, Pool},
     interfaces::LuaInterface,
     prelude::{Error, FromValue},
     types::Value,
@@ -39,7 +39,18 @@ impl Script {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R, Error> {
-        let client = redis.next();
+        self.run_on(redis.next(), keys, args).await
+    }
+
+    /// Runs the script on one given connection, for a caller that sends
+    /// another command after it on the same connection (WAIT covers only the
+    /// writes of the connection it is sent on).
+    pub async fn run_on<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<R, Error> {
         // Boxed: fred's command future is kilobytes (about 5 KB, 7 KB with
         // TLS compiled in). Inline, every handler's future would carry it,
         // and copy it whole each time that future is moved or boxed.

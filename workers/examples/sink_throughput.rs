@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .ok();
-                inventory::confirm(&redis, &scripts, &id, &u, "")
+                inventory::confirm(redis.next(), &scripts, &id, &u, "")
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .ok();

@@ -290,7 +290,7 @@ pub async fn confirmations(
     admit(redis, scripts, sale, &users).await;
     let ids = hold_each(redis, scripts, sale, &users, zone, qty).await;
     for (u, id) in users.iter().zip(&ids) {
-        inventory::confirm(redis, scripts, id, u, "")
+        inventory::confirm(redis.next(), scripts, id, u, "")
             .await
             .unwrap()
             .expect("confirmed");
@@ -353,6 +353,7 @@ impl Api {
             metrics: flashsale::telemetry::metrics(),
             seen_refresh_ms: 100,
             access_token_ttl: 3600,
+            replication: Arc::new(flashsale::replication::Replication::off()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
