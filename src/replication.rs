@@ -10,11 +10,13 @@
 //! holds and polls must not queue behind a replica that is slow or gone.
 //!
 //! A retried confirmation replays: the script answers the confirmed
-//! reservation and writes nothing, so its connection's last write may predate
-//! the first attempt (made on another connection) and WAIT would pass at
-//! once. A replay therefore first publishes to a channel nobody listens to:
-//! PUBLISH writes no key but is replicated, which moves the connection's
-//! offset past the first attempt's write; the WAIT that follows covers it.
+//! reservation and writes nothing. Since Redis 7.2 a connection's WAIT offset
+//! moves only with its own writes (before, with every command), so on another
+//! connection than the first attempt's, WAIT could pass at once while the
+//! confirmation is still unreplicated. A replay therefore first publishes to
+//! a channel nobody listens to: PUBLISH writes no key but is replicated,
+//! which moves the connection's offset past the first attempt's write; the
+//! WAIT that follows covers it.
 //!
 //! Invariant: with `CONFIRM_WAIT_REPLICAS=0` (the default) nothing here
 //! sends a command, and confirmations share the main pool as before.
