@@ -6,6 +6,8 @@
 //! repeated once with EVAL, which also puts the script back in the cache, so
 //! no client ever sees the miss.
 
+use std::future::Future;
+
 use fred::{
     clients::{Client, Pool},
     interfaces::LuaInterface,
@@ -33,13 +35,15 @@ impl Script {
     }
 
     /// Runs the script by SHA, reloading it if Redis no longer has it.
-    pub async fn run<R: FromValue>(
-        &self,
-        redis: &Pool,
+    /// `run_on`'s own future, not one wrapped around it: no extra state to
+    /// poll on every script call.
+    pub fn run<'a, R: FromValue + 'a>(
+        &'a self,
+        redis: &'a Pool,
         keys: Vec<String>,
         args: Vec<Value>,
-    ) -> Result<R, Error> {
-        self.run_on(redis.next(), keys, args).await
+    ) -> impl Future<Output = Result<R, Error>> + 'a {
+        self.run_on(redis.next(), keys, args)
     }
 
     /// Runs the script on one given connection, for a caller that sends
