@@ -11,6 +11,17 @@ use anyhow::{bail, Context};
 /// server warns loudly at start when it is in use.
 pub const DEV_JWT_SECRET: &str = "flashsale-development-secret-change-me-in-production";
 
+/// How long a confirmation waits for its replicas by default. A healthy
+/// replica acknowledges within a millisecond or two; a second rides out a
+/// replica's fsync stall or a slow moment of the network, yet a buyer whose
+/// replica is really gone hears `503` (and retries) within a second instead
+/// of hanging. WAIT holds the connection it runs on for up to this long, so
+/// it also bounds how long the confirmations queued behind it wait.
+const DEFAULT_CONFIRM_WAIT_MS: u64 = 1_000;
+/// Longer waits would run into the API's 10 s request timeout once a few
+/// confirmations queue on one connection.
+const MAX_CONFIRM_WAIT_MS: u64 = 5_000;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: String,
@@ -29,6 +40,13 @@ pub struct Config {
     pub queue_idle_seconds: u64,
     /// Lifetime of the access tokens that login issues.
     pub access_token_ttl_seconds: u64,
+    /// Replicas that must acknowledge a confirmation (or the cancellation of
+    /// a confirmed reservation) before the buyer is told of it; 0 answers at
+    /// once, as soon as the primary has it.
+    pub confirm_wait_replicas: u32,
+    /// How long a confirmation waits for those replicas before the buyer is
+    /// told `503` and to retry.
+    pub confirm_wait_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +74,10 @@ impl Config {
         if leeway_seconds > 30 {
             bail!("JWT_LEEWAY_SECONDS must be at most 30");
         }
+        let confirm_wait_timeout_ms = parse_or("CONFIRM_WAIT_TIMEOUT_MS", DEFAULT_CONFIRM_WAIT_MS)?;
+        if !(1..=MAX_CONFIRM_WAIT_MS).contains(&confirm_wait_timeout_ms) {
+            bail!("CONFIRM_WAIT_TIMEOUT_MS must be between 1 and {MAX_CONFIRM_WAIT_MS}");
+        }
         let log_format = match optional("LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -79,6 +101,8 @@ impl Config {
             queue_idle_seconds: parse_or("QUEUE_IDLE_SECONDS", 300u64)?.max(1),
             access_token_ttl_seconds: parse_or("ACCESS_TOKEN_TTL_SECONDS", 3600u64)?
                 .clamp(60, 7 * 24 * 3600),
+            confirm_wait_replicas: parse_or("CONFIRM_WAIT_REPLICAS", 0u32)?,
+            confirm_wait_timeout: Duration::from_millis(confirm_wait_timeout_ms),
         })
     }
 

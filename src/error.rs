@@ -76,6 +76,14 @@ pub enum ApiError {
     /// A store did not answer in time. `what` names it for the logs.
     #[error("{what} is unavailable; retry shortly")]
     Unavailable { what: &'static str },
+    /// Done on the Redis primary, but not yet acknowledged by as many
+    /// replicas as `CONFIRM_WAIT_REPLICAS` asks: losing the primary now could
+    /// lose it, so the buyer is not told it is done. The code is
+    /// `unavailable`: a client retries it like any other 503.
+    #[error(
+        "the {what} is not yet replicated; retry the same request shortly (repeating it is safe)"
+    )]
+    NotReplicated { what: &'static str },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -130,7 +138,9 @@ impl ApiError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Unavailable { .. } | SaleFrozen => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable { .. } | NotReplicated { .. } | SaleFrozen => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -169,7 +179,7 @@ impl ApiError {
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             RateLimited { .. } => "rate_limited",
-            Unavailable { .. } => "unavailable",
+            Unavailable { .. } | NotReplicated { .. } => "unavailable",
             Internal(_) => "internal",
         }
     }
@@ -177,7 +187,9 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after } => Some(*retry_after),
-            ApiError::Unavailable { .. } => Some(UNAVAILABLE_RETRY_AFTER),
+            ApiError::Unavailable { .. } | ApiError::NotReplicated { .. } => {
+                Some(UNAVAILABLE_RETRY_AFTER)
+            }
             ApiError::SaleFrozen => Some(FROZEN_RETRY_AFTER),
             _ => None,
         }

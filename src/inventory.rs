@@ -6,7 +6,10 @@
 //! and arguments and decodes their replies into Rust types, in one place.
 
 use chrono::{DateTime, TimeZone, Utc};
-use fred::{clients::Pool, types::Value};
+use fred::{
+    clients::{Client, Pool},
+    types::Value,
+};
 use serde::Serialize;
 
 use crate::{
@@ -176,8 +179,10 @@ pub async fn hold(redis: &Pool, scripts: &Scripts, req: HoldRequest<'_>) -> ApiR
     Ok(outcome)
 }
 
+/// Confirms a hold, on the one connection `redis` (the caller may wait
+/// there for replicas: see `replication`).
 pub async fn confirm(
-    redis: &Pool,
+    redis: &Client,
     scripts: &Scripts,
     id: &ReservationId,
     user: &str,
@@ -189,7 +194,7 @@ pub async fn confirm(
     confirm_keys.push(keys.meta());
     let reply: Vec<String> = scripts
         .confirm
-        .run(
+        .run_on(
             redis,
             confirm_keys,
             vec![
@@ -205,8 +210,9 @@ pub async fn confirm(
     Ok(outcome)
 }
 
+/// Cancels a reservation, on the one connection `redis` (as `confirm`).
 pub async fn cancel(
-    redis: &Pool,
+    redis: &Client,
     scripts: &Scripts,
     id: &ReservationId,
     user: &str,
@@ -216,7 +222,7 @@ pub async fn cancel(
     cancel_keys.push(keys.meta());
     let reply: Vec<String> = scripts
         .cancel
-        .run(
+        .run_on(
             redis,
             cancel_keys,
             vec![

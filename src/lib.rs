@@ -40,6 +40,8 @@ pub mod queue;
 pub mod recovery;
 /// The Redis client pool.
 pub mod redis;
+/// Waiting for replicas before a confirmation is answered (Redis WAIT).
+pub mod replication;
 /// Sale definitions, their live Redis copy and state.
 pub mod sales;
 /// The Lua scripts, loaded once and called by SHA.
@@ -75,6 +77,7 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         // Not fatal: every call reloads a missing script on its own.
         tracing::warn!(error = %err, "could not preload Lua scripts");
     }
+    let replication = Arc::new(replication::Replication::connect(config).await?);
     let passes = Arc::new(passes::PassKeys::from_env(&redis).await?);
     let limits = Arc::new(limits::Limits::new(&limits::LimitsConfig::from_env()?));
     {
@@ -104,6 +107,7 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         known_sales: Default::default(),
         seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
         access_token_ttl: config.access_token_ttl_seconds,
+        replication,
         metrics: telemetry::metrics(),
     }))
 }

@@ -7,8 +7,10 @@
 //! repeated once with EVAL, which also puts the script back in the cache, so
 //! no client ever sees the miss.
 
+use std::future::Future;
+
 use fred::{
-    clients::Pool,
+    clients::{Client, Pool},
     interfaces::LuaInterface,
     prelude::{Error, FromValue},
     types::Value,
@@ -34,13 +36,26 @@ impl Script {
     }
 
     /// Runs the script by SHA, reloading it if Redis no longer has it.
-    pub async fn run<R: FromValue>(
+    /// `run_on`'s own future, not one wrapped around it: no extra state to
+    /// poll on every script call.
+    pub fn run<'a, R: FromValue + 'a>(
+        &'a self,
+        redis: &'a Pool,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> impl Future<Output = Result<R, Error>> + 'a {
+        self.run_on(redis.next(), keys, args)
+    }
+
+    /// Runs the script on one given connection, for a caller that sends
+    /// another command after it on the same connection (WAIT covers only the
+    /// writes of the connection it is sent on).
+    pub async fn run_on<R: FromValue>(
         &self,
-        redis: &Pool,
+        client: &Client,
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R, Error> {
-        let client = redis.next();
         // Boxed: fred's command future is kilobytes (about 5 KB, 7 KB with
         // TLS compiled in). Inline, every handler's future would carry it,
         // and copy it whole each time that future is moved or boxed.

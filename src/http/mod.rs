@@ -43,7 +43,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_scalar::Servable;
 
 use crate::{
-    error::ApiError, limits::Limits, passes::PassKeys, scripts::Scripts, tokens::AccessTokens,
+    error::ApiError, limits::Limits, passes::PassKeys, replication::Replication, scripts::Scripts,
+    tokens::AccessTokens,
 };
 
 /// Largest JSON body accepted: every request of the API fits in a few hundred
@@ -88,6 +89,8 @@ pub struct AppInner {
     pub seen_refresh_ms: u64,
     /// Lifetime of access tokens issued at login, in seconds.
     pub access_token_ttl: u64,
+    /// Replicas a confirmation waits for, and the connections it runs on.
+    pub replication: Arc<Replication>,
 }
 
 /// The OpenAPI 3.1 document's frame; the paths come from the handlers'

@@ -24,6 +24,7 @@ use crate::{
     inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation},
     keys::{self, SaleKeys},
     limits::Action,
+    replication::Change,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -160,7 +161,7 @@ struct ConfirmBody {
         (status = 410, description = "`hold_expired`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` (also: not yet acknowledged by the replicas `CONFIRM_WAIT_REPLICAS` asks for; retrying is safe)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn confirm(
     State(state): State<AppState>,
@@ -196,14 +197,17 @@ async fn confirm(
             "payment_ref must be at most 255 characters, without control characters".into(),
         ));
     }
-    let outcome = inventory::confirm(
-        &state.redis,
-        &state.scripts,
-        &id,
-        &who.user_id,
-        &payment_ref,
-    )
-    .await?;
+    // The script and the wait for replicas go on one connection: WAIT covers
+    // only that connection's writes.
+    let redis = state.replication.connection(&state.redis);
+    let outcome =
+        inventory::confirm(redis, &state.scripts, &id, &who.user_id, &payment_ref).await?;
+    if let Ok(acted) = &outcome {
+        state
+            .replication
+            .acknowledged(redis, Change::Confirmation, acted.replayed)
+            .await?;
+    }
     respond(outcome)
 }
 
@@ -217,14 +221,25 @@ async fn confirm(
         (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`reservation_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`hold_expired`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable` (also: a confirmed reservation's cancellation not yet acknowledged by the replicas `CONFIRM_WAIT_REPLICAS` asks for; retrying is safe)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn cancel(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     Path(id): Path<ReservationId>,
 ) -> ApiResult<Response> {
-    let outcome = inventory::cancel(&state.redis, &state.scripts, &id, &who.user_id).await?;
+    let redis = state.replication.connection(&state.redis);
+    let outcome = inventory::cancel(redis, &state.scripts, &id, &who.user_id).await?;
+    // Only a confirmed reservation's cancellation goes to the record (the
+    // stream): a held one's tickets just go back, as a lost hold's would.
+    if let Ok(acted) = &outcome {
+        if acted.reservation.confirmed_at.is_some() {
+            state
+                .replication
+                .acknowledged(redis, Change::Cancellation, acted.replayed)
+                .await?;
+        }
+    }
     respond(outcome)
 }
 

@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("set up the sale")?
                     .ok();
-                inventory::confirm(&redis, &scripts, &id, &u, "")
+                inventory::confirm(redis.next(), &scripts, &id, &u, "")
                     .await
                     .context("set up the sale")?
                     .ok();

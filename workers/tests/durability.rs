@@ -11,6 +11,9 @@
 //! that went back in time stops selling (`503 sale_frozen`) until it is
 //! restored, then sells again.
 
+#![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+#![allow(clippy::print_stderr, reason = "a fault test reports what it measured")]
+
 mod common;
 
 use std::{
@@ -269,7 +272,7 @@ async fn a_confirmation_recorded_after_its_own_cancellation_leaves_the_reservati
         .remove(0);
     // Sink replica "a" takes the confirmation and dies before writing it.
     taken_by_dead_consumer(&redis, sale, "a", 1).await;
-    inventory::cancel(&redis, &scripts, &id, &user)
+    inventory::cancel(redis.next(), &scripts, &id, &user)
         .await
         .unwrap()
         .expect("cancelled");
@@ -338,7 +341,7 @@ async fn a_confirmation_refused_while_a_dead_sink_holds_the_cancellation_that_fr
             .confirmed,
         1
     );
-    inventory::cancel(&redis, &scripts, &r1, &first)
+    inventory::cancel(redis.next(), &scripts, &r1, &first)
         .await
         .unwrap()
         .expect("cancelled");
@@ -1014,7 +1017,8 @@ async fn a_rollback_followed_only_by_cancellations_is_detected_all_the_same() {
     private.kill();
     private.relaunch_from(&snapshot);
     for (user, id) in &kept {
-        let cancelled = once_redis_answers(|| inventory::cancel(&redis, &scripts, id, user)).await;
+        let cancelled =
+            once_redis_answers(|| inventory::cancel(redis.next(), &scripts, id, user)).await;
         assert!(cancelled.is_ok(), "{cancelled:?}");
     }
     for _ in 0..2 {

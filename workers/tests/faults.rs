@@ -414,7 +414,9 @@ async fn restore_with_freeze_waits_until_every_confirmation_is_in_postgres() {
     let (user, id) = &sold[0];
     assert!(
         matches!(
-            inventory::cancel(&redis, &scripts, id, user).await.unwrap(),
+            inventory::cancel(redis.next(), &scripts, id, user)
+                .await
+                .unwrap(),
             Err(inventory::Refusal::Frozen)
         ),
         "a frozen sale takes no cancellation"

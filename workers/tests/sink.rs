@@ -27,7 +27,7 @@ async fn the_sink_records_confirmations_and_cancellations_once_however_often_it_
     let sale = sale(&db, &redis, &scripts, 100, 600).await;
     let sold = confirmations(&redis, &scripts, sale, &format!("s-{sale}"), 20, "A", 2).await;
     for (user, id) in &sold[..3] {
-        inventory::cancel(&redis, &scripts, id, user)
+        inventory::cancel(redis.next(), &scripts, id, user)
             .await
             .unwrap()
             .expect("cancelled");
