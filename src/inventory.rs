@@ -13,10 +13,10 @@ use fred::{
 use serde::Serialize;
 
 use crate::{
-    error::{ApiError, ApiResult},
     ids::{ReservationId, SaleId},
     keys::SaleKeys,
     scripts::Scripts,
+    store::StoreError,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -121,7 +121,11 @@ pub struct HoldRequest<'a> {
     pub fingerprint: Option<String>,
 }
 
-pub async fn hold(redis: &Pool, scripts: &Scripts, req: HoldRequest<'_>) -> ApiResult<Outcome> {
+pub async fn hold(
+    redis: &Pool,
+    scripts: &Scripts,
+    req: HoldRequest<'_>,
+) -> Result<Outcome, StoreError> {
     let keys = SaleKeys::new(req.sale);
     let reply: Vec<String> = scripts
         .hold
@@ -164,7 +168,7 @@ pub async fn hold(redis: &Pool, scripts: &Scripts, req: HoldRequest<'_>) -> ApiR
         }),
         _ => decode(req.sale, &reply),
     }
-    .map_err(ApiError::internal)?;
+    .map_err(StoreError::corrupt)?;
     match &outcome {
         Ok(acted) if !acted.replayed => {
             metrics::counter!("flashsale_holds_total").increment(1);
@@ -187,7 +191,7 @@ pub async fn confirm(
     id: &ReservationId,
     user: &str,
     payment_ref: &str,
-) -> ApiResult<Outcome> {
+) -> Result<Outcome, StoreError> {
     let keys = SaleKeys::new(id.sale);
     let mut confirm_keys = change_keys(&keys, id, user);
     confirm_keys.push(keys.admitted());
@@ -205,7 +209,7 @@ pub async fn confirm(
             ],
         )
         .await?;
-    let outcome = decode(id.sale, &reply).map_err(ApiError::internal)?;
+    let outcome = decode(id.sale, &reply).map_err(StoreError::corrupt)?;
     count_change(&outcome, "flashsale_confirms_total");
     Ok(outcome)
 }
@@ -216,7 +220,7 @@ pub async fn cancel(
     scripts: &Scripts,
     id: &ReservationId,
     user: &str,
-) -> ApiResult<Outcome> {
+) -> Result<Outcome, StoreError> {
     let keys = SaleKeys::new(id.sale);
     let mut cancel_keys = change_keys(&keys, id, user);
     cancel_keys.push(keys.meta());
@@ -232,7 +236,7 @@ pub async fn cancel(
             ],
         )
         .await?;
-    let outcome = decode(id.sale, &reply).map_err(ApiError::internal)?;
+    let outcome = decode(id.sale, &reply).map_err(StoreError::corrupt)?;
     count_change(&outcome, "flashsale_cancels_total");
     Ok(outcome)
 }
@@ -257,7 +261,7 @@ pub async fn expire_due(
     scripts: &Scripts,
     sale: SaleId,
     limit: u32,
-) -> ApiResult<Swept> {
+) -> Result<Swept, StoreError> {
     let keys = SaleKeys::new(sale);
     let (holds, tickets): (u64, u64) = scripts
         .expire
@@ -278,7 +282,11 @@ pub async fn expire_due(
 }
 
 /// Reads one reservation, if it exists and belongs to `user`.
-pub async fn get(redis: &Pool, id: &ReservationId, user: &str) -> ApiResult<Option<Reservation>> {
+pub async fn get(
+    redis: &Pool,
+    id: &ReservationId,
+    user: &str,
+) -> Result<Option<Reservation>, StoreError> {
     use fred::interfaces::HashesInterface;
     let key = SaleKeys::new(id.sale).reservation(id);
     let fields: Vec<Option<String>> = redis
@@ -312,7 +320,7 @@ pub async fn get(redis: &Pool, id: &ReservationId, user: &str) -> ApiResult<Opti
             &text(6),
             &text(7),
         )
-        .map_err(ApiError::internal)?,
+        .map_err(StoreError::corrupt)?,
     ))
 }
 

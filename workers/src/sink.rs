@@ -39,7 +39,7 @@ use std::{
 };
 
 use chrono::{DateTime, TimeZone, Utc};
-use flashsale::{ids::SaleId, keys::SaleKeys, scripts::Scripts};
+use flashsale::{ids::SaleId, keys::SaleKeys, outbox::fields, scripts::Scripts};
 use fred::{
     clients::Pool,
     interfaces::{HashesInterface, StreamsInterface},
@@ -509,16 +509,16 @@ fn parse_event(stream_id: &str, f: &HashMap<String, String>) -> Result<Event, St
             .single()
             .ok_or_else(|| format!("{k} is out of range"))
     };
-    let kind = match get("type")? {
+    let kind = match get(fields::TYPE)? {
         "confirmed" => Kind::Confirmed,
         "cancelled" => Kind::Cancelled,
         other => return Err(format!("unknown type `{other}`")),
     };
-    let qty: i32 = get("qty")?
+    let qty: i32 = get(fields::QTY)?
         .parse()
         .map_err(|_| "qty is not a number".to_owned())?;
-    let at = millis("at_ms")?;
-    let seq = match f.get("seq") {
+    let at = millis(fields::AT_MS)?;
+    let seq = match f.get(fields::SEQ) {
         None => None,
         Some(s) => Some(
             s.parse::<i64>()
@@ -530,22 +530,25 @@ fn parse_event(stream_id: &str, f: &HashMap<String, String>) -> Result<Event, St
     Ok(Event {
         stream_id: stream_id.to_owned(),
         kind,
-        id: get("id")?.to_owned(),
-        sale: get("sale")?
+        id: get(fields::ID)?.to_owned(),
+        sale: get(fields::SALE)?
             .parse()
             .map_err(|_| "sale is not a sale id".to_owned())?,
-        zone: get("zone")?.to_owned(),
-        user: get("user")?.to_owned(),
+        zone: get(fields::ZONE)?.to_owned(),
+        user: get(fields::USER)?.to_owned(),
         qty,
         at,
         // Entries written before cancellations carried it: the cancellation's
         // own time stands in (the row exists already in that case).
-        confirmed_at: if f.contains_key("confirmed_ms") {
-            millis("confirmed_ms")?
+        confirmed_at: if f.contains_key(fields::CONFIRMED_MS) {
+            millis(fields::CONFIRMED_MS)?
         } else {
             at
         },
-        payment_ref: f.get("payment_ref").filter(|p| !p.is_empty()).cloned(),
+        payment_ref: f
+            .get(fields::PAYMENT_REF)
+            .filter(|p| !p.is_empty())
+            .cloned(),
         seq,
     })
 }
