@@ -113,6 +113,59 @@ impl Config {
 }
 
 /// A variable's value, treating an empty string as unset.
+/// The background workers' settings (`flashsale-workers`), read once.
+#[derive(Clone, Debug)]
+pub struct WorkersConfig {
+    /// How often holds past their deadline are swept.
+    pub expire_every: Duration,
+    /// How often the releaser asks each sale whether a tick is due.
+    pub release_poll: Duration,
+    /// The workers' own `/metrics`.
+    pub metrics_addr: SocketAddr,
+    /// A step not finished by then is abandoned and run afresh.
+    pub step_limit: Duration,
+    pub sink_every: Duration,
+    pub reconcile_every: Duration,
+    /// This sink's consumer name in the group (`<HOSTNAME>-<pid>` unless set).
+    pub sink_consumer: String,
+    pub sink_batch: u64,
+    pub sink_claim_idle_ms: u64,
+    pub sink_max_deliveries: u32,
+}
+
+impl WorkersConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let ms = |name: &str, default: u64, min: u64| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(parse_or(name, default)?.max(min)))
+        };
+        let secs = |name: &str, default: u64| -> anyhow::Result<Duration> {
+            Ok(Duration::from_secs(parse_or(name, default)?.max(1)))
+        };
+        Ok(Self {
+            expire_every: ms("EXPIRE_INTERVAL_MS", 250, 10)?,
+            release_poll: ms("RELEASE_POLL_MS", 50, 5)?,
+            metrics_addr: parse_or(
+                "WORKERS_METRICS_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9091)),
+            )?,
+            // Far above any step's normal run: only a hung step reaches it.
+            step_limit: secs("WORKER_STEP_TIMEOUT_SECONDS", 60)?,
+            sink_every: ms("SINK_INTERVAL_MS", 100, 5)?,
+            reconcile_every: secs("RECONCILE_INTERVAL_SECONDS", 5)?,
+            sink_consumer: optional("SINK_CONSUMER").unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    optional("HOSTNAME").unwrap_or_else(|| "sink".into()),
+                    std::process::id()
+                )
+            }),
+            sink_batch: parse_or("SINK_BATCH", 500u64)?.clamp(1, 10_000),
+            sink_claim_idle_ms: parse_or("SINK_CLAIM_IDLE_MS", 30_000u64)?,
+            sink_max_deliveries: parse_or("SINK_MAX_DELIVERIES", 60u32)?.max(1),
+        })
+    }
+}
+
 fn optional(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }

@@ -3,10 +3,13 @@
 
 #![allow(clippy::print_stdout, reason = "a CLI prints its results")]
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
 
 use flashsale::{
-    config::{self, Config},
+    config::{Config, WorkersConfig},
     scripts::Scripts,
     telemetry,
 };
@@ -20,40 +23,30 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("check") {
-        return check(&args[1..]).await;
+    let cli = Cli::parse();
+    if let Some(Command::Check { sale, confirmed }) = cli.command {
+        return check(&sale, confirmed.as_deref()).await;
     }
     let config = Config::from_env()?;
-    let expire_every =
-        Duration::from_millis(config::parse_or("EXPIRE_INTERVAL_MS", 250u64)?.max(10));
-    let release_poll = Duration::from_millis(config::parse_or("RELEASE_POLL_MS", 50u64)?.max(5));
+    let settings = WorkersConfig::from_env()?;
     let idle_ms = config.queue_idle_seconds * 1000;
-    let metrics_addr: std::net::SocketAddr = config::parse_or(
-        "WORKERS_METRICS_ADDR",
-        std::net::SocketAddr::from(([127, 0, 0, 1], 9091)),
-    )?;
     telemetry::init_tracing(config.log_format);
     let metrics = telemetry::metrics();
-    // Far above any step's normal run: only a hung step reaches it.
-    let step_limit =
-        Duration::from_secs(config::parse_or("WORKER_STEP_TIMEOUT_SECONDS", 60u64)?.max(1));
-    let sink_every = Duration::from_millis(config::parse_or("SINK_INTERVAL_MS", 100u64)?.max(5));
-    let reconcile_every =
-        Duration::from_secs(config::parse_or("RECONCILE_INTERVAL_SECONDS", 5u64)?.max(1));
+    let (expire_every, release_poll, step_limit, sink_every, reconcile_every, metrics_addr) = (
+        settings.expire_every,
+        settings.release_poll,
+        settings.step_limit,
+        settings.sink_every,
+        settings.reconcile_every,
+        settings.metrics_addr,
+    );
     let sink = Arc::new(
         Sink::new(
-            std::env::var("SINK_CONSUMER").unwrap_or_else(|_| {
-                format!(
-                    "{}-{}",
-                    std::env::var("HOSTNAME").unwrap_or_else(|_| "sink".into()),
-                    std::process::id()
-                )
-            }),
-            config::parse_or("SINK_BATCH", 500u64)?.clamp(1, 10_000),
-            config::parse_or("SINK_CLAIM_IDLE_MS", 30_000u64)?,
+            settings.sink_consumer.clone(),
+            settings.sink_batch,
+            settings.sink_claim_idle_ms,
         )
-        .max_deliveries(config::parse_or("SINK_MAX_DELIVERIES", 60u32)?.max(1)),
+        .max_deliveries(settings.sink_max_deliveries),
     );
     let redis = flashsale::redis::connect(&config.redis_url, 2, config.store_timeout).await?;
     let db = flashsale::db::connect(&config.database_url, 4, config.store_timeout).await?;
@@ -158,22 +151,38 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `flashsale-workers check --sale ID [--confirmed FILE]`: the post-run check
-/// of a load test (see `check.rs`). Exits 1 when an invariant is broken.
-async fn check(args: &[String]) -> anyhow::Result<()> {
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-    };
-    let sale: flashsale::ids::SaleId = value("--sale")
-        .ok_or_else(|| {
-            anyhow::anyhow!("usage: flashsale-workers check --sale ID [--confirmed FILE]")
-        })?
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--sale is not a sale id"))?;
-    let told: std::collections::HashSet<String> = match value("--confirmed") {
-        Some(path) => std::fs::read_to_string(path)?
+/// flashsale's background workers: the releaser, the hold expirer, the
+/// stream sink and the reconciler, until SIGTERM or Ctrl-C. Settings come
+/// from the environment (README, Configuration).
+#[derive(Parser)]
+#[command(name = "flashsale-workers", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The post-run check of a load test: every invariant of the sale, and
+    /// every confirmation a client was told of in Postgres. Exits 1 when an
+    /// invariant is broken.
+    Check {
+        /// The sale to check.
+        #[arg(long)]
+        sale: String,
+        /// A file of the reservation ids clients were told are confirmed,
+        /// one a line.
+        #[arg(long)]
+        confirmed: Option<std::path::PathBuf>,
+    },
+}
+
+/// `flashsale-workers check --sale ID [--confirmed FILE]` (see `check.rs`).
+async fn check(sale: &str, confirmed: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let sale: flashsale::ids::SaleId = sale.parse().context("--sale is not a sale id")?;
+    let told: std::collections::HashSet<String> = match confirmed {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("read {}", path.display()))?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
