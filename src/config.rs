@@ -7,6 +7,8 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use anyhow::{bail, Context};
 
+use crate::limits::{IpRange, LimitsConfig, Rate};
+
 /// The secret used when `JWT_SECRET` is not set. Good for a laptop only; the
 /// server warns loudly at start when it is in use.
 pub const DEV_JWT_SECRET: &str = "flashsale-development-secret-change-me-in-production";
@@ -47,6 +49,11 @@ pub struct Config {
     /// How long a confirmation waits for those replicas before the buyer is
     /// told `503` and to retry.
     pub confirm_wait_timeout: Duration,
+    /// With a `rediss://` URL: the CA certificates to trust instead of the
+    /// system's (`REDIS_TLS_CA_FILE`).
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+    pub limits: LimitsConfig,
+    pub passes: PassSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -103,6 +110,13 @@ impl Config {
                 .clamp(60, 7 * 24 * 3600),
             confirm_wait_replicas: parse_or("CONFIRM_WAIT_REPLICAS", 0u32)?,
             confirm_wait_timeout: Duration::from_millis(confirm_wait_timeout_ms),
+            redis_tls_ca: optional("REDIS_TLS_CA_FILE").map(std::path::PathBuf::from),
+            limits: limits_from_env()?,
+            passes: PassSettings {
+                signing_key: utf8("PASS_SIGNING_KEY")?,
+                key_id: utf8("PASS_KEY_ID")?,
+                previous_keys: utf8("PASS_PREVIOUS_KEYS")?,
+            },
         })
     }
 
@@ -113,6 +127,72 @@ impl Config {
 }
 
 /// A variable's value, treating an empty string as unset.
+/// `RATE_<JOIN|POLL|HOLD|LOGIN|ADDRESS>_PER_MINUTE` and `..._BURST`,
+/// `MAX_IN_FLIGHT`, `TRUSTED_PROXIES` (comma-separated addresses or CIDR
+/// ranges); `RATE_LIMITS=off` turns every rate limit off (load tests from one
+/// address).
+fn limits_from_env() -> anyhow::Result<LimitsConfig> {
+    if std::env::var("RATE_LIMITS").is_ok_and(|v| v == "off") {
+        return Ok(LimitsConfig::unlimited());
+    }
+    let rate = |name: &str, per_minute: u32, burst: u32| -> anyhow::Result<Rate> {
+        Ok(Rate {
+            per_minute: parse_or(&format!("RATE_{name}_PER_MINUTE"), per_minute)?,
+            burst: parse_or(&format!("RATE_{name}_BURST"), burst)?.max(1),
+        })
+    };
+    let trusted_proxies = match std::env::var("TRUSTED_PROXIES") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|a| a.trim().parse::<IpRange>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("TRUSTED_PROXIES is malformed: {e}"))?,
+        _ => Vec::new(),
+    };
+    Ok(LimitsConfig {
+        // A browser joins once and polls every few seconds; a buyer
+        // holds a handful of times. Bursts absorb retries and reloads.
+        join: rate("JOIN", 60, 5)?,
+        poll: rate("POLL", 120, 10)?,
+        hold: rate("HOLD", 120, 10)?,
+        login: rate("LOGIN", 20, 10)?,
+        // Generous: many buyers can share one address (NAT, offices).
+        per_address: rate("ADDRESS", 6000, 200)?,
+        max_in_flight: parse_or("MAX_IN_FLIGHT", 4096usize)?.max(1),
+        trusted_proxies,
+    })
+}
+
+/// The queue passes' keys as configured: `PASS_SIGNING_KEY`, `PASS_KEY_ID`,
+/// `PASS_PREVIOUS_KEYS` (see [`crate::passes::PassKeys::from_settings`]).
+#[derive(Clone, Default)]
+pub struct PassSettings {
+    pub signing_key: Option<String>,
+    pub key_id: Option<String>,
+    pub previous_keys: Option<String>,
+}
+
+impl std::fmt::Debug for PassSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("PassSettings")
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "<set>"))
+            .field("key_id", &self.key_id)
+            .field("previous_keys", &self.previous_keys)
+            .finish()
+    }
+}
+
+/// An environment variable, `None` when unset; one set to something that is
+/// not UTF-8 is an error naming it.
+fn utf8(name: &str) -> anyhow::Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
+    }
+}
+
 /// The background workers' settings (`flashsale-workers`), read once.
 #[derive(Clone, Debug)]
 pub struct WorkersConfig {

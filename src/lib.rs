@@ -66,10 +66,11 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         config.store_timeout,
     )
     .await?;
-    let redis = redis::connect(
+    let redis = redis::connect_with_ca(
         &config.redis_url,
         config.redis_pool_size,
         config.store_timeout,
+        config.redis_tls_ca.as_deref(),
     )
     .await?;
     let scripts = Arc::new(scripts::Scripts::new());
@@ -78,8 +79,8 @@ pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
         tracing::warn!(error = %err, "could not preload Lua scripts");
     }
     let replication = Arc::new(replication::Replication::connect(config).await?);
-    let passes = Arc::new(passes::PassKeys::from_env(&redis).await?);
-    let limits = Arc::new(limits::Limits::new(&limits::LimitsConfig::from_env()?));
+    let passes = Arc::new(passes::PassKeys::from_settings(&redis, &config.passes).await?);
+    let limits = Arc::new(limits::Limits::new(&config.limits));
     {
         // Forget rate-limit keys back at full allowance, so memory follows
         // the active clients, not every client ever seen.

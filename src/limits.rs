@@ -20,8 +20,6 @@ use governor::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::parse_or;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Join,
@@ -105,42 +103,6 @@ impl std::str::FromStr for IpRange {
 }
 
 impl LimitsConfig {
-    /// `RATE_<JOIN|POLL|HOLD|LOGIN|ADDRESS>_PER_MINUTE` and `..._BURST`,
-    /// `MAX_IN_FLIGHT`, `TRUSTED_PROXIES` (comma-separated addresses);
-    /// `RATE_LIMITS=off` turns every rate limit off (load tests from one
-    /// address).
-    pub fn from_env() -> anyhow::Result<Self> {
-        if std::env::var("RATE_LIMITS").is_ok_and(|v| v == "off") {
-            return Ok(Self::unlimited());
-        }
-        let rate = |name: &str, per_minute: u32, burst: u32| -> anyhow::Result<Rate> {
-            Ok(Rate {
-                per_minute: parse_or(&format!("RATE_{name}_PER_MINUTE"), per_minute)?,
-                burst: parse_or(&format!("RATE_{name}_BURST"), burst)?.max(1),
-            })
-        };
-        let trusted_proxies = match std::env::var("TRUSTED_PROXIES") {
-            Ok(list) if !list.trim().is_empty() => list
-                .split(',')
-                .map(|a| a.trim().parse::<IpRange>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("TRUSTED_PROXIES is malformed: {e}"))?,
-            _ => Vec::new(),
-        };
-        Ok(Self {
-            // A browser joins once and polls every few seconds; a buyer
-            // holds a handful of times. Bursts absorb retries and reloads.
-            join: rate("JOIN", 60, 5)?,
-            poll: rate("POLL", 120, 10)?,
-            hold: rate("HOLD", 120, 10)?,
-            login: rate("LOGIN", 20, 10)?,
-            // Generous: many buyers can share one address (NAT, offices).
-            per_address: rate("ADDRESS", 6000, 200)?,
-            max_in_flight: parse_or("MAX_IN_FLIGHT", 4096usize)?.max(1),
-            trusted_proxies,
-        })
-    }
-
     /// Everything off: for benchmarks that drive one address very hard.
     pub fn unlimited() -> Self {
         let off = Rate {

@@ -47,6 +47,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::PassSettings;
 use crate::tokens::{cache_key, unix_now, CacheKey, MAX_USER_ID_LEN};
 
 /// Clock leeway on `exp`, in seconds. Replicas run NTP; a pass lives minutes,
@@ -191,27 +192,15 @@ pub struct PassKeys {
 }
 
 impl PassKeys {
-    /// Keys from the environment (`PASS_SIGNING_KEY`, `PASS_KEY_ID`,
-    /// `PASS_PREVIOUS_KEYS`); when PASS_SIGNING_KEY is unset, a development
-    /// key shared through Redis.
-    pub async fn from_env(redis: &Pool) -> anyhow::Result<Self> {
-        Self::from_settings(
-            redis,
-            env_var(ENV_SIGNING_KEY)?,
-            env_var(ENV_KEY_ID)?,
-            env_var(ENV_PREVIOUS_KEYS)?,
-        )
-        .await
-    }
-
-    /// `from_env` on values already read, so tests need not touch the
-    /// process-wide environment.
-    async fn from_settings(
-        redis: &Pool,
-        signing_key: Option<String>,
-        key_id: Option<String>,
-        previous_keys: Option<String>,
-    ) -> anyhow::Result<Self> {
+    /// Keys as configured (`PASS_SIGNING_KEY`, `PASS_KEY_ID`,
+    /// `PASS_PREVIOUS_KEYS`, read into [`PassSettings`]); when no signing key
+    /// is set, a development key shared through Redis.
+    pub async fn from_settings(redis: &Pool, settings: &PassSettings) -> anyhow::Result<Self> {
+        let PassSettings {
+            signing_key,
+            key_id,
+            previous_keys,
+        } = settings.clone();
         let secret = match signing_key {
             Some(value) => parse_signing_key(&value)
                 .with_context(|| format!("{ENV_SIGNING_KEY} is malformed"))?,
@@ -237,7 +226,7 @@ impl PassKeys {
         Self::new(SigningKey { kid, key: secret }, previous)
     }
 
-    /// Build from explicit material (used by tests and by `from_env`).
+    /// Build from explicit material (used by tests and by `from_settings`).
     /// Kids must be non-empty and distinct: a kid naming two keys would make
     /// which one verifies a pass a matter of chance.
     pub fn new(current: SigningKey, previous: Vec<VerifyingKey>) -> anyhow::Result<Self> {
@@ -498,16 +487,6 @@ async fn dev_signing_key(redis: &Pool) -> anyhow::Result<ed25519_dalek::SigningK
         stored.with_context(|| format!("the development pass key at {DEV_KEY} vanished; retry"))?;
     parse_signing_key(&stored)
         .with_context(|| format!("the development pass key at {DEV_KEY} is malformed"))
-}
-
-/// An environment variable, `None` when unset; one set to something that is
-/// not UTF-8 is an error naming it.
-fn env_var(name: &str) -> anyhow::Result<Option<String>> {
-    match std::env::var(name) {
-        Ok(value) => Ok(Some(value)),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
-    }
 }
 
 #[cfg(test)]
@@ -841,16 +820,30 @@ mod tests {
             ),
         ];
         for (signing, kid, previous, var) in cases {
-            let err = PassKeys::from_settings(&redis, signing, kid, previous)
-                .await
-                .expect_err("malformed setting");
+            let err = PassKeys::from_settings(
+                &redis,
+                &PassSettings {
+                    signing_key: signing,
+                    key_id: kid,
+                    previous_keys: previous,
+                },
+            )
+            .await
+            .expect_err("malformed setting");
             assert!(format!("{err:#}").contains(var), "{err:#} names {var}");
         }
 
         let previous = format!("old={},", key("old", 3).verifying_key().x());
-        let keys = PassKeys::from_settings(&redis, Some(seed), None, Some(previous))
-            .await
-            .expect("valid settings");
+        let keys = PassKeys::from_settings(
+            &redis,
+            &PassSettings {
+                signing_key: Some(seed),
+                key_id: None,
+                previous_keys: Some(previous),
+            },
+        )
+        .await
+        .expect("valid settings");
         let kid = keys.current_kid();
         assert_eq!(kid.len(), 16);
         assert!(kid.chars().all(|c| c.is_ascii_hexdigit()));
@@ -869,8 +862,22 @@ mod tests {
         // Two replicas starting at once: whichever wins the SET NX, both end
         // up with the same key.
         let (a, b) = tokio::join!(
-            PassKeys::from_settings(&redis, None, None, None),
-            PassKeys::from_settings(&redis, None, None, None),
+            PassKeys::from_settings(
+                &redis,
+                &PassSettings {
+                    signing_key: None,
+                    key_id: None,
+                    previous_keys: None,
+                },
+            ),
+            PassKeys::from_settings(
+                &redis,
+                &PassSettings {
+                    signing_key: None,
+                    key_id: None,
+                    previous_keys: None,
+                },
+            ),
         );
         let (a, b) = (a.expect("replica a"), b.expect("replica b"));
         assert_eq!(a.current_kid(), b.current_kid());

@@ -39,10 +39,9 @@ use fred::{
     types::config::TlsConnector,
 };
 
-/// A pool for `url`, with the CA file of `REDIS_TLS_CA_FILE` if it is set.
+/// A pool for `url`, trusting the system's roots over TLS.
 pub async fn connect(url: &str, size: usize, timeout: Duration) -> anyhow::Result<Pool> {
-    let ca = std::env::var_os("REDIS_TLS_CA_FILE").filter(|v| !v.is_empty());
-    connect_with_ca(url, size, timeout, ca.as_deref().map(Path::new)).await
+    connect_with_ca(url, size, timeout, None).await
 }
 
 /// A pool for `url`; over TLS, the server's certificate must chain to a CA

@@ -102,10 +102,11 @@ impl Replication {
         if config.confirm_wait_replicas == 0 {
             return Ok(Self::off());
         }
-        let pool = crate::redis::connect(
+        let pool = crate::redis::connect_with_ca(
             &config.redis_url,
             config.redis_pool_size,
             config.store_timeout,
+            config.redis_tls_ca.as_deref(),
         )
         .await?;
         Ok(Self::new(

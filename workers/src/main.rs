@@ -48,7 +48,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .max_deliveries(settings.sink_max_deliveries),
     );
-    let redis = flashsale::redis::connect(&config.redis_url, 2, config.store_timeout).await?;
+    let redis = flashsale::redis::connect_with_ca(
+        &config.redis_url,
+        2,
+        config.store_timeout,
+        config.redis_tls_ca.as_deref(),
+    )
+    .await?;
     let db = flashsale::db::connect(&config.database_url, 4, config.store_timeout).await?;
     let scripts = Arc::new(Scripts::new());
     if let Err(err) = scripts.load(&redis).await {
@@ -191,7 +197,13 @@ async fn check(sale: &str, confirmed: Option<&std::path::Path>) -> anyhow::Resul
         None => Default::default(),
     };
     let config = Config::from_env()?;
-    let redis = flashsale::redis::connect(&config.redis_url, 1, config.store_timeout).await?;
+    let redis = flashsale::redis::connect_with_ca(
+        &config.redis_url,
+        1,
+        config.store_timeout,
+        config.redis_tls_ca.as_deref(),
+    )
+    .await?;
     let db = flashsale::db::connect(&config.database_url, 2, config.store_timeout).await?;
     let scripts = Scripts::new();
     let v = flashsale_workers::check::run(&redis, &scripts, &db, sale, &told).await?;
