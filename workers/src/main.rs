@@ -28,25 +28,24 @@ async fn main() -> anyhow::Result<()> {
         return check(&sale, confirmed.as_deref()).await;
     }
     let config = Config::from_env()?;
-    let settings = WorkersConfig::from_env()?;
+    let WorkersConfig {
+        expire_every,
+        release_poll,
+        metrics_addr,
+        step_limit,
+        sink_every,
+        reconcile_every,
+        sink_consumer,
+        sink_batch,
+        sink_claim_idle_ms,
+        sink_max_deliveries,
+    } = WorkersConfig::from_env()?;
     let idle_ms = config.queue_idle_seconds * 1000;
     telemetry::init_tracing(config.log_format);
     let metrics = telemetry::metrics();
-    let (expire_every, release_poll, step_limit, sink_every, reconcile_every, metrics_addr) = (
-        settings.expire_every,
-        settings.release_poll,
-        settings.step_limit,
-        settings.sink_every,
-        settings.reconcile_every,
-        settings.metrics_addr,
-    );
     let sink = Arc::new(
-        Sink::new(
-            settings.sink_consumer.clone(),
-            settings.sink_batch,
-            settings.sink_claim_idle_ms,
-        )
-        .max_deliveries(settings.sink_max_deliveries),
+        Sink::new(sink_consumer, sink_batch, sink_claim_idle_ms)
+            .max_deliveries(sink_max_deliveries),
     );
     let redis = flashsale::redis::connect_with_ca(
         &config.redis_url,

@@ -218,31 +218,8 @@ impl PrivateRedis {
         assert!(self.child.is_none(), "kill the server first");
         let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
         std::fs::copy(snapshot, self.dir.join("dump.rdb")).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("private redis-server did not start from the snapshot");
+        // The last of a repeated setting wins: AOF off.
+        self.launch_with(&["--appendonly", "no"]);
     }
 }
 
