@@ -72,50 +72,68 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The configuration from the process's environment.
     pub fn from_env() -> anyhow::Result<Self> {
-        let secret = optional("JWT_SECRET").unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+        Self::from_vars(&Vars::process())
+    }
+
+    /// The configuration from `vars`, read as `from_env` reads the
+    /// environment (the tests build theirs this way).
+    pub fn from_vars(vars: &Vars) -> anyhow::Result<Self> {
+        let secret = vars
+            .optional("JWT_SECRET")
+            .unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
         if secret.len() < 32 {
             bail!("JWT_SECRET must be at least 32 bytes long");
         }
-        let leeway_seconds = parse_or("JWT_LEEWAY_SECONDS", 5u64)?;
+        let leeway_seconds = vars.parse_or("JWT_LEEWAY_SECONDS", 5u64)?;
         if leeway_seconds > 30 {
             bail!("JWT_LEEWAY_SECONDS must be at most 30");
         }
-        let confirm_wait_timeout_ms = parse_or("CONFIRM_WAIT_TIMEOUT_MS", DEFAULT_CONFIRM_WAIT_MS)?;
+        let confirm_wait_timeout_ms =
+            vars.parse_or("CONFIRM_WAIT_TIMEOUT_MS", DEFAULT_CONFIRM_WAIT_MS)?;
         if !(1..=MAX_CONFIRM_WAIT_MS).contains(&confirm_wait_timeout_ms) {
             bail!("CONFIRM_WAIT_TIMEOUT_MS must be between 1 and {MAX_CONFIRM_WAIT_MS}");
         }
-        let log_format = match optional("LOG_FORMAT").as_deref() {
+        let log_format = match vars.optional("LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => bail!("LOG_FORMAT must be `json` or `text`, not `{other}`"),
         };
         Ok(Self {
-            database_url: optional("DATABASE_URL")
+            database_url: vars
+                .optional("DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/flashsale".into()),
-            redis_url: optional("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_url: vars
+                .optional("REDIS_URL")
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             jwt: JwtConfig {
                 secret,
-                issuer: optional("JWT_ISSUER"),
-                audience: optional("JWT_AUDIENCE"),
+                issuer: vars.optional("JWT_ISSUER"),
+                audience: vars.optional("JWT_AUDIENCE"),
                 leeway_seconds,
             },
-            listen_addr: parse_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-            redis_pool_size: parse_or("REDIS_POOL_SIZE", 4usize)?.max(1),
-            database_max_connections: parse_or("DATABASE_MAX_CONNECTIONS", 10u32)?.max(1),
-            store_timeout: Duration::from_millis(parse_or("STORE_TIMEOUT_MS", 2000u64)?.max(1)),
+            listen_addr: vars.parse_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            redis_pool_size: vars.parse_or("REDIS_POOL_SIZE", 4usize)?.max(1),
+            database_max_connections: vars.parse_or("DATABASE_MAX_CONNECTIONS", 10u32)?.max(1),
+            store_timeout: Duration::from_millis(
+                vars.parse_or("STORE_TIMEOUT_MS", 2000u64)?.max(1),
+            ),
             log_format,
-            queue_idle_seconds: parse_or("QUEUE_IDLE_SECONDS", 300u64)?.max(1),
-            access_token_ttl_seconds: parse_or("ACCESS_TOKEN_TTL_SECONDS", 3600u64)?
+            queue_idle_seconds: vars.parse_or("QUEUE_IDLE_SECONDS", 300u64)?.max(1),
+            access_token_ttl_seconds: vars
+                .parse_or("ACCESS_TOKEN_TTL_SECONDS", 3600u64)?
                 .clamp(60, 7 * 24 * 3600),
-            confirm_wait_replicas: parse_or("CONFIRM_WAIT_REPLICAS", 0u32)?,
+            confirm_wait_replicas: vars.parse_or("CONFIRM_WAIT_REPLICAS", 0u32)?,
             confirm_wait_timeout: Duration::from_millis(confirm_wait_timeout_ms),
-            redis_tls_ca: optional("REDIS_TLS_CA_FILE").map(std::path::PathBuf::from),
-            limits: limits_from_env()?,
+            redis_tls_ca: vars
+                .optional("REDIS_TLS_CA_FILE")
+                .map(std::path::PathBuf::from),
+            limits: limits_from_env(vars)?,
             passes: PassSettings {
-                signing_key: utf8("PASS_SIGNING_KEY")?,
-                key_id: utf8("PASS_KEY_ID")?,
-                previous_keys: utf8("PASS_PREVIOUS_KEYS")?,
+                signing_key: vars.utf8("PASS_SIGNING_KEY")?,
+                key_id: vars.utf8("PASS_KEY_ID")?,
+                previous_keys: vars.utf8("PASS_PREVIOUS_KEYS")?,
             },
         })
     }
@@ -126,23 +144,22 @@ impl Config {
     }
 }
 
-/// A variable's value, treating an empty string as unset.
 /// `RATE_<JOIN|POLL|HOLD|LOGIN|ADDRESS>_PER_MINUTE` and `..._BURST`,
 /// `MAX_IN_FLIGHT`, `TRUSTED_PROXIES` (comma-separated addresses or CIDR
 /// ranges); `RATE_LIMITS=off` turns every rate limit off (load tests from one
 /// address).
-fn limits_from_env() -> anyhow::Result<LimitsConfig> {
-    if std::env::var("RATE_LIMITS").is_ok_and(|v| v == "off") {
+fn limits_from_env(vars: &Vars) -> anyhow::Result<LimitsConfig> {
+    if vars.optional("RATE_LIMITS").is_some_and(|v| v == "off") {
         return Ok(LimitsConfig::unlimited());
     }
     let rate = |name: &str, per_minute: u32, burst: u32| -> anyhow::Result<Rate> {
         Ok(Rate {
-            per_minute: parse_or(&format!("RATE_{name}_PER_MINUTE"), per_minute)?,
-            burst: parse_or(&format!("RATE_{name}_BURST"), burst)?.max(1),
+            per_minute: vars.parse_or(&format!("RATE_{name}_PER_MINUTE"), per_minute)?,
+            burst: vars.parse_or(&format!("RATE_{name}_BURST"), burst)?.max(1),
         })
     };
-    let trusted_proxies = match std::env::var("TRUSTED_PROXIES") {
-        Ok(list) if !list.trim().is_empty() => list
+    let trusted_proxies = match vars.optional("TRUSTED_PROXIES") {
+        Some(list) => list
             .split(',')
             .map(|a| a.trim().parse::<IpRange>())
             .collect::<Result<_, _>>()
@@ -158,7 +175,7 @@ fn limits_from_env() -> anyhow::Result<LimitsConfig> {
         login: rate("LOGIN", 20, 10)?,
         // Generous: many buyers can share one address (NAT, offices).
         per_address: rate("ADDRESS", 6000, 200)?,
-        max_in_flight: parse_or("MAX_IN_FLIGHT", 4096usize)?.max(1),
+        max_in_flight: vars.parse_or("MAX_IN_FLIGHT", 4096usize)?.max(1),
         trusted_proxies,
     })
 }
@@ -180,16 +197,6 @@ impl std::fmt::Debug for PassSettings {
             .field("key_id", &self.key_id)
             .field("previous_keys", &self.previous_keys)
             .finish()
-    }
-}
-
-/// An environment variable, `None` when unset; one set to something that is
-/// not UTF-8 is an error naming it.
-fn utf8(name: &str) -> anyhow::Result<Option<String>> {
-    match std::env::var(name) {
-        Ok(value) => Ok(Some(value)),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
     }
 }
 
@@ -215,16 +222,19 @@ pub struct WorkersConfig {
 
 impl WorkersConfig {
     pub fn from_env() -> anyhow::Result<Self> {
+        let vars = Vars::process();
         let ms = |name: &str, default: u64, min: u64| -> anyhow::Result<Duration> {
-            Ok(Duration::from_millis(parse_or(name, default)?.max(min)))
+            Ok(Duration::from_millis(
+                vars.parse_or(name, default)?.max(min),
+            ))
         };
         let secs = |name: &str, default: u64| -> anyhow::Result<Duration> {
-            Ok(Duration::from_secs(parse_or(name, default)?.max(1)))
+            Ok(Duration::from_secs(vars.parse_or(name, default)?.max(1)))
         };
         Ok(Self {
             expire_every: ms("EXPIRE_INTERVAL_MS", 250, 10)?,
             release_poll: ms("RELEASE_POLL_MS", 50, 5)?,
-            metrics_addr: parse_or(
+            metrics_addr: vars.parse_or(
                 "WORKERS_METRICS_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 9091)),
             )?,
@@ -232,35 +242,78 @@ impl WorkersConfig {
             step_limit: secs("WORKER_STEP_TIMEOUT_SECONDS", 60)?,
             sink_every: ms("SINK_INTERVAL_MS", 100, 5)?,
             reconcile_every: secs("RECONCILE_INTERVAL_SECONDS", 5)?,
-            sink_consumer: optional("SINK_CONSUMER").unwrap_or_else(|| {
+            sink_consumer: vars.optional("SINK_CONSUMER").unwrap_or_else(|| {
                 format!(
                     "{}-{}",
-                    optional("HOSTNAME").unwrap_or_else(|| "sink".into()),
+                    vars.optional("HOSTNAME").unwrap_or_else(|| "sink".into()),
                     std::process::id()
                 )
             }),
-            sink_batch: parse_or("SINK_BATCH", 500u64)?.clamp(1, 10_000),
-            sink_claim_idle_ms: parse_or("SINK_CLAIM_IDLE_MS", 30_000u64)?,
-            sink_max_deliveries: parse_or("SINK_MAX_DELIVERIES", 60u32)?.max(1),
+            sink_batch: vars.parse_or("SINK_BATCH", 500u64)?.clamp(1, 10_000),
+            sink_claim_idle_ms: vars.parse_or("SINK_CLAIM_IDLE_MS", 30_000u64)?,
+            sink_max_deliveries: vars.parse_or("SINK_MAX_DELIVERIES", 60u32)?.max(1),
         })
     }
 }
 
-fn optional(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+/// Where settings are read from: the process's environment, or (in tests)
+/// a list of the same names and values.
+pub struct Vars {
+    lookup: Box<Lookup>,
 }
 
-/// Parses a variable when set, else gives the default.
-pub fn parse_or<T>(name: &str, default: T) -> anyhow::Result<T>
-where
-    T: FromStr,
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    match optional(name) {
-        None => Ok(default),
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .with_context(|| format!("{name} is malformed: `{raw}`")),
+type Lookup = dyn Fn(&str) -> Result<String, std::env::VarError> + Send + Sync;
+
+impl Vars {
+    /// The process's environment.
+    pub fn process() -> Self {
+        Self {
+            lookup: Box::new(|name| std::env::var(name)),
+        }
+    }
+
+    /// These names and values, and nothing else.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let map: std::collections::HashMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Self {
+            lookup: Box::new(move |name| {
+                map.get(name).cloned().ok_or(std::env::VarError::NotPresent)
+            }),
+        }
+    }
+
+    /// A variable's value, treating an empty string as unset.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).ok().filter(|v| !v.trim().is_empty())
+    }
+
+    /// A variable, `None` when unset; one set to something that is not UTF-8
+    /// is an error naming it.
+    pub fn utf8(&self, name: &str) -> anyhow::Result<Option<String>> {
+        match (self.lookup)(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not valid UTF-8"),
+        }
+    }
+
+    /// Parses a variable when set, else gives the default.
+    pub fn parse_or<T>(&self, name: &str, default: T) -> anyhow::Result<T>
+    where
+        T: FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .with_context(|| format!("{name} is malformed: `{raw}`")),
+        }
     }
 }

@@ -53,66 +53,6 @@ pub mod telemetry;
 /// Access tokens (HS256 JWT).
 pub mod tokens;
 
-use std::sync::Arc;
-
-use config::Config;
-
-/// Connects to both stores and builds the API's shared state. Migrations are
-/// not run here: `flashsale migrate` (or the migration Job) does that.
-pub async fn state(config: &Config) -> anyhow::Result<http::AppState> {
-    let db = db::connect(
-        &config.database_url,
-        config.database_max_connections,
-        config.store_timeout,
-    )
-    .await?;
-    let redis = redis::connect_with_ca(
-        &config.redis_url,
-        config.redis_pool_size,
-        config.store_timeout,
-        config.redis_tls_ca.as_deref(),
-    )
-    .await?;
-    let scripts = Arc::new(scripts::Scripts::new());
-    if let Err(err) = scripts.load(&redis).await {
-        // Not fatal: every call reloads a missing script on its own.
-        tracing::warn!(error = %err, "could not preload Lua scripts");
-    }
-    let replication = Arc::new(replication::Replication::connect(config).await?);
-    let passes = Arc::new(passes::PassKeys::from_settings(&redis, &config.passes).await?);
-    let limits = Arc::new(limits::Limits::new(&config.limits));
-    {
-        // Forget rate-limit keys back at full allowance, so memory follows
-        // the active clients, not every client ever seen.
-        let limits = Arc::downgrade(&limits);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
-            loop {
-                tick.tick().await;
-                let Some(limits) = limits.upgrade() else {
-                    break;
-                };
-                limits.shrink();
-                metrics::gauge!("flashsale_rate_limit_keys").set(limits.keys() as f64);
-            }
-        });
-    }
-    Ok(http::AppState::from(http::AppInner {
-        db,
-        redis,
-        scripts,
-        tokens: Arc::new(tokens::AccessTokens::new(&config.jwt)),
-        passes,
-        limits,
-        seeds: Arc::new(http::Seeds::default()),
-        known_sales: Default::default(),
-        seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
-        access_token_ttl: config.access_token_ttl_seconds,
-        replication,
-        metrics: telemetry::metrics(),
-    }))
-}
-
 /// Resolves on SIGTERM or Ctrl-C: the moment a process stops taking new work
 /// and finishes what it has in hand.
 pub async fn shutdown_signal() {

@@ -172,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
             freeze,
             drain_wait_seconds,
         } => {
-            let state = flashsale::state(&config).await?;
+            let state = flashsale::http::AppState::build(&config).await?;
             let sale = sale.parse().context("--sale is not a sale id")?;
             let options = flashsale::recovery::Options {
                 freeze,
@@ -207,7 +207,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if config.uses_dev_secret() {
         tracing::warn!("JWT_SECRET is not set: using the built-in development secret; never do this in production");
     }
-    let state = flashsale::state(&config).await?;
+    let state = flashsale::http::AppState::build(&config).await?;
     let app = flashsale::http::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
@@ -265,7 +265,7 @@ async fn prepare_buyers(
 ) -> anyhow::Result<()> {
     use flashsale::{passes::PassClaims, queue};
     use futures::{StreamExt, TryStreamExt};
-    let state = flashsale::state(&config).await?;
+    let state = flashsale::http::AppState::build(&config).await?;
     let sale: flashsale::ids::SaleId = sale.parse().context("--sale is not a sale id")?;
     let seed = state
         .seeds
@@ -337,7 +337,7 @@ async fn prepare_buyers(
 }
 
 async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
-    let state = flashsale::state(&config).await?;
+    let state = flashsale::http::AppState::build(&config).await?;
     let organizer = "demo-organizer";
     let new_sale: sales::NewSale = serde_json::from_value(serde_json::json!({
         "name": "Demo night - Berlin",

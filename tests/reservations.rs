@@ -566,25 +566,28 @@ async fn forged_expired_and_unsigned_tokens_are_refused() {
             "expired",
             Some(sign(
                 json!({"sub": "eve", "role": "buyer", "exp": now - 60}),
-                common::SECRET,
+                common::JWT_SECRET,
             )),
         ),
         (
             "no exp",
-            Some(sign(json!({"sub": "eve", "role": "buyer"}), common::SECRET)),
+            Some(sign(
+                json!({"sub": "eve", "role": "buyer"}),
+                common::JWT_SECRET,
+            )),
         ),
         (
             "no sub",
             Some(sign(
                 json!({"role": "buyer", "exp": now + 600}),
-                common::SECRET,
+                common::JWT_SECRET,
             )),
         ),
         (
             "bad role",
             Some(sign(
                 json!({"sub": "eve", "role": "admin", "exp": now + 600}),
-                common::SECRET,
+                common::JWT_SECRET,
             )),
         ),
     ];

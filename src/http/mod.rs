@@ -43,8 +43,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_scalar::Servable;
 
 use crate::{
-    error::ApiError, limits::Limits, passes::PassKeys, replication::Replication, scripts::Scripts,
-    tokens::AccessTokens,
+    config::Config, error::ApiError, limits::Limits, passes::PassKeys, replication::Replication,
+    scripts::Scripts, tokens::AccessTokens,
 };
 
 /// Largest JSON body accepted: every request of the API fits in a few hundred
@@ -63,6 +63,65 @@ impl std::ops::Deref for AppState {
     type Target = AppInner;
     fn deref(&self) -> &AppInner {
         &self.0
+    }
+}
+
+impl AppState {
+    /// Connects to both stores and builds the API's shared state, as `main`
+    /// and the tests do. Migrations are not run here: `flashsale migrate`
+    /// (or the migration Job) does that.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let db = crate::db::connect(
+            &config.database_url,
+            config.database_max_connections,
+            config.store_timeout,
+        )
+        .await?;
+        let redis = crate::redis::connect_with_ca(
+            &config.redis_url,
+            config.redis_pool_size,
+            config.store_timeout,
+            config.redis_tls_ca.as_deref(),
+        )
+        .await?;
+        let scripts = Arc::new(Scripts::new());
+        if let Err(err) = scripts.load(&redis).await {
+            // Not fatal: every call reloads a missing script on its own.
+            tracing::warn!(error = %err, "could not preload Lua scripts");
+        }
+        let replication = Arc::new(Replication::connect(config).await?);
+        let passes = Arc::new(PassKeys::from_settings(&redis, &config.passes).await?);
+        let limits = Arc::new(Limits::new(&config.limits));
+        {
+            // Forget rate-limit keys back at full allowance, so memory
+            // follows the active clients, not every client ever seen.
+            let limits = Arc::downgrade(&limits);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tick.tick().await;
+                    let Some(limits) = limits.upgrade() else {
+                        break;
+                    };
+                    limits.shrink();
+                    metrics::gauge!("flashsale_rate_limit_keys").set(limits.keys() as f64);
+                }
+            });
+        }
+        Ok(Self::from(AppInner {
+            db,
+            redis,
+            scripts,
+            tokens: Arc::new(AccessTokens::new(&config.jwt)),
+            passes,
+            limits,
+            seeds: Arc::new(Seeds::default()),
+            known_sales: Default::default(),
+            seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
+            access_token_ttl: config.access_token_ttl_seconds,
+            replication,
+            metrics: crate::telemetry::metrics(),
+        }))
     }
 }
 

@@ -15,7 +15,7 @@ use fred::interfaces::ListInterface;
 #[tokio::test]
 async fn the_check_proves_queue_order_and_catches_a_tick_out_of_order() {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     // About ten buyers a tick, so the line takes several.
     let sale = create_sale(

@@ -211,7 +211,7 @@ async fn send(req: reqwest::RequestBuilder) -> Option<(StatusCode, Value)> {
 /// The buyer's hold of `qty` in `zone`, with their pass and an idempotency
 /// key, so a retry cannot hold twice.
 async fn hold(
-    api: &Api,
+    api: &TestApp,
     sale: SaleId,
     user: &str,
     key: &str,
@@ -230,7 +230,7 @@ async fn hold(
 }
 
 /// `confirm` or `cancel` of the buyer's reservation.
-async fn act(api: &Api, user: &str, id: &str, verb: &str) -> Option<(StatusCode, Value)> {
+async fn act(api: &TestApp, user: &str, id: &str, verb: &str) -> Option<(StatusCode, Value)> {
     send(
         api.http
             .post(format!("{}/v1/reservations/{id}/{verb}", api.base))
@@ -264,7 +264,7 @@ where
 #[tokio::test]
 async fn a_confirmation_recorded_after_its_own_cancellation_leaves_the_reservation_cancelled() {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 10, 600).await;
     let (user, id) = confirmations(&redis, &scripts, sale, &format!("o-{sale}"), 1, "A", 2)
@@ -315,7 +315,7 @@ async fn a_confirmation_recorded_after_its_own_cancellation_leaves_the_reservati
 async fn a_confirmation_refused_while_a_dead_sink_holds_the_cancellation_that_frees_its_seat_waits_and_is_recorded(
 ) {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     let sale = create_sale(
         &db,
@@ -414,7 +414,7 @@ async fn two_sink_processes_one_killed_twice_mid_sale_leave_postgres_as_buyers_w
     let users: Vec<String> = (0..BUYERS).map(|i| format!("p-{i}")).collect();
     // Admitted before the workers (and their releaser) start.
     admit(&redis, &scripts, sale, &users).await;
-    let api = Arc::new(Api::spawn(&redis, &db, scripts.clone()).await);
+    let api = Arc::new(TestApp::serve(&private.url(), &db_url).await);
     // Small batches and a short claim time: many batches in flight when a
     // process dies, and its entries claimed by the other within the run.
     let start = |consumer: &str| {
@@ -543,7 +543,7 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn start(api: Arc<Api>, sale: SaleId, buyers: Vec<String>, lanes: usize) -> Self {
+    fn start(api: Arc<TestApp>, sale: SaleId, buyers: Vec<String>, lanes: usize) -> Self {
         let t = Self {
             told: Arc::default(),
             frozen: Arc::default(),
@@ -650,7 +650,7 @@ async fn redis_restarted_from_an_older_file_freezes_the_sale_and_restore_keeps_e
     let sale = sale(&db, &redis, &scripts, 5000, 600).await;
     let users: Vec<String> = (0..1500).map(|i| format!("r-{i}")).collect();
     admit(&redis, &scripts, sale, &users).await;
-    let api = Arc::new(Api::spawn(&redis, &db, scripts.clone()).await);
+    let api = Arc::new(TestApp::serve(&private.url(), &db_url).await);
     let _workers = Workers::start(
         &private.url(),
         &db_url,
@@ -792,7 +792,7 @@ struct Setbacks {
 /// dropped the hold (404) or emptied the queue (403: queue again), and
 /// waits out `503`s. Returns the reservation confirmed.
 async fn buy_whatever_it_takes(
-    api: &Api,
+    api: &TestApp,
     redis: &Pool,
     scripts: &Scripts,
     sale: SaleId,
@@ -832,7 +832,7 @@ async fn restore_with_freeze_under_live_traffic_loses_nothing_and_sells_nothing_
     let sale = sale(&db, &redis, &scripts, 1000, 600).await;
     let users: Vec<String> = (0..BUYERS).map(|i| format!("l-{i}")).collect();
     admit(&redis, &scripts, sale, &users).await;
-    let api = Arc::new(Api::spawn(&redis, &db, scripts.clone()).await);
+    let api = Arc::new(TestApp::serve(&private.url(), &db_url).await);
     let _workers = Workers::start(
         &private.url(),
         &db_url,

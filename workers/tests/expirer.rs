@@ -18,7 +18,7 @@ async fn stock(redis: &Pool, sale: SaleId) -> (i64, i64) {
 #[tokio::test]
 async fn run_once_returns_the_tickets_of_every_passed_hold_exactly_once() {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 10, 1).await;
     let users: Vec<String> = (0..3).map(|i| format!("exp-{sale}-{i}")).collect();

@@ -23,27 +23,16 @@ use std::{
 };
 
 use common::*;
-use flashsale::{ids::SaleId, keys::SaleKeys, replication::Replication, scripts::Scripts};
+use flashsale::{ids::SaleId, keys::SaleKeys, scripts::Scripts};
 use flashsale_workers::reconciler::Reconciler;
 use fred::{clients::Pool, interfaces::StreamsInterface};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-/// Confirmations wait for one replica, at most `timeout_ms`, on a pool of
-/// their own connected to `url`.
-async fn one_replica(url: &str, timeout_ms: u64) -> Replication {
-    Replication::new(
-        1,
-        Duration::from_millis(timeout_ms),
-        Duration::from_secs(2),
-        redis(url).await,
-    )
-}
-
 /// Admits `users` and gets each one's pass through the API's queue.
 async fn passes(
-    api: &Api,
+    api: &TestApp,
     redis: &Pool,
     scripts: &Scripts,
     sale: SaleId,
@@ -68,7 +57,7 @@ async fn passes(
 
 /// Joins the queue over HTTP and polls until the workers' releaser admits
 /// the buyer; the pass (bounded).
-async fn queued_pass(api: &Api, sale: SaleId, user: &str) -> String {
+async fn queued_pass(api: &TestApp, sale: SaleId, user: &str) -> String {
     let url = format!("{}/v1/sales/{sale}/queue", api.base);
     let token = api.buyer(user);
     let res = api
@@ -93,7 +82,7 @@ async fn queued_pass(api: &Api, sale: SaleId, user: &str) -> String {
 /// Holds one ticket in zone A (with an idempotency key, so a retry after a
 /// lost answer cannot hold twice).
 async fn hold(
-    api: &Api,
+    api: &TestApp,
     sale: SaleId,
     user: &str,
     pass: &str,
@@ -109,7 +98,7 @@ async fn hold(
 }
 
 async fn change(
-    api: &Api,
+    api: &TestApp,
     user: &str,
     id: &str,
     verb: &str,
@@ -122,7 +111,7 @@ async fn change(
 }
 
 /// A hold that must succeed; its reservation id.
-async fn held(api: &Api, sale: SaleId, user: &str, pass: &str) -> String {
+async fn held(api: &TestApp, sale: SaleId, user: &str, pass: &str) -> String {
     let res = hold(api, sale, user, pass).await.unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     res.json::<Value>().await.unwrap()["id"]
@@ -163,12 +152,11 @@ async fn wait_for_replica(primary: &PrivateRedis) {
 #[tokio::test]
 async fn a_confirmation_no_replica_acknowledged_answers_503_until_a_replica_attaches() {
     let primary = PrivateRedis::start_primary();
-    let (db, _) = fresh_database().await;
+    let (db, db_url) = fresh_database().await;
     let redis = redis(&primary.url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 10, 600).await;
-    let waiting = one_replica(&primary.url(), 1000).await;
-    let api = Api::spawn_with_replication(&redis, &db, scripts.clone(), waiting).await;
+    let api = TestApp::serve_replicated(&primary.url(), &db_url, 1, Duration::from_secs(1)).await;
     let pass = passes(&api, &redis, &scripts, sale, &["b".into()]).await;
     let id = held(&api, sale, "b", &pass[0]).await;
 
@@ -211,15 +199,14 @@ async fn a_retried_confirmation_waits_again_even_on_a_connection_that_wrote_noth
     let primary = PrivateRedis::start_primary();
     let replica = PrivateRedis::replica_of(primary.port);
     wait_for_replica(&primary).await;
-    let (db, _) = fresh_database().await;
+    let (db, db_url) = fresh_database().await;
     let redis = redis(&primary.url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 10, 600).await;
     // Two connections, taken in turn: the retry runs on the one the first
     // attempt did not use, which wrote nothing since (on Redis 7.2 and later
     // its WAIT alone would pass at once; the replay's PUBLISH prevents it).
-    let waiting = one_replica(&primary.url(), 1000).await;
-    let api = Api::spawn_with_replication(&redis, &db, scripts.clone(), waiting).await;
+    let api = TestApp::serve_replicated(&primary.url(), &db_url, 1, Duration::from_secs(1)).await;
     let pass = passes(&api, &redis, &scripts, sale, &["b".into()]).await;
     let id = held(&api, sale, "b", &pass[0]).await;
 
@@ -247,12 +234,11 @@ async fn cancelling_a_confirmed_reservation_waits_for_the_replica_and_a_held_one
     let primary = PrivateRedis::start_primary();
     let mut replica = PrivateRedis::replica_of(primary.port);
     wait_for_replica(&primary).await;
-    let (db, _) = fresh_database().await;
+    let (db, db_url) = fresh_database().await;
     let redis = redis(&primary.url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 10, 600).await;
-    let waiting = one_replica(&primary.url(), 1000).await;
-    let api = Api::spawn_with_replication(&redis, &db, scripts.clone(), waiting).await;
+    let api = TestApp::serve_replicated(&primary.url(), &db_url, 1, Duration::from_secs(1)).await;
     let users = ["c".to_owned(), "h".to_owned()];
     let pass = passes(&api, &redis, &scripts, sale, &users).await;
     let confirmed = held(&api, sale, "c", &pass[0]).await;
@@ -310,7 +296,7 @@ where
 }
 
 async fn buy(
-    api: &Api,
+    api: &TestApp,
     sale: SaleId,
     user: &str,
     pass: &str,
@@ -377,10 +363,7 @@ async fn killing_the_primary_mid_sale_loses_no_confirmation_a_buyer_was_told_of(
     let redis = redis(&url).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 1000, 600).await;
-    let api = Arc::new(
-        Api::spawn_with_replication(&redis, &db, scripts.clone(), one_replica(&url, 1000).await)
-            .await,
-    );
+    let api = Arc::new(TestApp::serve_replicated(&url, &db_url, 1, Duration::from_secs(1)).await);
     let users: Vec<String> = (0..BUYERS).map(|i| format!("fo-{i}")).collect();
     let buyers = passes(&api, &redis, &scripts, sale, &users).await;
     // Started once the buyers are admitted: the test's release ticks count

@@ -56,7 +56,7 @@ where
 /// One buyer: hold one ticket (with an idempotency key, so a retry after a
 /// lost answer cannot hold twice), then confirm. Returns the reservation id
 /// once the client has been told it is confirmed.
-async fn buy(api: &Api, sale: SaleId, user: &str, pass: &str) -> Option<String> {
+async fn buy(api: &TestApp, sale: SaleId, user: &str, pass: &str) -> Option<String> {
     let token = api.buyer(user);
     let url = format!("{}/v1/sales/{sale}/reservations", api.base);
     let res = persist("hold", || {
@@ -84,7 +84,7 @@ async fn buy(api: &Api, sale: SaleId, user: &str, pass: &str) -> Option<String> 
 
 /// Admits `n` buyers and gets each one's pass through the API's queue.
 async fn admitted_buyers(
-    api: &Api,
+    api: &TestApp,
     redis: &Pool,
     scripts: &flashsale::scripts::Scripts,
     sale: SaleId,
@@ -180,11 +180,11 @@ async fn assert_no_drift(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_with_kill_9_mid_sale_loses_no_confirmation() {
     let mut private = PrivateRedis::start();
-    let (db, _) = fresh_database().await;
+    let (db, db_url) = fresh_database().await;
     let redis = redis(&private.url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 1000, 600).await;
-    let api = Arc::new(Api::spawn(&redis, &db, scripts.clone()).await);
+    let api = Arc::new(TestApp::serve(&private.url(), &db_url).await);
     let buyers = admitted_buyers(&api, &redis, &scripts, sale, "kill", 200).await;
 
     let done = Arc::new(AtomicUsize::new(0));
@@ -227,11 +227,11 @@ async fn redis_killed_with_kill_9_mid_sale_loses_no_confirmation() {
 #[tokio::test]
 async fn a_flushed_redis_freezes_the_sale_until_it_is_restored_from_postgres() {
     let private = PrivateRedis::start();
-    let (db, _) = fresh_database().await;
+    let (db, db_url) = fresh_database().await;
     let redis = redis(&private.url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 100, 600).await;
-    let api = Api::spawn(&redis, &db, scripts.clone()).await;
+    let api = TestApp::serve(&private.url(), &db_url).await;
     let bought = confirmations(&redis, &scripts, sale, "f", 5, "A", 2).await;
     let holders: Vec<String> = (0..3).map(|i| format!("h-{i}")).collect();
     admit(&redis, &scripts, sale, &holders).await;
@@ -443,7 +443,8 @@ async fn postgres_down_for_a_minute_under_steady_load_loses_nothing_and_the_api_
         .await
         .unwrap();
     admin.close().await;
-    let db = flashsale::db::connect(&pg.url("fs"), 4, Duration::from_secs(2))
+    let db_url = pg.url("fs");
+    let db = flashsale::db::connect(&db_url, 4, Duration::from_secs(2))
         .await
         .unwrap();
     flashsale::db::migrate(&db).await.unwrap();
@@ -451,7 +452,7 @@ async fn postgres_down_for_a_minute_under_steady_load_loses_nothing_and_the_api_
     let redis = redis(&private.url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 1000, 600).await;
-    let api = Arc::new(Api::spawn(&redis, &db, scripts.clone()).await);
+    let api = Arc::new(TestApp::serve(&private.url(), &db_url).await);
     let buyers = admitted_buyers(&api, &redis, &scripts, sale, "pg", 240).await;
 
     // The sink runs all along, as the worker would.

@@ -4,13 +4,11 @@
 #![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
 
 mod common;
-#[path = "../../tests/common/pki.rs"]
-mod pki;
 
 use std::time::Duration;
 
 use common::*;
-use pki::Pki;
+use flashsale_testkit::pki::Pki;
 
 #[tokio::test]
 async fn the_service_reaches_postgres_over_verified_tls_and_refuses_an_unknown_ca() {

@@ -22,7 +22,7 @@ fn sink(consumer: &str) -> Sink {
 #[tokio::test]
 async fn the_sink_records_confirmations_and_cancellations_once_however_often_it_runs() {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 100, 600).await;
     let sold = confirmations(&redis, &scripts, sale, &format!("s-{sale}"), 20, "A", 2).await;
@@ -96,7 +96,7 @@ async fn the_sink_records_confirmations_and_cancellations_once_however_often_it_
 #[tokio::test]
 async fn in_flight_entries_read_as_lag_and_a_lost_row_as_drift() {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 100, 600).await;
     confirmations(&redis, &scripts, sale, &format!("l-{sale}"), 5, "B", 2).await;
@@ -146,7 +146,7 @@ async fn in_flight_entries_read_as_lag_and_a_lost_row_as_drift() {
 #[tokio::test]
 async fn a_bad_entry_is_dead_lettered_and_never_blocks_the_sale() {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 100, 600).await;
     let k = SaleKeys::new(sale);
@@ -217,7 +217,7 @@ async fn a_bad_entry_is_dead_lettered_and_never_blocks_the_sale() {
 #[tokio::test]
 async fn two_sinks_at_once_write_every_entry_exactly_once() {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 1000, 600).await;
     confirmations(&redis, &scripts, sale, &format!("t-{sale}"), 300, "A", 3).await;
@@ -234,7 +234,7 @@ async fn two_sinks_at_once_write_every_entry_exactly_once() {
 #[tokio::test]
 async fn entries_left_pending_by_a_dead_consumer_are_claimed() {
     let (db, _) = fresh_database().await;
-    let redis = redis(&shared_redis_url()).await;
+    let redis = redis(&redis_url()).await;
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 100, 600).await;
     let k = SaleKeys::new(sale);
