@@ -56,6 +56,26 @@ impl Quantity {
     }
 }
 
+/// A payment reference a buyer confirms with: at most 255 bytes, no control
+/// characters; empty when none was given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PaymentRef(String);
+
+impl PaymentRef {
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        if raw.len() > 255 || raw.chars().any(char::is_control) {
+            return Err(ApiError::Validation(
+                "payment_ref must be at most 255 characters, without control characters".into(),
+            ));
+        }
+        Ok(PaymentRef(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A hold request as it arrives: each field is read as any JSON value, so a
 /// wrong type gets the field's own problem rather than serde's.
 #[derive(Deserialize)]

@@ -67,22 +67,48 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge {
-                        limit: super::JSON_BODY_LIMIT,
-                    }
-                } else {
-                    ApiError::MalformedJson("the request body could not be read".into())
-                }
-            })?;
+        let bytes = read_body(req, state).await?;
         object_only(&bytes)?;
         axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(v)| Json(v))
             .map_err(json_rejection)
     }
+}
+
+/// An optional JSON object: an empty body (or only whitespace) is
+/// `T::default()`; anything else is read as [`Json`] reads it, whatever its
+/// content type (a confirmation's body is optional, and clients that send
+/// none often send no content type either).
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        object_only(&bytes)?;
+        axum::Json::<T>::from_bytes(&bytes)
+            .map(|axum::Json(v)| OptionalJson(v))
+            .map_err(json_rejection)
+    }
+}
+
+/// The whole body, within [`super::JSON_BODY_LIMIT`].
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: super::JSON_BODY_LIMIT,
+                }
+            } else {
+                ApiError::MalformedJson("the request body could not be read".into())
+            }
+        })
 }
 
 /// Refuses a body that is JSON but not an object (serde would fill a

@@ -4,8 +4,6 @@
 //! Redis, atomically. The handler only parses input and renders the result.
 
 use axum::{
-    body::Bytes,
-    extract::rejection::BytesRejection,
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -16,11 +14,13 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{or_frozen, Admitted, AppState, AuthUser, ClientAddr, Json, Path};
+use super::{
+    extract::OptionalJson, or_frozen, Admitted, AppState, AuthUser, ClientAddr, Json, Path,
+};
 use crate::{
     error::{ApiError, ApiResult, Problem},
     ids::{ReservationId, SaleId},
-    input::{Hold, RawHold},
+    input::{Hold, PaymentRef, RawHold},
     inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation},
     keys::{self, SaleKeys},
     limits::Action,
@@ -167,41 +167,20 @@ async fn confirm(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
     Path(id): Path<ReservationId>,
-    body: Result<Bytes, BytesRejection>,
+    OptionalJson(body): OptionalJson<ConfirmBody>,
 ) -> ApiResult<Response> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: super::JSON_BODY_LIMIT,
-            }
-        } else {
-            ApiError::MalformedJson("the request body could not be read".into())
-        }
-    })?;
-    // The body is optional: an empty one confirms without a payment reference.
-    let body: ConfirmBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ConfirmBody::default()
-    } else {
-        super::extract::object_only(&body)?;
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::InvalidBody(e.to_string())
-            } else {
-                ApiError::MalformedJson(format!("body is not valid JSON: {e}"))
-            }
-        })?
-    };
-    let payment_ref = body.payment_ref.unwrap_or_default();
-    if payment_ref.len() > 255 || payment_ref.chars().any(char::is_control) {
-        return Err(ApiError::Validation(
-            "payment_ref must be at most 255 characters, without control characters".into(),
-        ));
-    }
+    let payment_ref = PaymentRef::parse(body.payment_ref.as_deref().unwrap_or_default())?;
     // The script and the wait for replicas go on one connection: WAIT covers
     // only that connection's writes.
     let redis = state.replication.connection(&state.redis);
-    let outcome =
-        inventory::confirm(redis, &state.scripts, &id, &who.user_id, &payment_ref).await?;
+    let outcome = inventory::confirm(
+        redis,
+        &state.scripts,
+        &id,
+        &who.user_id,
+        payment_ref.as_str(),
+    )
+    .await?;
     if let Ok(acted) = &outcome {
         state
             .replication
