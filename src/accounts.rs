@@ -191,14 +191,15 @@ pub async fn register(
         Role::Buyer => "buyer",
         Role::Organizer => "organizer",
     };
-    let inserted =
-        sqlx::query("INSERT INTO users (id, email, password_hash, role) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(email.as_str())
-            .bind(hashed)
-            .bind(role)
-            .execute(db)
-            .await;
+    let inserted = sqlx::query!(
+        "INSERT INTO users (id, email, password_hash, role) VALUES ($1, $2, $3, $4)",
+        id,
+        email.as_str(),
+        hashed,
+        role,
+    )
+    .execute(db)
+    .await;
     match inserted {
         Ok(_) => Ok(id),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(AccountError::EmailTaken),
@@ -218,13 +219,14 @@ pub async fn login(
         let _ = verify(password, None).await?;
         return Err(AccountError::InvalidCredentials);
     }
-    let row: Option<(Uuid, String, String)> =
-        sqlx::query_as("SELECT id, password_hash, role FROM users WHERE lower(email) = lower($1)")
-            .bind(email.trim())
-            .fetch_optional(db)
-            .await?;
+    let row = sqlx::query!(
+        "SELECT id, password_hash, role FROM users WHERE lower(email) = lower($1)",
+        email.trim(),
+    )
+    .fetch_optional(db)
+    .await?;
     let (id, stored, role) = match row {
-        Some((id, hash, role)) => (Some(id), Some(hash), role),
+        Some(row) => (Some(row.id), Some(row.password_hash), row.role),
         None => (None, None, String::new()),
     };
     if !verify(password, stored).await? {

@@ -44,7 +44,6 @@ pub struct Restored {
     pub tickets: i64,
 }
 
-#[derive(sqlx::FromRow)]
 struct SaleRow {
     organizer_id: String,
     name: String,
@@ -62,7 +61,6 @@ struct SaleRow {
     epoch: i32,
 }
 
-#[derive(sqlx::FromRow)]
 struct ConfirmedRow {
     id: String,
     zone_code: String,
@@ -140,26 +138,28 @@ pub async fn restore(
     // so it never pairs the old epoch in Postgres with the new one in Redis
     // (and freezes the sale again behind the restore's back).
     let mut tx = db.begin().await?;
-    let row: SaleRow = sqlx::query_as(
+    let row = sqlx::query_as!(
+        SaleRow,
         "SELECT organizer_id, name, opens_at, closes_at, release_rate, release_interval_ms, max_active,
                 pass_ttl_seconds, hold_ttl_seconds, per_user_limit, paused, created_at, prequeue_seed, epoch
          FROM sales WHERE id = $1 FOR UPDATE",
+        sale.0,
     )
-    .bind(sale)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| anyhow::anyhow!("sale {sale} is not in Postgres"))?;
-    let zones: Vec<(String, String, i32, i64)> = sqlx::query_as(
+    let zones = sqlx::query!(
         "SELECT code, name, capacity, price_cents FROM zones WHERE sale_id = $1 ORDER BY position",
+        sale.0,
     )
-    .bind(sale)
     .fetch_all(&mut *tx)
     .await?;
-    let confirmed: Vec<ConfirmedRow> = sqlx::query_as(
+    let confirmed = sqlx::query_as!(
+        ConfirmedRow,
         "SELECT id, zone_code, user_id, quantity, confirmed_at, payment_ref FROM reservations
          WHERE sale_id = $1 AND status = 'confirmed'",
+        sale.0,
     )
-    .bind(sale)
     .fetch_all(&mut *tx)
     .await?;
 
@@ -171,11 +171,11 @@ pub async fn restore(
         closes_at: row.closes_at,
         zones: zones
             .iter()
-            .map(|(code, name, capacity, price)| ZoneDef {
-                code: code.clone(),
-                name: name.clone(),
-                capacity: *capacity as u32,
-                price_cents: *price,
+            .map(|z| ZoneDef {
+                code: z.code.clone(),
+                name: z.name.clone(),
+                capacity: z.capacity as u32,
+                price_cents: z.price_cents,
             })
             .collect(),
         pass_ttl_seconds: row.pass_ttl_seconds as u32,
@@ -192,12 +192,12 @@ pub async fn restore(
     };
     let (seed, epoch) = (row.prequeue_seed, row.epoch);
     // New entries are numbered past every number Postgres holds.
-    let seq: i64 = sqlx::query_scalar(
-        "SELECT GREATEST(s.applied_seq, COALESCE(MAX(r.confirm_seq), 0), COALESCE(MAX(r.cancel_seq), 0))
+    let seq: i64 = sqlx::query_scalar!(
+        r#"SELECT GREATEST(s.applied_seq, COALESCE(MAX(r.confirm_seq), 0), COALESCE(MAX(r.cancel_seq), 0)) AS "seq!"
          FROM sales s LEFT JOIN reservations r ON r.sale_id = s.id
-         WHERE s.id = $1 GROUP BY s.applied_seq",
+         WHERE s.id = $1 GROUP BY s.applied_seq"#,
+        sale.0,
     )
-    .bind(sale)
     .fetch_one(&mut *tx)
     .await?;
     let next_epoch = epoch + 1;
@@ -245,7 +245,8 @@ pub async fn restore(
         *sold.entry(zone).or_default() += i64::from(*qty);
         *per_user.entry(user).or_default() += i64::from(*qty);
     }
-    for (code, _, capacity, _) in &zones {
+    for zone in &zones {
+        let (code, capacity) = (&zone.code, zone.capacity);
         let s = sold.get(code.as_str()).copied().unwrap_or(0);
         let _: () = pipe
             .hset(
@@ -254,7 +255,7 @@ pub async fn restore(
                     (Counter::Confirmed.field(code), s.to_string()),
                     (
                         Counter::Available.field(code),
-                        (i64::from(*capacity) - s).to_string(),
+                        (i64::from(capacity) - s).to_string(),
                     ),
                 ],
             )
@@ -268,11 +269,13 @@ pub async fn restore(
     let _: () = pipe.hset(k.meta(), ("seq", seq.to_string())).await?;
     let _: Vec<Value> = pipe.all().await?;
 
-    sqlx::query("UPDATE sales SET epoch = $2 WHERE id = $1")
-        .bind(sale)
-        .bind(next_epoch)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE sales SET epoch = $2 WHERE id = $1",
+        sale.0,
+        next_epoch,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     let _: () = redis.hset(k.meta(), ("frozen", "0")).await?;
     let _: i64 = redis.hdel(k.meta(), "frozen_reason").await?;

@@ -317,43 +317,45 @@ pub async fn create(
     let seed = crate::queue::new_seed();
     def.prequeue_seed_sha256 = crate::queue::seed_commitment(&seed);
     let mut tx = db.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO sales (id, organizer_id, name, opens_at, closes_at, release_rate,
              release_interval_ms, max_active, pass_ttl_seconds, hold_ttl_seconds,
              per_user_limit, paused, created_at, prequeue_seed)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        def.id.0,
+        &def.organizer_id,
+        &def.name,
+        def.opens_at,
+        def.closes_at,
+        release.release_rate as i32,
+        release.release_interval_ms as i32,
+        release.max_active.map(|v| v as i32),
+        def.pass_ttl_seconds as i32,
+        def.hold_ttl_seconds as i32,
+        def.per_user_limit as i32,
+        release.paused,
+        def.created_at,
+        &seed,
     )
-    .bind(def.id)
-    .bind(&def.organizer_id)
-    .bind(&def.name)
-    .bind(def.opens_at)
-    .bind(def.closes_at)
-    .bind(release.release_rate as i32)
-    .bind(release.release_interval_ms as i32)
-    .bind(release.max_active.map(|v| v as i32))
-    .bind(def.pass_ttl_seconds as i32)
-    .bind(def.hold_ttl_seconds as i32)
-    .bind(def.per_user_limit as i32)
-    .bind(release.paused)
-    .bind(def.created_at)
-    .bind(&seed)
     .execute(&mut *tx)
     .await?;
     let codes: Vec<&str> = def.zones.iter().map(|z| z.code.as_str()).collect();
     let names: Vec<&str> = def.zones.iter().map(|z| z.name.as_str()).collect();
     let capacities: Vec<i32> = def.zones.iter().map(|z| z.capacity as i32).collect();
     let prices: Vec<i64> = def.zones.iter().map(|z| z.price_cents).collect();
-    sqlx::query(
+    // `as _`: the macro checks a text[] parameter against `&[String]` only;
+    // the borrowed strings are bound as they are.
+    sqlx::query!(
         "INSERT INTO zones (sale_id, code, name, capacity, price_cents, position)
          SELECT $1, code, name, capacity, price, pos - 1
          FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[])
               WITH ORDINALITY AS z(code, name, capacity, price, pos)",
+        def.id.0,
+        &codes as _,
+        &names as _,
+        &capacities,
+        &prices,
     )
-    .bind(def.id)
-    .bind(&codes)
-    .bind(&names)
-    .bind(&capacities)
-    .bind(&prices)
     .execute(&mut *tx)
     .await?;
     load_into_redis(redis, scripts, def, release, &seed, 1, false).await?;
@@ -577,10 +579,10 @@ impl KnownSales {
         self.answers
             .get_or_insert_async(&(sale, second), async {
                 metrics::counter!("flashsale_lost_sale_lookups_total").increment(1);
-                let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM sales WHERE id = $1")
-                    .bind(sale)
-                    .fetch_optional(db)
-                    .await?;
+                let known: Option<i32> =
+                    sqlx::query_scalar!(r#"SELECT 1 AS "known!" FROM sales WHERE id = $1"#, sale.0)
+                        .fetch_optional(db)
+                        .await?;
                 Ok(known.is_some())
             })
             .await

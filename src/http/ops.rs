@@ -53,7 +53,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         matches!(
             tokio::time::timeout(
                 PROBE_TIMEOUT,
-                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.db)
+                sqlx::query_scalar!(r#"SELECT 1 AS "one!""#).fetch_one(&state.db)
             )
             .await,
             Ok(Ok(1))

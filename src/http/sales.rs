@@ -247,45 +247,47 @@ async fn patch_sale(
     let id = sale;
     let mut tx = state.db.begin().await?;
     // Lock the row so two concurrent changes are recorded in the order applied.
-    let row: Option<(String, i32, i32, Option<i32>, bool)> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT organizer_id, release_rate, release_interval_ms, max_active, paused
          FROM sales WHERE id = $1 FOR UPDATE",
+        id.0,
     )
-    .bind(id)
     .fetch_optional(&mut *tx)
-    .await?;
-    let (owner, rate, interval, max_active, paused) = row.ok_or(ApiError::SaleNotFound)?;
-    if owner != who.user_id {
+    .await?
+    .ok_or(ApiError::SaleNotFound)?;
+    if row.organizer_id != who.user_id {
         return Err(ApiError::Forbidden(
             "only the sale's organizer may change it".into(),
         ));
     }
     let before = Release {
-        release_rate: rate as u32,
-        release_interval_ms: interval as u32,
-        max_active: max_active.map(|v| v as u32),
-        paused,
+        release_rate: row.release_rate as u32,
+        release_interval_ms: row.release_interval_ms as u32,
+        max_active: row.max_active.map(|v| v as u32),
+        paused: row.paused,
     };
     let after = patch.apply(before)?;
     if after != before {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE sales SET release_rate = $2, release_interval_ms = $3, max_active = $4, paused = $5
              WHERE id = $1",
+            id.0,
+            after.release_rate as i32,
+            after.release_interval_ms as i32,
+            after.max_active.map(|v| v as i32),
+            after.paused,
         )
-        .bind(id)
-        .bind(after.release_rate as i32)
-        .bind(after.release_interval_ms as i32)
-        .bind(after.max_active.map(|v| v as i32))
-        .bind(after.paused)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        // `as _`: the macro checks a jsonb parameter against serde_json::Value
+        // only; the Json wrappers are bound as they are.
+        sqlx::query!(
             "INSERT INTO sale_changes (sale_id, actor, before, after) VALUES ($1, $2, $3, $4)",
+            id.0,
+            &who.user_id,
+            sqlx::types::Json(before) as _,
+            sqlx::types::Json(after) as _,
         )
-        .bind(id)
-        .bind(&who.user_id)
-        .bind(sqlx::types::Json(before))
-        .bind(sqlx::types::Json(after))
         .execute(&mut *tx)
         .await?;
     }
@@ -375,14 +377,15 @@ async fn stats(
             .zcard(SaleKeys::new(live.def.id).admitted())
             .await?
     };
-    let persisted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT zone_code, COALESCE(SUM(quantity), 0)::bigint FROM reservations
-         WHERE sale_id = $1 AND status = 'confirmed' GROUP BY zone_code",
+    let persisted: HashMap<String, i64> = sqlx::query!(
+        r#"SELECT zone_code, COALESCE(SUM(quantity), 0)::bigint AS "sold!" FROM reservations
+         WHERE sale_id = $1 AND status = 'confirmed' GROUP BY zone_code"#,
+        live.def.id.0,
     )
-    .bind(live.def.id)
     .fetch_all(&state.db)
     .await?
     .into_iter()
+    .map(|r| (r.zone_code, r.sold))
     .collect();
     let recon: HashMap<String, String> = state
         .redis

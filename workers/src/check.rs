@@ -148,10 +148,11 @@ pub async fn run(
         ));
     }
     let ids: Vec<&str> = told.iter().map(String::as_str).collect();
-    let found: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM reservations WHERE id = ANY($1) AND status = 'confirmed'",
+    // `as _`: the macro checks a text[] parameter against `&[String]` only.
+    let found: i64 = sqlx::query_scalar!(
+        r#"SELECT COUNT(*) AS "found!" FROM reservations WHERE id = ANY($1) AND status = 'confirmed'"#,
+        &ids as _,
     )
-    .bind(&ids)
     .fetch_one(db)
     .await?;
     v.missing_in_postgres = told.len() - found as usize;

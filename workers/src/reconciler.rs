@@ -82,9 +82,10 @@ impl Reconciler {
         scripts: &Scripts,
         db: &PgPool,
     ) -> anyhow::Result<Vec<SaleReport>> {
-        let sales: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM sales ORDER BY created_at")
-            .fetch_all(db)
-            .await?;
+        let sales: Vec<uuid::Uuid> =
+            sqlx::query_scalar!("SELECT id FROM sales ORDER BY created_at")
+                .fetch_all(db)
+                .await?;
         crate::each_sale(sales.into_iter().map(SaleId), |sale| {
             self.check(redis, scripts, db, sale)
         })
@@ -163,11 +164,13 @@ impl Reconciler {
         // The sink's and the organizer's updates of the row take a lock this
         // one does not wait for.
         let mut locked = db.begin().await?;
-        let known: Option<(i32, i64)> =
-            sqlx::query_as("SELECT epoch, applied_seq FROM sales WHERE id = $1 FOR KEY SHARE")
-                .bind(sale.0)
-                .fetch_optional(&mut *locked)
-                .await?;
+        let known: Option<(i32, i64)> = sqlx::query!(
+            "SELECT epoch, applied_seq FROM sales WHERE id = $1 FOR KEY SHARE",
+            sale.0,
+        )
+        .fetch_optional(&mut *locked)
+        .await?
+        .map(|r| (r.epoch, r.applied_seq));
         let at = outbox::position(redis, scripts, sale).await?;
         let frozen = self.fence(redis, sale, known, &at).await?;
         locked.commit().await?;
@@ -183,18 +186,19 @@ impl Reconciler {
         // What Postgres held as of `seq`: confirmations numbered up to it
         // (or recorded without a number: before numbering, or while frozen),
         // less cancellations numbered up to it.
-        let persisted: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-            "SELECT zone_code, SUM(quantity)::bigint FROM reservations
+        let persisted: HashMap<String, i64> = sqlx::query!(
+            r#"SELECT zone_code, SUM(quantity)::bigint AS "sold!" FROM reservations
              WHERE sale_id = $1
                AND (confirm_seq <= $2 OR (confirm_seq IS NULL AND (status = 'confirmed' OR cancel_seq IS NULL)))
                AND NOT (status = 'cancelled' AND COALESCE(cancel_seq, 0) <= $2)
-             GROUP BY zone_code",
+             GROUP BY zone_code"#,
+            sale.0,
+            at.seq,
         )
-        .bind(sale.0)
-        .bind(at.seq)
         .fetch_all(db)
         .await?
         .into_iter()
+        .map(|r| (r.zone_code, r.sold))
         .collect();
 
         let counters = &at.counters;
@@ -302,13 +306,15 @@ async fn unapplied(
             continue;
         }
         let ids: Vec<&str> = page.iter().map(|e| e.reservation.as_str()).collect();
-        let recorded: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
+        // `as _`: the macro checks a text[] parameter against `&[String]` only.
+        let recorded: HashMap<String, String> = sqlx::query!(
             "SELECT id, status FROM reservations WHERE id = ANY($1)",
+            &ids as _,
         )
-        .bind(&ids)
         .fetch_all(db)
         .await?
         .into_iter()
+        .map(|r| (r.id, r.status))
         .collect();
         for e in &page {
             let applied = if e.cancelled {

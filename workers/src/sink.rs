@@ -600,19 +600,22 @@ async fn write(
         // back on a cancellation (or the other way round) is caught here. A
         // Redis gone back in time whose next entries were all cancellations
         // would otherwise go unnoticed, its numbers soon past the mark.
-        let reused: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM UNNEST($2::text[], $3::bigint[]) AS u(id, seq)
+        // (`as _` here and below: the macros check an array parameter against
+        // a slice of plain values, `&[String]` or `&[i64]`; vectors of
+        // borrowed strings or of optional numbers are bound as they are.)
+        let reused: bool = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM UNNEST($2::text[], $3::bigint[]) AS u(id, seq)
                             JOIN reservations r ON r.sale_id = $1 AND r.confirm_seq = u.seq
                             WHERE r.id <> u.id)
                  OR EXISTS (SELECT 1 FROM UNNEST($4::text[], $5::bigint[]) AS u(id, seq)
                             JOIN reservations r ON r.sale_id = $1 AND r.cancel_seq = u.seq
-                            WHERE r.id <> u.id)",
+                            WHERE r.id <> u.id) AS "reused!""#,
+            sale.0,
+            cancelled.iter().map(|e| e.id.as_str()).collect::<Vec<_>>() as _,
+            cancelled.iter().map(seq).collect::<Vec<_>>() as _,
+            confirmed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>() as _,
+            confirmed.iter().map(seq).collect::<Vec<_>>() as _,
         )
-        .bind(sale.0)
-        .bind(cancelled.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(seq).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(seq).collect::<Vec<_>>())
         .fetch_one(&mut *tx)
         .await?;
         if reused {
@@ -623,8 +626,8 @@ async fn write(
         // A new row is a tombstone (its confirmation has not arrived); a
         // confirmed row becomes cancelled and gives its tickets back. Rows
         // inserted have xmax 0; rows updated through ON CONFLICT do not.
-        let changed: i64 = sqlx::query_scalar(
-            "WITH c AS (
+        let changed: i64 = sqlx::query_scalar!(
+            r#"WITH c AS (
                  INSERT INTO reservations AS r (id, sale_id, zone_code, user_id, quantity, status,
                                                 confirmed_at, cancelled_at, cancel_seq)
                  SELECT id, sale_id, zone_code, user_id, quantity, 'cancelled', confirmed_at, cancelled_at, seq
@@ -642,16 +645,16 @@ async fn write(
                        WHERE was_confirmed GROUP BY 1, 2) s
                  WHERE z.sale_id = s.sale_id AND z.code = s.zone_code
                  RETURNING 1)
-             SELECT COUNT(*) FROM c",
+             SELECT COUNT(*) AS "changed!" FROM c"#,
+            cancelled.iter().map(|e| e.id.as_str()).collect::<Vec<_>>() as _,
+            &cancelled.iter().map(|e| e.sale.0).collect::<Vec<_>>(),
+            cancelled.iter().map(|e| e.zone.as_str()).collect::<Vec<_>>() as _,
+            cancelled.iter().map(|e| e.user.as_str()).collect::<Vec<_>>() as _,
+            &cancelled.iter().map(|e| e.qty).collect::<Vec<_>>(),
+            &cancelled.iter().map(|e| e.confirmed_at).collect::<Vec<_>>(),
+            &cancelled.iter().map(|e| e.at).collect::<Vec<_>>(),
+            cancelled.iter().map(seq).collect::<Vec<_>>() as _,
         )
-        .bind(cancelled.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(|e| e.sale.0).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(|e| e.zone.as_str()).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(|e| e.user.as_str()).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(|e| e.qty).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(|e| e.confirmed_at).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(|e| e.at).collect::<Vec<_>>())
-        .bind(cancelled.iter().map(seq).collect::<Vec<_>>())
         .fetch_one(&mut *tx)
         .await?;
         written.cancelled = changed as u64;
@@ -661,8 +664,8 @@ async fn write(
         // tombstone left by its cancellation) only learns the confirmation's
         // sequence number, once: the confirmations recorded are the rows
         // returned, and only new rows move `sold`.
-        let inserted: i64 = sqlx::query_scalar(
-            "WITH ins AS (
+        let inserted: i64 = sqlx::query_scalar!(
+            r#"WITH ins AS (
                  INSERT INTO reservations AS r (id, sale_id, zone_code, user_id, quantity, status,
                                                 confirmed_at, payment_ref, confirm_seq)
                  SELECT id, sale_id, zone_code, user_id, quantity, 'confirmed', confirmed_at, payment_ref, seq
@@ -680,27 +683,29 @@ async fn write(
                        WHERE fresh GROUP BY 1, 2) s
                  WHERE z.sale_id = s.sale_id AND z.code = s.zone_code
                  RETURNING 1)
-             SELECT COUNT(*) FROM ins",
+             SELECT COUNT(*) AS "inserted!" FROM ins"#,
+            confirmed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>() as _,
+            &confirmed.iter().map(|e| e.sale.0).collect::<Vec<_>>(),
+            confirmed.iter().map(|e| e.zone.as_str()).collect::<Vec<_>>() as _,
+            confirmed.iter().map(|e| e.user.as_str()).collect::<Vec<_>>() as _,
+            &confirmed.iter().map(|e| e.qty).collect::<Vec<_>>(),
+            &confirmed.iter().map(|e| e.at).collect::<Vec<_>>(),
+            confirmed.iter().map(|e| e.payment_ref.as_deref()).collect::<Vec<_>>() as _,
+            confirmed.iter().map(seq).collect::<Vec<_>>() as _,
         )
-        .bind(confirmed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(|e| e.sale.0).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(|e| e.zone.as_str()).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(|e| e.user.as_str()).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(|e| e.qty).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(|e| e.at).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(|e| e.payment_ref.as_deref()).collect::<Vec<_>>())
-        .bind(confirmed.iter().map(seq).collect::<Vec<_>>())
         .fetch_one(&mut *tx)
         .await?;
         written.confirmed = inserted as u64;
     }
     let high = events.iter().filter_map(|e| e.seq).max();
     if let (true, Some(high)) = (numbered, high) {
-        sqlx::query("UPDATE sales SET applied_seq = GREATEST(applied_seq, $2) WHERE id = $1")
-            .bind(sale.0)
-            .bind(high)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "UPDATE sales SET applied_seq = GREATEST(applied_seq, $2) WHERE id = $1",
+            sale.0,
+            high,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(written)
