@@ -13,6 +13,11 @@
 -- KEYS[5]  {sale:<id>}:stream
 -- KEYS[6]  {sale:<id>}:meta    `frozen` (checked first) and `seq`, the
 --                              sale's stream sequence (see confirm_hold)
+-- KEYS[7]  {sale:<id>}:admitted  zset buyer -> pass deadline: a buyer who
+--                              cancels a hold and holds nothing else has
+--                              admit_idle_ms (meta) left to hold again, then
+--                              the turn ends, like an admitted buyer's who
+--                              never holds
 -- ARGV[1]  caller's user id (another user's reservation reads as not found)
 -- ARGV[2]  sale id
 -- ARGV[3]  reservation id
@@ -53,6 +58,13 @@ if status == 'held' then
     return {'err', 'hold_expired', '1'}
   end
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_ms', now)
+  if tonumber(redis.call('HGET', KEYS[3], 'tickets') or '0') == 0 then
+    local pass = redis.call('ZSCORE', KEYS[7], uid)
+    local idle = tonumber(redis.call('HGET', KEYS[6], 'admit_idle_ms') or '60000')
+    if pass and tonumber(pass) > now + idle then
+      redis.call('ZADD', KEYS[7], 'XX', now + idle, uid)
+    end
+  end
   return {'ok', rid, zone, r[3], 'cancelled', r[5], r[6], '0', tostring(now), '0'}
 end
 

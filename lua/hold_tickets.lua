@@ -22,6 +22,9 @@
 -- KEYS[6]  {sale:<id>}:admitted    zset buyer -> queue pass deadline (ms):
 --                                  the pass's signature was checked by the
 --                                  caller; here it must still be admitted
+-- KEYS[7]  {sale:<id>}:turns       zset admitted buyer yet to hold: a hold
+--                                  takes the buyer out of it (the turn is
+--                                  used)
 -- ARGV[1]  user id
 -- ARGV[2]  zone code
 -- ARGV[3]  quantity, a whole number >= 1 written plainly ("2", not "2.0")
@@ -124,4 +127,5 @@ redis.call('HSET', KEYS[4], 'tickets', int(used + qty), rid, '1')
 redis.call('HSET', KEYS[3], 'user', uid, 'zone', zone, 'qty', qtext, 'status', 'held',
   'expires_ms', expires, 'created_ms', nowtext, 'fp', fp)
 redis.call('ZADD', KEYS[5], expires, rid)
+redis.call('ZREM', KEYS[7], uid)
 return {'new', expires, nowtext}

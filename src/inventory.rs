@@ -138,6 +138,7 @@ pub async fn hold(
                 keys.buyer(req.user),
                 keys.deadlines(),
                 keys.admitted(),
+                keys.turns(),
             ],
             vec![
                 Value::from(req.user),
@@ -224,6 +225,7 @@ pub async fn cancel(
     let keys = SaleKeys::new(id.sale);
     let mut cancel_keys = change_keys(&keys, id, user);
     cancel_keys.push(keys.meta());
+    cancel_keys.push(keys.admitted());
     let reply: Vec<String> = scripts
         .cancel
         .run_on(

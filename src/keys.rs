@@ -84,8 +84,9 @@ impl SaleKeys {
     pub fn meta(&self) -> String {
         self.key("meta")
     }
-    /// Sorted set of buyers waiting in the virtual queue, by place: pre-queue
-    /// buyers score in [0, 1) (their HMAC draw), later ones 1, 2, 3, ...
+    /// Sorted set of buyers waiting in the virtual queue, by place, with the
+    /// second of each buyer's last poll in the score's low bits
+    /// (`lua/lib/queue_place.lua`, [`crate::queue::place_of`]).
     pub fn waiting(&self) -> String {
         self.key("waiting")
     }
@@ -93,17 +94,27 @@ impl SaleKeys {
     pub fn arrivals(&self) -> String {
         self.key("arrivals")
     }
-    /// Sorted set of waiting buyers by their last poll (ms), for abandonment.
-    pub fn last_seen(&self) -> String {
-        self.key("seen")
+    /// Hash of arrival counter / 64 -> the first of those arrivals' time
+    /// (ms): how long admitted buyers waited, without a field per buyer.
+    pub fn arrivals_ms(&self) -> String {
+        self.key("arrivals_ms")
     }
-    /// Hash of waiting buyer -> join time (ms), for the join-to-admission time.
-    pub fn joined_at(&self) -> String {
-        self.key("joined")
+    /// List of the buyers who joined before the sale opened (the pre-queue),
+    /// in order of joining; a buyer who left and joined again is listed
+    /// twice.
+    pub fn prequeue(&self) -> String {
+        self.key("prequeue")
     }
-    /// Set of buyers who joined before the sale opened (the pre-queue).
-    pub fn early(&self) -> String {
-        self.key("early")
+    /// Sorted set of admitted buyers yet to hold, by the time their turn
+    /// ends unless they hold (admit_idle_seconds after admission). They are
+    /// the admitted buyers who may still take available tickets.
+    pub fn turns(&self) -> String {
+        self.key("turns")
+    }
+    /// Keys of earlier layouts of the queue (last-seen times, join times,
+    /// the pre-queue as a set), deleted with the sale's other keys.
+    pub fn former(&self) -> [String; 3] {
+        [self.key("seen"), self.key("joined"), self.key("early")]
     }
     /// Sorted set of admitted buyers by pass deadline (ms). A member whose
     /// deadline has not passed holds a valid pass; it counts as active.

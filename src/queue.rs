@@ -1,19 +1,27 @@
 //! The virtual queue: join, status, leave, the releaser's tick, and the
 //! pre-queue draw.
 //!
-//! Waiting buyers are a sorted set per sale. A buyer's place is fixed at
-//! join: before opening, a draw in [0, 1) (HMAC-SHA256 of the buyer id under
-//! the sale's secret seed, so the pre-queue is shuffled once, reproducibly,
-//! and the seed's SHA-256 is public from creation); after opening, the next
-//! value of a per-sale counter (1, 2, 3, ...). Every change is a Lua script,
+//! Waiting buyers are a sorted set per sale, one entry a buyer. A buyer's
+//! place is fixed at join: before opening, a draw in [0, 1) (HMAC-SHA256 of
+//! the buyer id under the sale's secret seed, so the pre-queue is shuffled
+//! once, reproducibly, and the seed's SHA-256 is public from creation);
+//! after opening, the next value of a per-sale counter, behind the whole
+//! pre-queue. The score also carries the second the buyer was last seen
+//! ([`place_of`], `lua/lib/queue_place.lua`). Every change is a Lua script,
 //! so order holds however many API and releaser replicas run.
+//!
+//! Admitted buyers have a turn: `admit_idle_seconds` to hold. One who holds
+//! nothing in that time, or cancels and holds nothing else in it, finishes,
+//! and the tickets go to the next buyers. Buyers still waiting when every
+//! ticket is held are waitlisted: tickets that come back go to them in
+//! order.
 
 use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use fred::{
     clients::Pool,
-    interfaces::{HashesInterface, SetsInterface},
+    interfaces::{HashesInterface, ListInterface},
     types::Value,
 };
 use hmac::{Hmac, Mac};
@@ -38,6 +46,16 @@ pub enum Standing {
         deadline_ms: i64,
         pass_ttl_seconds: i64,
     },
+    /// Every ticket is held or sold, but held ones may come back: the buyer
+    /// keeps the place and is admitted in order when they do.
+    Waitlisted {
+        position: u64,
+        measured_rate: f64,
+        release_rate: f64,
+        paused: bool,
+        opens_at_ms: i64,
+    },
+    /// Every ticket confirmed, or the sale closed: final.
     SoldOut,
     Expired,
     NotInQueue,
@@ -71,6 +89,25 @@ impl Standing {
     }
 }
 
+/// Places and last-seen seconds share a score (`lua/lib/queue_place.lua`):
+/// `place * SEEN_SLOTS + second of the last poll % SEEN_SLOTS`.
+pub const SEEN_SLOTS: f64 = 4096.0;
+/// Places of buyers who joined after opening start here; the pre-queue's are
+/// the top 40 bits of their draws, below it.
+pub const AFTER_OPENING: f64 = 1_099_511_627_776.0;
+
+/// A waiting buyer's place, from the score in the waiting line.
+pub fn place_of(score: f64) -> f64 {
+    (score / SEEN_SLOTS).floor()
+}
+
+/// The place a pre-queue draw gets: its top 40 bits. Two buyers whose draws
+/// share them (about one pair in ten queues of 500,000) are ordered by their
+/// last poll instead of by id.
+pub fn prequeue_place(draw: f64) -> f64 {
+    (draw * AFTER_OPENING).floor()
+}
+
 /// The pre-queue draw of `user` under a sale's `seed`: the first 53 bits of
 /// HMAC-SHA256(seed, user) as a number in [0, 1). Exact in an f64, so Redis
 /// scores and an auditor's recomputation agree bit for bit.
@@ -83,12 +120,14 @@ pub fn prequeue_draw(seed: &[u8], user: &str) -> f64 {
     (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The pre-queue order: early buyers by draw, ties (never seen in practice)
-/// by id, as Redis orders equal scores. This is what `flashsale
+/// The pre-queue order: early buyers by the place their draw gives, ties
+/// (about one pair in ten queues of 500,000) by id. This is what `flashsale
 /// prequeue-order` prints for an auditor.
 pub fn prequeue_order(seed: &[u8], buyers: &[String]) -> Vec<String> {
-    let mut drawn: Vec<(f64, &String)> =
-        buyers.iter().map(|b| (prequeue_draw(seed, b), b)).collect();
+    let mut drawn: Vec<(f64, &String)> = buyers
+        .iter()
+        .map(|b| (prequeue_place(prequeue_draw(seed, b)), b))
+        .collect();
     drawn.sort_by(|a, b| {
         a.0.total_cmp(&b.0)
             .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
@@ -128,11 +167,11 @@ pub async fn join(
                 k.meta(),
                 k.waiting(),
                 k.arrivals(),
-                k.last_seen(),
-                k.joined_at(),
-                k.early(),
+                k.arrivals_ms(),
+                k.prequeue(),
                 k.admitted(),
                 k.expired(),
+                k.turns(),
             ],
             vec![
                 Value::from(user),
@@ -157,13 +196,7 @@ pub async fn status(
         .status
         .run(
             redis,
-            vec![
-                k.meta(),
-                k.waiting(),
-                k.last_seen(),
-                k.admitted(),
-                k.expired(),
-            ],
+            vec![k.meta(), k.waiting(), k.admitted(), k.expired()],
             vec![Value::from(user), Value::from(seen_refresh_ms as i64)],
         )
         .await?;
@@ -182,14 +215,7 @@ pub async fn leave(
         .leave
         .run(
             redis,
-            vec![
-                k.waiting(),
-                k.last_seen(),
-                k.joined_at(),
-                k.admitted(),
-                k.expired(),
-                k.meta(),
-            ],
+            vec![k.waiting(), k.admitted(), k.turns(), k.expired(), k.meta()],
             vec![Value::from(user)],
         )
         .await?;
@@ -225,10 +251,12 @@ impl From<fred::error::Error> for QueueError {
     }
 }
 
-/// The buyers who joined before opening, for the organizer's export.
+/// The buyers who joined before opening, each once, sorted by id, for the
+/// organizer's export.
 pub async fn early_buyers(redis: &Pool, sale: SaleId) -> Result<Vec<String>, QueueError> {
-    let mut buyers: Vec<String> = redis.smembers(SaleKeys::new(sale).early()).await?;
+    let mut buyers: Vec<String> = redis.lrange(SaleKeys::new(sale).prequeue(), 0, -1).await?;
     buyers.sort();
+    buyers.dedup();
     Ok(buyers)
 }
 
@@ -239,11 +267,17 @@ pub struct Tick {
     pub lapsed: u64,
     pub abandoned: u64,
     pub sold_out: bool,
+    /// Nothing available, but held tickets may come back.
+    pub waitlist: bool,
     pub waiting: u64,
     pub active: u64,
     /// How long each admitted buyer waited, join to admission (ms).
     pub waits_ms: Vec<u64>,
 }
+
+/// Waiting buyers checked for silence in one tick: a line of 1,000,000 is
+/// swept in 200 ticks.
+pub const SWEEP: u32 = 5_000;
 
 /// Runs the releaser's script for one sale: `None` when no tick was due.
 pub async fn release_tick(
@@ -261,17 +295,18 @@ pub async fn release_tick(
             vec![
                 k.meta(),
                 k.waiting(),
-                k.last_seen(),
-                k.joined_at(),
                 k.admitted(),
+                k.turns(),
                 k.expired(),
                 k.zones(),
                 k.ticks(),
                 k.admissions(),
+                k.arrivals_ms(),
             ],
             vec![
                 Value::from(idle_ms as i64),
                 Value::from(i64::from(max_batch)),
+                Value::from(i64::from(SWEEP)),
             ],
         )
         .await?;
@@ -285,14 +320,15 @@ pub async fn release_tick(
         // Nothing is due while the sale is frozen (being restored).
         Some("not_due") | Some("frozen") => Ok(None),
         Some("err") => Err(QueueError::SaleNotFound),
-        Some("ticked") if reply.len() >= 7 => Ok(Some(Tick {
+        Some("ticked") if reply.len() >= 8 => Ok(Some(Tick {
             admitted: num(1),
             lapsed: num(2),
             abandoned: num(3),
             sold_out: num(4) == 1,
             waiting: num(5),
             active: num(6),
-            waits_ms: (7..reply.len()).map(num).collect(),
+            waitlist: num(7) == 1,
+            waits_ms: (8..reply.len()).map(num).collect(),
         })),
         _ => Err(QueueError::corrupt(anyhow::anyhow!(
             "release_batch replied {reply:?}"
@@ -307,6 +343,13 @@ fn decode(reply: &[Option<String>]) -> Result<Standing, QueueError> {
     let int = |i: usize| float(i) as i64;
     Ok(match text(0).as_str() {
         "waiting" => Standing::Waiting {
+            position: int(1).max(1) as u64,
+            measured_rate: float(2),
+            release_rate: float(3),
+            paused: text(4) == "1",
+            opens_at_ms: int(5),
+        },
+        "waitlisted" => Standing::Waitlisted {
             position: int(1).max(1) as u64,
             measured_rate: float(2),
             release_rate: float(3),

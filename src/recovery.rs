@@ -299,10 +299,10 @@ async fn wipe(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow::Result<()> {
         k.stream(),
         k.waiting(),
         k.arrivals(),
-        k.last_seen(),
-        k.joined_at(),
-        k.early(),
+        k.arrivals_ms(),
+        k.prequeue(),
         k.admitted(),
+        k.turns(),
         k.expired(),
         k.ticks(),
         k.admissions(),
@@ -310,6 +310,7 @@ async fn wipe(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow::Result<()> {
         // The per-user counters of the layout before buyer hashes.
         format!("{{sale:{sale}}}:users"),
     ];
+    doomed.extend(k.former());
     for pattern in [
         format!("{}*", k.reservation_prefix()),
         format!("{}*", k.buyer_prefix()),

@@ -121,10 +121,28 @@ impl Scripts {
                     include_str!("../lua/expire_holds.lua")
                 ),
             ),
-            join: Script::new("join_queue", include_str!("../lua/join_queue.lua")),
-            status: Script::new("queue_status", include_str!("../lua/queue_status.lua")),
+            join: Script::new(
+                "join_queue",
+                concat!(
+                    include_str!("../lua/lib/queue_place.lua"),
+                    include_str!("../lua/join_queue.lua")
+                ),
+            ),
+            status: Script::new(
+                "queue_status",
+                concat!(
+                    include_str!("../lua/lib/queue_place.lua"),
+                    include_str!("../lua/queue_status.lua")
+                ),
+            ),
             leave: Script::new("leave_queue", include_str!("../lua/leave_queue.lua")),
-            release: Script::new("release_batch", include_str!("../lua/release_batch.lua")),
+            release: Script::new(
+                "release_batch",
+                concat!(
+                    include_str!("../lua/lib/queue_place.lua"),
+                    include_str!("../lua/release_batch.lua")
+                ),
+            ),
             trim_stream: Script::new("trim_stream", include_str!("../lua/trim_stream.lua")),
             reconcile_read: Script::new(
                 "reconcile_read",

@@ -185,7 +185,8 @@ async fn one_buyer(
                 // A new place, at the back: position counts anew from there.
                 last_position = u64::MAX;
             }
-            "waiting" => {
+            // Every ticket held: waitlisted, in the same line.
+            "waiting" | "waitlisted" => {
                 let position = status["position"].as_u64().unwrap();
                 assert!(position <= last_position, "{buyer} moved back in the queue");
                 last_position = position;

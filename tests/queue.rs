@@ -417,9 +417,20 @@ async fn admission_stops_at_the_stock_and_sold_out_is_told_to_everyone_waiting()
         .json()
         .await
         .unwrap();
-    // Held but not confirmed: the tickets may come back, so the line waits.
-    app.tick(sale, 300_000).await;
-    assert_eq!(standing(&app, sale, &buyers[4]).await["state"], "waiting");
+    // Held but not confirmed: the tickets may come back, so the line keeps
+    // its places, waitlisted.
+    let tick = app.tick(sale, 300_000).await;
+    assert!(tick.waitlist && !tick.sold_out, "{tick:?}");
+    assert_eq!(
+        standing(&app, sale, &buyers[4]).await,
+        json!({"state": "waitlisted", "position": 3})
+    );
+    // A newcomer joins the waitlist, behind them.
+    let late = unique("late");
+    assert_eq!(
+        app.join(sale, &late).await.json::<Value>().await.unwrap(),
+        json!({"state": "waitlisted", "position": 4})
+    );
 
     assert_eq!(
         app.confirm(r["id"].as_str().unwrap(), &buyers[0])
@@ -434,11 +445,22 @@ async fn admission_stops_at_the_stock_and_sold_out_is_told_to_everyone_waiting()
         assert_eq!(standing(&app, sale, b).await, json!({"state": "sold_out"}));
     }
     assert_eq!(
-        app.join(sale, &unique("newcomer"))
+        standing(&app, sale, &late).await,
+        json!({"state": "sold_out"})
+    );
+    // A newcomer is told sold_out, and so is the newcomer's next poll: the
+    // answer is final, not an invitation to join again.
+    let newcomer = unique("newcomer");
+    assert_eq!(
+        app.join(sale, &newcomer)
             .await
             .json::<Value>()
             .await
             .unwrap(),
+        json!({"state": "sold_out"})
+    );
+    assert_eq!(
+        standing(&app, sale, &newcomer).await,
         json!({"state": "sold_out"})
     );
     let read: Value = app
@@ -481,26 +503,28 @@ async fn one_tick_admits_thousands_in_order_and_drops_thousands_that_lapsed_or_w
         (&json!("waiting"), &json!(1500))
     );
 
-    // A second later every pass has lapsed and the 1,499 others never polled.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let second = app.tick(sale, 500).await;
+    // Two seconds later every pass has lapsed, and the 1,499 others never
+    // polled; the last one polls just before the tick.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    standing(&app, sale, &buyers[3999]).await;
+    let second = app.tick(sale, 2_000).await;
     assert_eq!(
         (second.lapsed, second.abandoned, second.admitted),
-        (1000, 1000, 500),
-        "at most 1,000 lapsed and 1,000 silent a tick; the last 500 admitted"
+        (2000, 1499, 1),
+        "at most 1,000 lapsed passes and 1,000 unused turns a tick; every silent buyer \
+         swept; the one who polled admitted"
     );
-    assert_eq!((second.waiting, second.active), (0, 2000));
-    // The silent ones are dropped oldest first; the newest 500 are admitted.
+    assert_eq!((second.waiting, second.active), (0, 501));
     assert_eq!(
         standing(&app, sale, &buyers[2500]).await,
         json!({"state": "expired"})
     );
     assert_eq!(
-        standing(&app, sale, &buyers[3499]).await,
+        standing(&app, sale, &buyers[3998]).await,
         json!({"state": "expired"})
     );
     assert_eq!(
-        standing(&app, sale, &buyers[3500]).await["state"],
+        standing(&app, sale, &buyers[3999]).await["state"],
         "admitted"
     );
     let expired: u64 = app
@@ -508,7 +532,7 @@ async fn one_tick_admits_thousands_in_order_and_drops_thousands_that_lapsed_or_w
         .scard(flashsale::keys::SaleKeys::new(sale).expired())
         .await
         .unwrap();
-    assert_eq!(expired, 2000);
+    assert_eq!(expired, 2000 + 1499);
 }
 
 #[tokio::test]

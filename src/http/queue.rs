@@ -41,6 +41,11 @@ enum QueueStatus {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         paused: bool,
     },
+    /// Every ticket is held or sold; held ones may come back, and go to the
+    /// waitlist in queue order.
+    Waitlisted {
+        position: u64,
+    },
     Admitted {
         pass: String,
         #[serde(serialize_with = "crate::json::rfc3339")]
@@ -81,6 +86,7 @@ fn render(
                 pass_expires_at: from_millis(deadline_ms).unwrap_or(now),
             }
         }
+        Standing::Waitlisted { position, .. } => QueueStatus::Waitlisted { position },
         Standing::SoldOut => QueueStatus::SoldOut,
         Standing::Expired => QueueStatus::Expired,
         Standing::NotInQueue => return Err(ApiError::NotInQueue),

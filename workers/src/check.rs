@@ -65,9 +65,10 @@ async fn queue_order(redis: &Pool, k: &SaleKeys) -> anyhow::Result<QueueOrder> {
         q.admitted += count.parse::<u64>()?;
     }
     if highest.is_finite() {
-        q.overtaken_waiting = redis
-            .zcount(k.waiting(), f64::NEG_INFINITY, highest)
-            .await?;
+        // Waiting places at or below the highest admitted: scores below the
+        // next place's first (a score is place * SEEN_SLOTS + last seen).
+        let below = (highest + 1.0) * flashsale::queue::SEEN_SLOTS - 0.5;
+        q.overtaken_waiting = redis.zcount(k.waiting(), f64::NEG_INFINITY, below).await?;
     }
     Ok(q)
 }

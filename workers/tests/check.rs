@@ -47,11 +47,16 @@ async fn the_check_proves_queue_order_and_catches_a_tick_out_of_order() {
     );
     assert!(v.broken.is_empty(), "{:?}", v.broken);
 
-    // A tick that admitted places 1 and 2 again, after 30: out of order.
+    // A tick that admitted the first and second arrivals' places again,
+    // after the 30th: out of order.
     let k = SaleKeys::new(sale);
     let now = Utc::now().timestamp_millis();
+    let place = |arrival: f64| flashsale::queue::AFTER_OPENING + arrival;
     let _: i64 = redis
-        .rpush(k.admissions(), format!("{now}:1:2:2"))
+        .rpush(
+            k.admissions(),
+            format!("{now}:{}:{}:2", place(1.0), place(2.0)),
+        )
         .await
         .unwrap();
     let v = flashsale_workers::check::run(&redis, &scripts, &db, sale, &none)
@@ -60,10 +65,13 @@ async fn the_check_proves_queue_order_and_catches_a_tick_out_of_order() {
     assert_eq!(v.queue.out_of_order_ticks, 1);
     assert_eq!(v.broken.len(), 1, "{:?}", v.broken);
 
-    // A tick that admitted place 40 while 31..35 still wait: they were
-    // passed over.
+    // A tick that admitted the 40th arrival while the 31st to 35th still
+    // wait: they were passed over.
     let _: i64 = redis
-        .rpush(k.admissions(), format!("{now}:40:40:1"))
+        .rpush(
+            k.admissions(),
+            format!("{now}:{}:{}:1", place(40.0), place(40.0)),
+        )
         .await
         .unwrap();
     let v = flashsale_workers::check::run(&redis, &scripts, &db, sale, &none)
