@@ -17,6 +17,13 @@
 # (VmHWM) is printed at the end.
 #
 #   CHAOS=1 load/run.sh stress_10k               # the chaos variant
+#   ARCHIVED_SALES=1000 load/run.sh stress_10k   # after 1,000 sales that ended
+#
+# ARCHIVED_SALES=N: before the run's sale, N small sales run through the API
+# (two buyers each hold and confirm a ticket) and close (load/history.py);
+# the run starts once the workers have archived them all (no key of theirs
+# left in Redis). Redis's memory is printed before the run's sale is made,
+# with or without them.
 #
 # Every run has its own redis-server on a free port, stopped at the end: the
 # workers visit every sale Redis knows every few milliseconds, so the keys
@@ -121,6 +128,19 @@ case $SCENARIO in
            buyers=$(( ${ARRIVALS_PER_SECOND:-50} * ${ARRIVAL_SECONDS:-60} + 100 )) ;;
 esac
 org=$("$bin/flashsale" token --sub load-organizer --role organizer)
+if [[ ${ARCHIVED_SALES:-0} -gt 0 ]]; then
+    "$bin/flashsale" token --sub "past-buyer-$$" --count $(( ARCHIVED_SALES * 2 )) >"$work/past-buyers"
+    python3 load/history.py "http://$LISTEN_ADDR" "$org" "$work/past-buyers" "$ARCHIVED_SALES"
+    left=-1
+    for _ in $(seq 1 600); do
+        left=$(redis-cli -p "$rport" --scan --pattern '{sale:*' | wc -l)
+        [[ $left -eq 0 ]] && break
+        sleep 0.5
+    done
+    [[ $left -eq 0 ]] || { echo "load: $left keys of the ended sales still in Redis after 300 s" >&2; exit 1; }
+    echo "load: $ARCHIVED_SALES ended sales archived: none of their keys left in Redis" >&2
+fi
+echo "load: Redis used_memory before the run's sale: $(redis-cli -p "$rport" info memory | sed -n 's/^used_memory_human:\(.*\)\r$/\1/p')" >&2
 sale=$(curl -sf -X POST "http://$LISTEN_ADDR/v1/sales" -H "Authorization: Bearer $org" \
     -H 'Content-Type: application/json' -d "$sale_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 k6_env=(-e "BASE_URL=http://$LISTEN_ADDR" -e "SALE=$sale")

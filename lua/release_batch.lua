@@ -179,27 +179,26 @@ else
       score_text(places[#places]) .. ':' .. #buyers)
     local deadline = now + pass_ttl_ms
     local hold_by = math.min(deadline, now + admit_idle_ms)
-    local passes, turns, buckets = {}, {}, {}
-    for i, b in ipairs(buyers) do
+    local passes, turns = {}, {}
+    for _, b in ipairs(buyers) do
       passes[#passes + 1] = deadline
       passes[#passes + 1] = b
       turns[#turns + 1] = hold_by
       turns[#turns + 1] = b
-      if places[i] >= AFTER_OPENING then
-        buckets[#buckets + 1] = math.floor((places[i] - AFTER_OPENING) / 64)
-      end
     end
     call_with('ZADD', KEYS[3], passes)
     call_with('ZADD', KEYS[4], turns)
     -- How long each waited: from opening for the pre-queue, else from the
-    -- first arrival of its group of 64.
-    local arrived = call_with('HMGET', KEYS[9], buckets)
-    local j = 0
+    -- first arrival of its group of 64 (one HGET a group).
+    local arrived = {}
     for i = 1, #buyers do
       local since = opens
       if places[i] >= AFTER_OPENING then
-        j = j + 1
-        since = tonumber(arrived[j] or now)
+        local group = math.floor((places[i] - AFTER_OPENING) / 64)
+        if arrived[group] == nil then
+          arrived[group] = tonumber(redis.call('HGET', KEYS[9], group) or now)
+        end
+        since = arrived[group]
       end
       waits[i] = string.format('%d', math.max(0, now - since))
     end

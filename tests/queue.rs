@@ -781,3 +781,149 @@ async fn stats_and_the_prequeue_export_are_for_the_sales_own_organizer() {
         .await;
     }
 }
+
+/// A pass as `standing` shows it.
+fn pass_of(body: &Value) -> String {
+    body["pass"].as_str().expect("admitted").to_owned()
+}
+
+#[tokio::test]
+async fn a_ticket_that_comes_back_goes_to_the_waitlist_in_order_within_one_tick() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 2}], "per_user_limit": 1}))
+        .await;
+    let run = unique("wl");
+    let buyers: Vec<String> = (0..5).map(|i| format!("{run}-{i}")).collect();
+    for b in &buyers {
+        app.join(sale, b).await;
+    }
+    assert_eq!(app.tick(sale, 300_000).await.admitted, 2);
+    let mut holds = Vec::new();
+    for b in &buyers[..2] {
+        let pass = pass_of(&standing(&app, sale, b).await);
+        let res = app.hold_with_pass(sale, b, &pass, "A", 1, None).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        holds.push(
+            res.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    app.tick(sale, 300_000).await;
+    for (i, b) in buyers[2..].iter().enumerate() {
+        assert_eq!(
+            standing(&app, sale, b).await,
+            json!({"state": "waitlisted", "position": i + 1})
+        );
+    }
+
+    // The first holder cancels: the ticket goes to the head of the
+    // waitlist at the next tick, and only to them.
+    assert_eq!(
+        app.cancel(&holds[0], &buyers[0]).await.status(),
+        StatusCode::OK
+    );
+    let tick = app.tick(sale, 300_000).await;
+    assert_eq!(tick.admitted, 1, "{tick:?}");
+    assert_eq!(standing(&app, sale, &buyers[2]).await["state"], "admitted");
+    assert_eq!(
+        standing(&app, sale, &buyers[3]).await,
+        json!({"state": "waitlisted", "position": 1})
+    );
+    let pass = pass_of(&standing(&app, sale, &buyers[2]).await);
+    let res = app
+        .hold_with_pass(sale, &buyers[2], &pass, "A", 1, None)
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "the returned ticket is theirs"
+    );
+}
+
+#[tokio::test]
+async fn an_admitted_buyer_who_holds_nothing_loses_the_turn_to_the_next() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1}], "admit_idle_seconds": 5}))
+        .await;
+    let (idle, next) = (unique("idle"), unique("next"));
+    app.join(sale, &idle).await;
+    app.join(sale, &next).await;
+    assert_eq!(
+        app.tick(sale, 300_000).await.admitted,
+        1,
+        "one ticket, one turn"
+    );
+    assert_eq!(standing(&app, sale, &idle).await["state"], "admitted");
+    assert_eq!(standing(&app, sale, &next).await["state"], "waiting");
+
+    // `idle` never holds: five seconds on, the turn is over (the pass had
+    // ten minutes to go) and `next` is admitted at the following tick.
+    let mut admitted_next = false;
+    for _ in 0..100 {
+        app.tick(sale, 300_000).await;
+        if standing(&app, sale, &next).await["state"] == "admitted" {
+            admitted_next = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        admitted_next,
+        "the next buyer was admitted within ten seconds"
+    );
+    assert_eq!(
+        standing(&app, sale, &idle).await,
+        json!({"state": "expired"})
+    );
+    let pass = pass_of(&standing(&app, sale, &next).await);
+    let res = app.hold_with_pass(sale, &next, &pass, "A", 1, None).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_buyer_who_cancels_and_holds_nothing_else_finishes_and_frees_the_ticket_at_once() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1}], "admit_idle_seconds": 5}))
+        .await;
+    let (canceller, next) = (unique("canceller"), unique("next"));
+    app.join(sale, &canceller).await;
+    app.join(sale, &next).await;
+    app.tick(sale, 300_000).await;
+    let before = standing(&app, sale, &canceller).await;
+    let res = app
+        .hold_with_pass(sale, &canceller, &pass_of(&before), "A", 1, None)
+        .await;
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.cancel(&id, &canceller).await.status(), StatusCode::OK);
+
+    // The ticket is back and the canceller does not count against it: the
+    // next buyer is admitted at the next tick.
+    assert_eq!(app.tick(sale, 300_000).await.admitted, 1);
+    assert_eq!(standing(&app, sale, &next).await["state"], "admitted");
+    // The canceller's turn now ends within admit_idle_seconds, not when the
+    // ten-minute pass would have.
+    let after = standing(&app, sale, &canceller).await;
+    let until = |b: &Value| {
+        chrono::DateTime::parse_from_rfc3339(b["pass_expires_at"].as_str().unwrap()).unwrap()
+    };
+    assert!(until(&after) < until(&before), "{before} then {after}");
+    assert!(until(&after) <= chrono::Utc::now() + chrono::Duration::seconds(6));
+    let mut finished = false;
+    for _ in 0..100 {
+        app.tick(sale, 300_000).await;
+        if standing(&app, sale, &canceller).await == json!({"state": "expired"}) {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(finished, "the canceller's turn ended within ten seconds");
+}
