@@ -244,9 +244,14 @@ impl From<fred::error::Error> for ApiError {
 
 /// Whether a Redis error means "Redis cannot answer right now" (so the
 /// client should retry) rather than a bug: a lost or refused connection, a
-/// timeout, and Redis's own transient refusals while it replays its AOF
-/// (LOADING), fails over (READONLY, MASTERDOWN) or reshards (TRYAGAIN,
-/// CLUSTERDOWN).
+/// timeout, and Redis's own refusals while it replays its AOF (LOADING),
+/// fails over (READONLY, MASTERDOWN), reshards (TRYAGAIN, CLUSTERDOWN), is
+/// out of memory (OOM: `maxmemory` reached under `noeviction`, which refuses
+/// writes, and reads still work) or cannot persist (MISCONF: a failed
+/// snapshot with `stop-writes-on-bgsave-error`). The last two last until an
+/// operator acts, but nothing was written and a retry is safe, so the client
+/// is told to come back rather than that the service broke. Inside a script
+/// the refusal comes wrapped in the script's error, hence `contains`.
 pub fn redis_is_unavailable(err: &fred::error::Error) -> bool {
     use fred::error::ErrorKind::*;
     if matches!(
@@ -263,6 +268,8 @@ pub fn redis_is_unavailable(err: &fred::error::Error) -> bool {
         "MASTERDOWN",
         "TRYAGAIN",
         "CLUSTERDOWN",
+        "OOM command not allowed",
+        "MISCONF",
         "onnection",
     ]
     .iter()

@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     if let Err(err) = scripts.load(&redis).await {
         tracing::warn!(error = %err, "could not preload Lua scripts");
     }
+    flashsale::redis::check_eviction_policy(&redis).await;
 
     let stop = CancellationToken::new();
     let expiring = {
