@@ -610,10 +610,10 @@ async fn stats(
 struct ListQuery {
     /// `scheduled` (not yet open), `open` (opened and not closed; such a
     /// sale may read `paused` or `sold_out`) or `closed`. Absent: every sale.
-    #[param(pattern = "^(scheduled|open|closed)$")]
+    #[param(value_type = Option<String>, pattern = "^(scheduled|open|closed)$")]
     state: Option<String>,
     /// Sales on a page, 1 to 100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// `next_cursor` of the page before, as it came.
     cursor: Option<String>,
@@ -810,7 +810,7 @@ async fn check_organizer(state: &AppState, sale: SaleId, who: &Identity) -> ApiR
 #[into_params(parameter_in = Query)]
 struct ChangesQuery {
     /// Changes on a page, 1 to 1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// `next_cursor` of the page before, as it came.
     cursor: Option<String>,
