@@ -370,49 +370,40 @@ async fn patch_sale(
     let mut tx = state.db.begin().await?;
     // Lock the row so two concurrent changes are recorded in the order
     // applied, and the archiver waits for this one.
-    #[allow(clippy::type_complexity, reason = "the row, as the query reads it")]
-    let row: Option<(
-        String,
-        i32,
-        i32,
-        Option<i32>,
-        bool,
-        i32,
-        Option<DateTime<Utc>>,
-        DateTime<Utc>,
-        bool,
-    )> = sqlx::query_as(
-        "SELECT organizer_id, release_rate, release_interval_ms, max_active, paused,
-                admit_idle_seconds, closes_at, opens_at, archived_at IS NOT NULL
-         FROM sales WHERE id = $1 FOR UPDATE",
+    let row = sqlx::query!(
+        r#"SELECT organizer_id, release_rate, release_interval_ms, max_active, paused,
+                  admit_idle_seconds, closes_at, opens_at, created_at,
+                  archived_at IS NOT NULL AS "archived!"
+           FROM sales WHERE id = $1 FOR UPDATE"#,
+        id.0
     )
-    .bind(id)
     .fetch_optional(&mut *tx)
-    .await?;
-    let (owner, rate, interval, max_active, paused, admit_idle, closes_at, opens_at, archived) =
-        row.ok_or(ApiError::SaleNotFound)?;
-    if owner != who.user_id {
+    .await?
+    .ok_or(ApiError::SaleNotFound)?;
+    if row.organizer_id != who.user_id {
         return Err(ApiError::Forbidden(
             "only the sale's organizer may change it".into(),
         ));
     }
     let before = Release {
-        release_rate: rate as u32,
-        release_interval_ms: interval as u32,
-        max_active: max_active.map(|v| v as u32),
-        paused,
-        admit_idle_seconds: admit_idle as u32,
-        closes_at,
+        release_rate: row.release_rate as u32,
+        release_interval_ms: row.release_interval_ms as u32,
+        max_active: row.max_active.map(|v| v as u32),
+        paused: row.paused,
+        admit_idle_seconds: row.admit_idle_seconds as u32,
+        closes_at: row.closes_at,
     };
-    // Closes are judged by Redis's clock, which the scripts refuse by.
+    let archived = row.archived;
+    // Closes are judged by Redis's clock, which the scripts refuse by (never
+    // before the sale's creation, whatever the skew between the clocks).
     let now = if archived {
         Utc::now()
     } else {
         sales::redis_now(&state.redis, id).await?
     };
     let standing = Standing {
-        opens_at,
-        now: now.trunc_subsecs(3),
+        opens_at: row.opens_at,
+        now: now.trunc_subsecs(3).max(row.created_at),
         archived,
     };
     let after = patch.apply(before, &standing)?;
