@@ -14,6 +14,10 @@
 //! last entries into Postgres, read Postgres, and rebuild. `--freeze`
 //! freezes a live sale first (buyers get `503 sale_frozen` meanwhile); a
 //! confirmation made before the freeze is in Postgres before the read.
+//!
+//! [`wipe`], which deletes a sale's keys, is also how the workers' archiver
+//! takes a closed, fully recorded sale out of Redis; restore refuses an
+//! archived sale.
 
 use std::time::Duration;
 
