@@ -213,6 +213,8 @@ pub struct WorkersConfig {
     pub step_limit: Duration,
     pub sink_every: Duration,
     pub reconcile_every: Duration,
+    /// How often closed sales are looked at for archiving.
+    pub archive_every: Duration,
     /// This sink's consumer name in the group (`<HOSTNAME>-<pid>` unless set).
     pub sink_consumer: String,
     pub sink_batch: u64,
@@ -242,6 +244,7 @@ impl WorkersConfig {
             step_limit: secs("WORKER_STEP_TIMEOUT_SECONDS", 60)?,
             sink_every: ms("SINK_INTERVAL_MS", 100, 5)?,
             reconcile_every: secs("RECONCILE_INTERVAL_SECONDS", 5)?,
+            archive_every: secs("ARCHIVE_INTERVAL_SECONDS", 5)?,
             sink_consumer: vars.optional("SINK_CONSUMER").unwrap_or_else(|| {
                 format!(
                     "{}-{}",

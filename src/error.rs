@@ -46,6 +46,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     SaleNotOpen(String),
+    /// An organizer's change that a closed (or archived) sale no longer takes.
+    #[error("{0}")]
+    SaleClosed(String),
     #[error("not enough tickets left in zone {zone}: {left} left")]
     SoldOut { zone: String, left: i64 },
     #[error("the per-user limit allows {remaining} more ticket(s) in this sale")]
@@ -67,6 +70,9 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("{0}")]
     InvalidBody(String),
+    /// A paging cursor this service did not give.
+    #[error("{0}")]
+    InvalidCursor(String),
     #[error("expected `Content-Type: application/json`")]
     UnsupportedMediaType,
     #[error("request body is larger than {limit} bytes")]
@@ -125,16 +131,18 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            SaleNotOpen(_) | SoldOut { .. } | LimitExceeded { .. } | ReservationCancelled => {
-                StatusCode::CONFLICT
-            }
+            SaleNotOpen(_)
+            | SaleClosed(_)
+            | SoldOut { .. }
+            | LimitExceeded { .. }
+            | ReservationCancelled => StatusCode::CONFLICT,
             HoldExpired => StatusCode::GONE,
             IdempotencyKeyReused
             | InvalidIdempotencyKey(_)
             | InvalidQuantity(_)
             | Validation(_)
             | InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            MalformedJson(_) => StatusCode::BAD_REQUEST,
+            MalformedJson(_) | InvalidCursor(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -166,6 +174,7 @@ impl ApiError {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             SaleNotOpen(_) => "sale_not_open",
+            SaleClosed(_) => "sale_closed",
             SoldOut { .. } => "sold_out",
             LimitExceeded { .. } => "limit_exceeded",
             HoldExpired => "hold_expired",
@@ -176,6 +185,7 @@ impl ApiError {
             Validation(_) => "validation_failed",
             MalformedJson(_) => "malformed_json",
             InvalidBody(_) => "invalid_body",
+            InvalidCursor(_) => "invalid_cursor",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             RateLimited { .. } => "rate_limited",
@@ -244,9 +254,14 @@ impl From<fred::error::Error> for ApiError {
 
 /// Whether a Redis error means "Redis cannot answer right now" (so the
 /// client should retry) rather than a bug: a lost or refused connection, a
-/// timeout, and Redis's own transient refusals while it replays its AOF
-/// (LOADING), fails over (READONLY, MASTERDOWN) or reshards (TRYAGAIN,
-/// CLUSTERDOWN).
+/// timeout, and Redis's own refusals while it replays its AOF (LOADING),
+/// fails over (READONLY, MASTERDOWN), reshards (TRYAGAIN, CLUSTERDOWN), is
+/// out of memory (OOM: `maxmemory` reached under `noeviction`, which refuses
+/// writes, and reads still work) or cannot persist (MISCONF: a failed
+/// snapshot with `stop-writes-on-bgsave-error`). The last two last until an
+/// operator acts, but nothing was written and a retry is safe, so the client
+/// is told to come back rather than that the service broke. Inside a script
+/// the refusal comes wrapped in the script's error, hence `contains`.
 pub fn redis_is_unavailable(err: &fred::error::Error) -> bool {
     use fred::error::ErrorKind::*;
     if matches!(
@@ -263,6 +278,8 @@ pub fn redis_is_unavailable(err: &fred::error::Error) -> bool {
         "MASTERDOWN",
         "TRYAGAIN",
         "CLUSTERDOWN",
+        "OOM command not allowed",
+        "MISCONF",
         "onnection",
     ]
     .iter()

@@ -208,6 +208,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("JWT_SECRET is not set: using the built-in development secret; never do this in production");
     }
     let state = flashsale::http::AppState::build(&config).await?;
+    flashsale::redis::check_eviction_policy(&state.redis).await;
     let app = flashsale::http::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await

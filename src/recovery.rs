@@ -14,6 +14,10 @@
 //! last entries into Postgres, read Postgres, and rebuild. `--freeze`
 //! freezes a live sale first (buyers get `503 sale_frozen` meanwhile); a
 //! confirmation made before the freeze is in Postgres before the read.
+//!
+//! [`wipe`], which deletes a sale's keys, is also how the workers' archiver
+//! takes a closed, fully recorded sale out of Redis; restore refuses an
+//! archived sale.
 
 use std::time::Duration;
 
@@ -59,6 +63,8 @@ struct SaleRow {
     created_at: DateTime<Utc>,
     prequeue_seed: String,
     epoch: i32,
+    admit_idle_seconds: i32,
+    archived_at: Option<DateTime<Utc>>,
 }
 
 struct ConfirmedRow {
@@ -141,13 +147,19 @@ pub async fn restore(
     let row = sqlx::query_as!(
         SaleRow,
         "SELECT organizer_id, name, opens_at, closes_at, release_rate, release_interval_ms, max_active,
-                pass_ttl_seconds, hold_ttl_seconds, per_user_limit, paused, created_at, prequeue_seed, epoch
+                pass_ttl_seconds, hold_ttl_seconds, per_user_limit, paused, created_at, prequeue_seed, epoch,
+                admit_idle_seconds, archived_at
          FROM sales WHERE id = $1 FOR UPDATE",
         sale.0,
     )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| anyhow::anyhow!("sale {sale} is not in Postgres"))?;
+    // An archived sale left Redis on purpose, closed and drained: Postgres
+    // answers for it, and loading it back would only make it live again.
+    if let Some(at) = row.archived_at {
+        anyhow::bail!("sale {sale} was archived at {at}: Postgres answers for it, there is nothing to restore");
+    }
     let zones = sqlx::query!(
         "SELECT code, name, capacity, price_cents FROM zones WHERE sale_id = $1 ORDER BY position",
         sale.0,
@@ -168,7 +180,6 @@ pub async fn restore(
         organizer_id: row.organizer_id,
         name: row.name,
         opens_at: row.opens_at,
-        closes_at: row.closes_at,
         zones: zones
             .iter()
             .map(|z| ZoneDef {
@@ -189,6 +200,8 @@ pub async fn restore(
         release_interval_ms: row.release_interval_ms as u32,
         max_active: row.max_active.map(|v| v as u32),
         paused: row.paused,
+        admit_idle_seconds: row.admit_idle_seconds as u32,
+        closes_at: row.closes_at,
     };
     let (seed, epoch) = (row.prequeue_seed, row.epoch);
     // New entries are numbered past every number Postgres holds.
@@ -204,7 +217,8 @@ pub async fn restore(
 
     // Freeze, wipe, rebuild frozen, then unfreeze.
     let _: () = redis.hset(k.meta(), ("frozen", "1")).await?;
-    wipe(redis, &k, sale).await?;
+    // Dead letters are kept: evidence for whoever investigates.
+    wipe(redis, sale, &[k.dead_letters()]).await?;
     sales::load_into_redis(redis, scripts, &def, &release, &seed, next_epoch, true)
         .await
         .context("load sale into redis")?;
@@ -289,43 +303,53 @@ pub async fn restore(
     })
 }
 
-/// Deletes every live key of the sale but its dead letters (evidence for
-/// whoever investigates), and marks it frozen again afterwards.
-async fn wipe(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow::Result<()> {
-    let mut doomed = vec![
-        k.meta(),
-        k.zones(),
-        k.deadlines(),
-        k.stream(),
-        k.waiting(),
-        k.arrivals(),
-        k.arrivals_ms(),
-        k.prequeue(),
-        k.admitted(),
-        k.turns(),
-        k.expired(),
-        k.ticks(),
-        k.admissions(),
-        k.reconciliation(),
-        // The per-user counters of the layout before buyer hashes.
-        format!("{{sale:{sale}}}:users"),
-    ];
-    doomed.extend(k.former());
-    for pattern in [
-        format!("{}*", k.reservation_prefix()),
-        format!("{}*", k.buyer_prefix()),
-        // Buyers' reservation sets of the layout before buyer hashes.
-        format!("{{sale:{sale}}}:ures:*"),
-    ] {
-        let mut scan = redis.next().scan(pattern, Some(500), None);
-        while let Some(mut page) = scan.try_next().await? {
-            if let Some(found) = page.take_results() {
-                doomed.extend(found.into_iter().filter_map(|key| key.into_string()));
-            }
+/// Keys deleted by one UNLINK, and asked for by one SCAN step.
+const WIPE_BATCH: usize = 500;
+
+/// Deletes every key under the sale's hash tag (`{sale:<id>}*`) but those in
+/// `keep`, in batches: SCAN with the tagged pattern, UNLINK (freed off
+/// Redis's main thread). The meta hash goes last, so a wipe cut short leaves
+/// a sale Redis still knows, frozen as it was, rather than stock without
+/// settings; running it again finishes it. Returns the keys deleted.
+///
+/// The tag puts every key of the sale in one Redis Cluster slot, so the
+/// pattern's scan is answered by the one node that holds them.
+pub async fn wipe(redis: &Pool, sale: SaleId, keep: &[String]) -> anyhow::Result<usize> {
+    let meta = SaleKeys::new(sale).meta();
+    let pattern = format!("{{sale:{sale}}}*");
+    let mut doomed: Vec<String> = Vec::new();
+    let mut deleted = 0;
+    let mut scan = redis.next().scan(pattern, Some(WIPE_BATCH as u32), None);
+    while let Some(mut page) = scan.try_next().await.context("scan the sale's keys")? {
+        if let Some(found) = page.take_results() {
+            doomed.extend(
+                found
+                    .into_iter()
+                    .filter_map(|key| key.into_string())
+                    .filter(|key| *key != meta && !keep.contains(key)),
+            );
+        }
+        // Deleting while scanning is safe: SCAN returns every key present
+        // throughout, and a deleted one is simply not seen again.
+        while doomed.len() >= WIPE_BATCH {
+            let batch: Vec<String> = doomed.drain(..WIPE_BATCH).collect();
+            let n: i64 = redis
+                .unlink(batch)
+                .await
+                .context("unlink the sale's keys")?;
+            deleted += n as usize;
         }
     }
-    for chunk in doomed.chunks(500) {
-        let _: i64 = redis.del(chunk.to_vec()).await?;
+    if !doomed.is_empty() {
+        let n: i64 = redis
+            .unlink(doomed)
+            .await
+            .context("unlink the sale's keys")?;
+        deleted += n as usize;
     }
-    Ok(())
+    if !keep.contains(&meta) {
+        let n: i64 = redis.unlink(meta).await.context("unlink the sale's meta")?;
+        deleted += n as usize;
+    }
+    Ok(deleted)
 }

@@ -39,6 +39,35 @@ use fred::{
     types::config::TlsConnector,
 };
 
+/// Warns when Redis may evict keys under memory pressure. flashsale's
+/// keys are its stock, holds and queue: an evicted key is tickets sold twice
+/// or a buyer's place lost, so Redis must refuse writes when full
+/// (`maxmemory-policy noeviction`; the API then answers `503`) rather than
+/// drop anything. Managed Redis often refuses CONFIG: then this says so at
+/// debug level and the service starts as usual.
+pub async fn check_eviction_policy(redis: &Pool) {
+    use fred::types::{ClusterHash, CustomCommand};
+    let cmd = CustomCommand::new_static("CONFIG", ClusterHash::Random, false);
+    let reply: Result<std::collections::HashMap<String, String>, _> =
+        redis.custom(cmd, vec!["GET", "maxmemory-policy"]).await;
+    match reply {
+        Ok(config) => match config.get("maxmemory-policy").map(String::as_str) {
+            Some("noeviction") => {
+                tracing::debug!("redis maxmemory-policy is noeviction");
+            }
+            Some(policy) => tracing::warn!(
+                policy,
+                "redis maxmemory-policy is not noeviction: when Redis fills up it may evict a sale's stock, holds or queue; set `maxmemory-policy noeviction`"
+            ),
+            None => tracing::debug!("redis did not say its maxmemory-policy; not checked"),
+        },
+        Err(err) => tracing::debug!(
+            error = %err,
+            "could not read redis's maxmemory-policy (CONFIG is often disabled on managed Redis); not checked"
+        ),
+    }
+}
+
 /// A pool for `url`, trusting the system's roots over TLS.
 pub async fn connect(url: &str, size: usize, timeout: Duration) -> anyhow::Result<Pool> {
     connect_with_ca(url, size, timeout, None).await

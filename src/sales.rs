@@ -2,9 +2,14 @@
 //!
 //! A sale is created in one Postgres transaction and loaded into Redis before
 //! that transaction commits, so a sale a client was told about always has its
-//! stock in Redis. The definition never changes after creation; the release
-//! settings (`release_rate`, `release_interval_ms`, `max_active`, `paused`)
-//! change live, in Postgres (with an audit row) and in Redis.
+//! stock in Redis. The definition never changes after creation; the settings
+//! of [`Release`] (the release rate and interval, `max_active`, `paused`,
+//! `admit_idle_seconds`, `closes_at`) change live, in Postgres (with an audit
+//! row) and in Redis.
+//!
+//! Once a sale has closed and the workers' archiver has moved it out of Redis
+//! (`sales.archived_at`), Postgres alone answers for it: [`archived`] reads it
+//! back in the same shape as [`live`], with nothing waiting or held.
 
 use std::collections::HashMap;
 
@@ -35,7 +40,12 @@ pub mod bounds {
     pub const PASS_TTL_SECONDS: (i64, i64) = (1, 3_600);
     pub const HOLD_TTL_SECONDS: (i64, i64) = (1, 3_600);
     pub const PER_USER_LIMIT: (i64, i64) = (1, 100);
+    pub const ADMIT_IDLE_SECONDS: (i64, i64) = (5, 3_600);
 }
+
+/// An admitted buyer who holds nothing for this long loses the turn, unless
+/// the sale says otherwise.
+pub const DEFAULT_ADMIT_IDLE_SECONDS: u32 = 60;
 
 /// `POST /v1/sales` as the organizer sends it. Numbers are read wide so an
 /// out-of-range value gets a message naming the field and its range rather
@@ -82,6 +92,11 @@ pub struct NewSale {
     #[serde(default, deserialize_with = "crate::json::opt_whole")]
     #[schema(minimum = 1, maximum = 100)]
     pub per_user_limit: Option<i64>,
+    /// Seconds an admitted buyer may hold nothing before losing the turn
+    /// (default 60).
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 5, maximum = 3600)]
+    pub admit_idle_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -109,7 +124,6 @@ pub struct SaleDef {
     pub organizer_id: String,
     pub name: String,
     pub opens_at: DateTime<Utc>,
-    pub closes_at: Option<DateTime<Utc>>,
     pub zones: Vec<ZoneDef>,
     pub pass_ttl_seconds: u32,
     pub hold_ttl_seconds: u32,
@@ -154,13 +168,26 @@ impl From<sqlx::Error> for SaleError {
     }
 }
 
-/// The settings an organizer changes while the sale runs.
+/// The settings an organizer changes while the sale runs: how it releases
+/// buyers, and when it ends. An audit row records each change as the JSON of
+/// this struct, before and after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release {
     pub release_rate: u32,
     pub release_interval_ms: u32,
     pub max_active: Option<u32>,
     pub paused: bool,
+    pub admit_idle_seconds: u32,
+    /// When holds stop (`None`: the sale runs until closed). A sale past it
+    /// is closed for good.
+    pub closes_at: Option<DateTime<Utc>>,
+}
+
+impl Release {
+    /// Whether the sale has closed by `now`.
+    pub fn closed_at(&self, now: DateTime<Utc>) -> bool {
+        self.closes_at.is_some_and(|c| now >= c)
+    }
 }
 
 fn in_range(field: &str, value: i64, (lo, hi): (i64, i64)) -> Result<i64, SaleError> {
@@ -271,13 +298,19 @@ impl NewSale {
                 .map(|v| bounded("max_active", v, bounds::MAX_ACTIVE))
                 .transpose()?,
             paused: false,
+            admit_idle_seconds: setting(
+                "admit_idle_seconds",
+                self.admit_idle_seconds,
+                i64::from(DEFAULT_ADMIT_IDLE_SECONDS),
+                bounds::ADMIT_IDLE_SECONDS,
+            )?,
+            closes_at,
         };
         let def = SaleDef {
             id: SaleId::new(),
             organizer_id: organizer_id.to_owned(),
             name,
             opens_at,
-            closes_at,
             zones,
             pass_ttl_seconds: setting(
                 "pass_ttl_seconds",
@@ -320,13 +353,13 @@ pub async fn create(
     sqlx::query!(
         "INSERT INTO sales (id, organizer_id, name, opens_at, closes_at, release_rate,
              release_interval_ms, max_active, pass_ttl_seconds, hold_ttl_seconds,
-             per_user_limit, paused, created_at, prequeue_seed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             per_user_limit, paused, created_at, prequeue_seed, admit_idle_seconds)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         def.id.0,
         &def.organizer_id,
         &def.name,
         def.opens_at,
-        def.closes_at,
+        release.closes_at,
         release.release_rate as i32,
         release.release_interval_ms as i32,
         release.max_active.map(|v| v as i32),
@@ -336,6 +369,7 @@ pub async fn create(
         release.paused,
         def.created_at,
         &seed,
+        release.admit_idle_seconds as i32,
     )
     .execute(&mut *tx)
     .await?;
@@ -380,12 +414,6 @@ pub async fn load_into_redis(
     let mut meta: Vec<(&str, String)> = vec![
         ("def", def_json),
         ("opens_at_ms", def.opens_at.timestamp_millis().to_string()),
-        (
-            "closes_at_ms",
-            def.closes_at
-                .map_or(0, |t| t.timestamp_millis())
-                .to_string(),
-        ),
         ("per_user_limit", def.per_user_limit.to_string()),
         (
             "hold_ttl_ms",
@@ -415,18 +443,30 @@ pub async fn load_into_redis(
     Ok(())
 }
 
-/// The release settings as Redis meta fields (`max_active` 0 means no cap).
+/// The live settings as Redis meta fields, as the scripts read them
+/// (`max_active` 0: no cap; `closes_at_ms` 0: no close).
 fn release_fields(r: &Release) -> Vec<(&'static str, String)> {
     vec![
         ("release_rate", r.release_rate.to_string()),
         ("release_interval_ms", r.release_interval_ms.to_string()),
         ("max_active", r.max_active.unwrap_or(0).to_string()),
         ("paused", u8::from(r.paused).to_string()),
+        (
+            "admit_idle_ms",
+            (u64::from(r.admit_idle_seconds) * 1000).to_string(),
+        ),
+        (
+            "closes_at_ms",
+            r.closes_at.map_or(0, |t| t.timestamp_millis()).to_string(),
+        ),
     ]
 }
 
-/// Writes changed release settings to Redis; the next release tick reads
-/// them. `SaleNotFound` when Redis does not have the sale.
+/// Writes changed live settings to Redis (one script call: all or none);
+/// the next release tick and every script after it read them. A
+/// `closes_at_ms` in the past ends the sale there and then: the scripts
+/// refuse joins, admissions and holds from that moment. `SaleNotFound` when
+/// Redis does not have the sale.
 pub async fn apply_release(
     redis: &Pool,
     scripts: &Scripts,
@@ -481,11 +521,14 @@ pub struct LiveSale {
     pub admitted_total: i64,
     /// Refusing holds while its state is restored.
     pub frozen: bool,
+    /// When it left Redis: then this is Postgres's record of the sale (see
+    /// [`archived`]), with nothing waiting or held.
+    pub archived_at: Option<DateTime<Utc>>,
 }
 
 impl LiveSale {
     pub fn state(&self, now: DateTime<Utc>) -> SaleState {
-        if self.def.closes_at.is_some_and(|c| now >= c) {
+        if self.archived_at.is_some() || self.release.closed_at(now) {
             SaleState::Closed
         } else if self.stock.iter().all(|s| s.available == 0 && s.held == 0) {
             SaleState::SoldOut
@@ -513,12 +556,20 @@ pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, StoreE
         return Ok(None);
     };
     let def: SaleDef = serde_json::from_str(def_json).map_err(StoreError::corrupt)?;
-    let num = |k: &str| meta.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    let parsed = |k: &str| meta.get(k).and_then(|v| v.parse::<i64>().ok());
+    let num = |k: &str| parsed(k).and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
     let release = Release {
         release_rate: num("release_rate"),
         release_interval_ms: num("release_interval_ms"),
         max_active: Some(num("max_active")).filter(|v| *v > 0),
         paused: num("paused") == 1,
+        // Sales loaded before the setting existed run with the default.
+        admit_idle_seconds: parsed("admit_idle_ms")
+            .and_then(|ms| u32::try_from(ms / 1000).ok())
+            .unwrap_or(DEFAULT_ADMIT_IDLE_SECONDS),
+        closes_at: parsed("closes_at_ms")
+            .filter(|ms| *ms > 0)
+            .and_then(from_millis),
     };
     let stock = def
         .zones
@@ -535,7 +586,10 @@ pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, StoreE
         .collect();
     Ok(Some(LiveSale {
         seed: meta.get("seed").cloned().unwrap_or_default(),
-        frozen: meta.get("frozen").is_some_and(|f| f == "1"),
+        // Frozen on its way out of Redis (archiving) is not a sale waiting
+        // for a restore: it has closed, and reads as closed.
+        frozen: meta.get("frozen").is_some_and(|f| f == "1")
+            && meta.get("frozen_reason").is_none_or(|r| r != "archiving"),
         admitted_total: meta
             .get("admitted_total")
             .and_then(|v| v.parse().ok())
@@ -544,6 +598,7 @@ pub async fn live(redis: &Pool, sale: SaleId) -> Result<Option<LiveSale>, StoreE
         release,
         stock,
         waiting,
+        archived_at: None,
     }))
 }
 
@@ -552,39 +607,334 @@ pub fn from_millis(ms: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(ms).single()
 }
 
-/// Whether Postgres knows a sale, remembered for a second per sale.
+/// What Postgres says of a sale Redis does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// No such sale.
+    Unknown,
+    /// A live sale Redis lost: it waits for `flashsale restore`.
+    Lost,
+    /// Archived: it left Redis on purpose, and Postgres answers for it.
+    Archived,
+}
+
+/// What Postgres says of sales Redis does not have, remembered for a second
+/// per sale.
 ///
-/// A sale Redis does not have is either unknown or lost by Redis (flushed,
-/// restarted without its AOF, an empty replica). Telling the two apart takes
-/// a Postgres query, and with a lost sale every buyer's poll asks: 100,000
-/// buyers polling would be a query storm on Postgres at the worst moment.
-/// The answer is cached under (sale, current second), and concurrent askers
-/// of the same key wait for one query, so Postgres sees at most one query per
-/// sale per second.
+/// A sale Redis does not have is unknown, archived, or lost by Redis
+/// (flushed, restarted without its AOF, an empty replica). Telling them apart
+/// takes a Postgres query, and with a lost sale every buyer's poll asks:
+/// 100,000 buyers polling would be a query storm on Postgres at the worst
+/// moment. The answer is cached under (sale, current second), and concurrent
+/// askers of the same key wait for one query, so Postgres sees at most one
+/// query per sale per second. An archived sale never changes again, so its
+/// record is kept as read, for the many reads a finished sale's page gets.
 pub struct KnownSales {
-    answers: quick_cache::sync::Cache<(SaleId, i64), bool>,
+    answers: quick_cache::sync::Cache<(SaleId, i64), Recorded>,
+    archived: quick_cache::sync::Cache<SaleId, std::sync::Arc<LiveSale>>,
 }
 
 impl Default for KnownSales {
     fn default() -> Self {
         Self {
             answers: quick_cache::sync::Cache::new(10_000),
+            archived: quick_cache::sync::Cache::new(1_000),
         }
     }
 }
 
 impl KnownSales {
+    /// Whether Postgres knows the sale at all.
     pub async fn in_postgres(&self, db: &PgPool, sale: SaleId) -> Result<bool, sqlx::Error> {
+        Ok(self.lookup(db, sale).await? != Recorded::Unknown)
+    }
+
+    /// What Postgres says of a sale Redis does not have.
+    pub async fn lookup(&self, db: &PgPool, sale: SaleId) -> Result<Recorded, sqlx::Error> {
+        if self.archived.get(&sale).is_some() {
+            return Ok(Recorded::Archived);
+        }
         let second = Utc::now().timestamp();
         self.answers
             .get_or_insert_async(&(sale, second), async {
                 metrics::counter!("flashsale_lost_sale_lookups_total").increment(1);
-                let known: Option<i32> =
-                    sqlx::query_scalar!(r#"SELECT 1 AS "known!" FROM sales WHERE id = $1"#, sale.0)
-                        .fetch_optional(db)
-                        .await?;
-                Ok(known.is_some())
+                let archived = sqlx::query_scalar!(
+                    r#"SELECT archived_at IS NOT NULL AS "archived!" FROM sales WHERE id = $1"#,
+                    sale.0
+                )
+                .fetch_optional(db)
+                .await?;
+                Ok(match archived {
+                    None => Recorded::Unknown,
+                    Some(false) => Recorded::Lost,
+                    Some(true) => Recorded::Archived,
+                })
             })
             .await
     }
+
+    /// The archived sale as Postgres records it; `None` when it is not
+    /// archived (unknown, or live).
+    pub async fn archived(
+        &self,
+        db: &PgPool,
+        sale: SaleId,
+    ) -> Result<Option<std::sync::Arc<LiveSale>>, StoreError> {
+        if let Some(found) = self.archived.get(&sale) {
+            return Ok(Some(found));
+        }
+        let Some(found) = archived(db, sale).await? else {
+            return Ok(None);
+        };
+        let found = std::sync::Arc::new(found);
+        self.archived.insert(sale, found.clone());
+        Ok(Some(found))
+    }
+}
+
+/// The time by Redis's clock, which every script goes by (read on the node
+/// that holds `sale`).
+pub async fn redis_now(redis: &Pool, sale: SaleId) -> Result<DateTime<Utc>, StoreError> {
+    use fred::{interfaces::ClientLike, types::CustomCommand};
+    let meta = SaleKeys::new(sale).meta();
+    let cmd = CustomCommand::new_static("TIME", meta.as_str(), false);
+    let (secs, micros): (i64, i64) = redis.custom(cmd, Vec::<Value>::new()).await?;
+    from_millis(secs * 1000 + micros / 1000)
+        .ok_or_else(|| StoreError::corrupt(anyhow::anyhow!("redis TIME out of range: {secs}")))
+}
+
+/// A sale's row, as the reads from Postgres need it.
+struct SaleRecord {
+    id: SaleId,
+    organizer_id: String,
+    name: String,
+    opens_at: DateTime<Utc>,
+    closes_at: Option<DateTime<Utc>>,
+    release_rate: i32,
+    release_interval_ms: i32,
+    max_active: Option<i32>,
+    pass_ttl_seconds: i32,
+    hold_ttl_seconds: i32,
+    per_user_limit: i32,
+    paused: bool,
+    created_at: DateTime<Utc>,
+    prequeue_seed: String,
+    admit_idle_seconds: i32,
+    admitted_total: i64,
+    archived_at: Option<DateTime<Utc>>,
+}
+
+struct ZoneRecord {
+    sale_id: SaleId,
+    code: String,
+    name: String,
+    capacity: i32,
+    price_cents: i64,
+    sold: i32,
+}
+
+/// Sales as Postgres records them, each with its zones (`sold` standing for
+/// confirmed), nothing waiting and nothing held: what an archived sale is,
+/// and the best Postgres can say of a live one.
+async fn with_zones(db: &PgPool, rows: Vec<SaleRecord>) -> Result<Vec<LiveSale>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id.0).collect();
+    let zones = sqlx::query_as!(
+        ZoneRecord,
+        r#"SELECT sale_id AS "sale_id: SaleId", code, name, capacity, price_cents, sold
+           FROM zones WHERE sale_id = ANY($1) ORDER BY sale_id, position"#,
+        &ids
+    )
+    .fetch_all(db)
+    .await?;
+    let mut by_sale: HashMap<SaleId, Vec<ZoneRecord>> = HashMap::new();
+    for z in zones {
+        by_sale.entry(z.sale_id).or_default().push(z);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let zones = by_sale.remove(&r.id).unwrap_or_default();
+            let positive = |v: i32| u32::try_from(v).unwrap_or(0);
+            LiveSale {
+                stock: zones
+                    .iter()
+                    .map(|z| ZoneStock {
+                        capacity: i64::from(z.capacity),
+                        available: i64::from(z.capacity - z.sold),
+                        held: 0,
+                        confirmed: i64::from(z.sold),
+                    })
+                    .collect(),
+                def: SaleDef {
+                    id: r.id,
+                    organizer_id: r.organizer_id,
+                    name: r.name,
+                    opens_at: r.opens_at,
+                    zones: zones
+                        .into_iter()
+                        .map(|z| ZoneDef {
+                            code: z.code,
+                            name: z.name,
+                            capacity: positive(z.capacity),
+                            price_cents: z.price_cents,
+                        })
+                        .collect(),
+                    pass_ttl_seconds: positive(r.pass_ttl_seconds),
+                    hold_ttl_seconds: positive(r.hold_ttl_seconds),
+                    per_user_limit: positive(r.per_user_limit),
+                    created_at: r.created_at,
+                    prequeue_seed_sha256: crate::queue::seed_commitment(&r.prequeue_seed),
+                },
+                release: Release {
+                    release_rate: positive(r.release_rate),
+                    release_interval_ms: positive(r.release_interval_ms),
+                    max_active: r.max_active.map(positive),
+                    paused: r.paused,
+                    admit_idle_seconds: positive(r.admit_idle_seconds),
+                    closes_at: r.closes_at,
+                },
+                waiting: 0,
+                seed: r.prequeue_seed,
+                admitted_total: r.admitted_total,
+                frozen: false,
+                archived_at: r.archived_at,
+            }
+        })
+        .collect())
+}
+
+/// An archived sale as Postgres records it; `None` when the sale is unknown
+/// or still live.
+pub async fn archived(db: &PgPool, sale: SaleId) -> Result<Option<LiveSale>, StoreError> {
+    let rows = sqlx::query_as!(
+        SaleRecord,
+        r#"SELECT id AS "id: SaleId", organizer_id, name, opens_at, closes_at, release_rate,
+                  release_interval_ms, max_active, pass_ttl_seconds, hold_ttl_seconds,
+                  per_user_limit, paused, created_at, prequeue_seed, admit_idle_seconds,
+                  admitted_total, archived_at
+           FROM sales WHERE id = $1 AND archived_at IS NOT NULL"#,
+        sale.0
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(with_zones(db, rows).await?.pop())
+}
+
+/// The part of a sale's life a listing shows, by its times alone: a sale
+/// that is `Open` may read `paused` or `sold_out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// Not yet open, not closed.
+    Scheduled,
+    /// Opened and not closed.
+    Open,
+    /// Past its close.
+    Closed,
+}
+
+impl Window {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "scheduled" => Window::Scheduled,
+            "open" => Window::Open,
+            "closed" => Window::Closed,
+            _ => return None,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Window::Scheduled => "scheduled",
+            Window::Open => "open",
+            Window::Closed => "closed",
+        }
+    }
+}
+
+/// One page of a listing of sales, newest first.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    /// Only this organizer's sales.
+    pub organizer: Option<String>,
+    pub window: Option<Window>,
+    /// Sales on the page, at most.
+    pub limit: u32,
+    /// Only sales created before this one (its `created_at` and id): the
+    /// page after the one that ended there.
+    pub before: Option<(DateTime<Utc>, SaleId)>,
+    /// The moment the windows are judged at.
+    pub now: DateTime<Utc>,
+}
+
+/// A page of sales as Postgres records them (see [`with_zones`]; the caller
+/// reads the live ones' state from Redis), newest first by (`created_at`,
+/// id).
+pub async fn list(db: &PgPool, l: &Listing) -> Result<Vec<LiveSale>, StoreError> {
+    let window = l.window.map(Window::as_str);
+    let (before_at, before_id) = l
+        .before
+        .map_or((None, None), |(at, id)| (Some(at), Some(id.0)));
+    let limit = i64::from(l.limit);
+    // Two statements rather than one with `organizer_id = $1 OR $1 IS NULL`,
+    // so each has a plan on its own index.
+    let rows = match &l.organizer {
+        Some(organizer) => {
+            sqlx::query_as!(
+                SaleRecord,
+                r#"SELECT id AS "id: SaleId", organizer_id, name, opens_at, closes_at, release_rate,
+                          release_interval_ms, max_active, pass_ttl_seconds, hold_ttl_seconds,
+                          per_user_limit, paused, created_at, prequeue_seed, admit_idle_seconds,
+                          admitted_total, archived_at
+                   FROM sales
+                   WHERE organizer_id = $1
+                     AND CASE $2::text
+                           WHEN 'scheduled' THEN opens_at > $3 AND (closes_at IS NULL OR closes_at > $3)
+                           WHEN 'open' THEN opens_at <= $3 AND (closes_at IS NULL OR closes_at > $3)
+                           WHEN 'closed' THEN closes_at <= $3
+                           ELSE true
+                         END
+                     AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
+                   ORDER BY created_at DESC, id DESC
+                   LIMIT $6"#,
+                organizer,
+                window,
+                l.now,
+                before_at,
+                before_id,
+                limit
+            )
+            .fetch_all(db)
+            .await?
+        }
+        None => {
+            sqlx::query_as!(
+                SaleRecord,
+                r#"SELECT id AS "id: SaleId", organizer_id, name, opens_at, closes_at, release_rate,
+                          release_interval_ms, max_active, pass_ttl_seconds, hold_ttl_seconds,
+                          per_user_limit, paused, created_at, prequeue_seed, admit_idle_seconds,
+                          admitted_total, archived_at
+                   FROM sales
+                   WHERE CASE $1::text
+                           WHEN 'scheduled' THEN opens_at > $2 AND (closes_at IS NULL OR closes_at > $2)
+                           WHEN 'open' THEN opens_at <= $2 AND (closes_at IS NULL OR closes_at > $2)
+                           WHEN 'closed' THEN closes_at <= $2
+                           ELSE true
+                         END
+                     AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+                   ORDER BY created_at DESC, id DESC
+                   LIMIT $5"#,
+                window,
+                l.now,
+                before_at,
+                before_id,
+                limit
+            )
+            .fetch_all(db)
+            .await?
+        }
+    };
+    with_zones(db, rows).await
 }

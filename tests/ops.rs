@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{assert_problem, TestApp};
+use std::time::Duration;
+
+use common::{assert_problem, fresh_database, lines_until, redis_cli, PrivateRedis, TestApp};
+use fred::interfaces::KeysInterface;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -157,6 +160,116 @@ async fn with_redis_down_the_api_answers_503_with_retry_after_and_ready_names_re
         )
         .await;
     assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+}
+
+/// Redis at `maxmemory` with `noeviction` refuses writes (`-OOM`): buyers
+/// are told to retry, as while Redis is down, not that the service broke;
+/// reads still work.
+#[tokio::test]
+async fn redis_out_of_memory_is_503_unavailable_with_retry_after() {
+    // 2 MB: an empty redis-server takes 0.9 MB and the service's scripts
+    // and connections another 0.1 to 0.2, so at 1 MB not even a sale fits.
+    let private =
+        PrivateRedis::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let (_, db_url) = fresh_database().await;
+    let app = TestApp::serve(&private.url(), &db_url).await;
+    let sale = app.sale_id(json!({})).await;
+    // Fill Redis until it refuses a write (bounded: 8 MB in 4 KB values).
+    let filler = "x".repeat(4096);
+    let mut filled = 0;
+    for i in 0..2_000 {
+        let set: Result<(), _> = app
+            .redis
+            .set(format!("filler:{i}"), filler.as_str(), None, None, false)
+            .await;
+        match set {
+            Ok(()) => filled = i + 1,
+            Err(err) => {
+                assert!(err.details().contains("OOM"), "{err:?}");
+                break;
+            }
+        }
+    }
+    assert!(filled < 2_000, "redis never refused a write");
+    // Full, Redis sits at the limit, and connection buffers that come and
+    // go could let a write through: a limit well under what it holds keeps
+    // it refusing for the rest of the test.
+    assert_eq!(
+        redis_cli(private.port, &["CONFIG", "SET", "maxmemory", "1mb"]).trim(),
+        "OK"
+    );
+
+    let res = app.join(sale, "buyer").await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    let problem = assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    assert!(problem["detail"].as_str().unwrap().contains("unavailable"));
+    let res = app
+        .post(
+            "/v1/sales",
+            Some(&app.organizer("org-1")),
+            json!({"name": "x", "zones": [{"code": "A", "capacity": 1}]}),
+        )
+        .await;
+    assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    // Reads go on.
+    let read = app.get(&format!("/v1/sales/{sale}"), None).await;
+    assert_eq!(read.status(), StatusCode::OK);
+
+    // Room again: writes go through, with no restart.
+    assert_eq!(
+        redis_cli(private.port, &["CONFIG", "SET", "maxmemory", "2mb"]).trim(),
+        "OK"
+    );
+    let _: i64 = app
+        .redis
+        .del(
+            (0..filled)
+                .map(|i| format!("filler:{i}"))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let mut joined = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        joined = app.join(sale, "buyer").await.status();
+        if joined == StatusCode::ACCEPTED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(joined, StatusCode::ACCEPTED);
+}
+
+/// `flashsale serve` says at start when Redis may evict keys (a sale's
+/// stock, holds or queue), and says nothing when it may not.
+#[tokio::test]
+async fn serve_warns_at_start_unless_redis_refuses_to_evict() {
+    let (_, db_url) = fresh_database().await;
+    for (policy, warns) in [("allkeys-lru", true), ("noeviction", false)] {
+        let redis = PrivateRedis::start_with(&["--maxmemory-policy", policy]);
+        let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .arg("serve")
+            .env("REDIS_URL", redis.url())
+            .env("DATABASE_URL", &db_url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("JWT_SECRET", common::JWT_SECRET)
+            .env("RUST_LOG", "warn,flashsale=info")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = lines_until(
+            &mut serve,
+            "flashsale API listening",
+            Duration::from_secs(20),
+        );
+        let _ = serve.kill();
+        let _ = serve.wait();
+        let warned = lines
+            .iter()
+            .any(|l| l.contains("maxmemory-policy is not noeviction"));
+        assert_eq!(warned, warns, "{policy}: {lines:#?}");
+    }
 }
 
 #[tokio::test]

@@ -344,7 +344,9 @@ async fn guard_route(
     res
 }
 
-/// Redis does not know `sale`. If Postgres does, Redis lost it (flushed,
+/// Redis does not know `sale`. If Postgres does, either the sale was
+/// archived (closed and recorded, then moved out of Redis on purpose: `409
+/// sale_not_open`, as for any closed sale), or Redis lost it (flushed,
 /// restarted without its AOF, an empty replica): the sale is frozen until
 /// `flashsale restore` rebuilds it, rather than unknown. Never sells from an
 /// empty Redis. Postgres is asked at most once a second per sale
@@ -354,14 +356,16 @@ pub(crate) async fn or_frozen<T, E: Into<ApiError>>(
     sale: crate::ids::SaleId,
     result: Result<T, E>,
 ) -> Result<T, ApiError> {
+    use crate::sales::Recorded;
     match result.map_err(Into::into) {
         Err(ApiError::SaleNotFound) => {
-            let known = state.known_sales.in_postgres(&state.db, sale).await?;
-            Err(if known {
-                tracing::warn!(sale.id = %sale, "sale is in Postgres but not in Redis: frozen until restored");
-                ApiError::SaleFrozen
-            } else {
-                ApiError::SaleNotFound
+            Err(match state.known_sales.lookup(&state.db, sale).await? {
+                Recorded::Unknown => ApiError::SaleNotFound,
+                Recorded::Archived => ApiError::SaleNotOpen("the sale has closed".into()),
+                Recorded::Lost => {
+                    tracing::warn!(sale.id = %sale, "sale is in Postgres but not in Redis: frozen until restored");
+                    ApiError::SaleFrozen
+                }
             })
         }
         other => other,

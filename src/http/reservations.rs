@@ -2,12 +2,16 @@
 //!
 //! Each handler is one Lua script call: the checks and the change happen in
 //! Redis, atomically. The handler only parses input and renders the result.
+//!
+//! Reservations of an archived sale (closed, recorded, and moved out of
+//! Redis) are read from Postgres's record: confirmed or cancelled, for good.
 
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
+use chrono::{DateTime, Utc};
 use fred::interfaces::{HashesInterface, SetsInterface};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,7 +25,7 @@ use crate::{
     error::{ApiError, ApiResult, Problem},
     ids::{ReservationId, SaleId},
     input::{Hold, PaymentRef, RawHold},
-    inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation},
+    inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation, Status},
     keys::{self, SaleKeys},
     limits::Action,
     replication::Change,
@@ -157,7 +161,7 @@ struct ConfirmBody {
         (status = 400, description = "`malformed_json`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`reservation_not_found` (also another user's)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`reservation_cancelled`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`reservation_cancelled`; `sale_closed`: the sale is archived", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`hold_expired`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
@@ -187,7 +191,7 @@ async fn confirm(
             .acknowledged(redis, Change::Confirmation, acted.replayed)
             .await?;
     }
-    respond(outcome)
+    respond(when_archived(&state, &id, &who.user_id, outcome).await?)
 }
 
 /// Cancel a held or confirmed reservation (its buyer); its tickets go back
@@ -199,6 +203,7 @@ async fn confirm(
         (status = 200, description = "Cancelled", body = Reservation),
         (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`reservation_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sale_closed`: the sale is archived", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`hold_expired`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable` (also: a confirmed reservation's cancellation not yet acknowledged by the replicas `CONFIRM_WAIT_REPLICAS` asks for; retrying is safe)", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -219,10 +224,29 @@ async fn cancel(
                 .await?;
         }
     }
-    respond(outcome)
+    respond(when_archived(&state, &id, &who.user_id, outcome).await?)
 }
 
-/// One of the caller's reservations.
+/// A reservation Redis does not have may belong to an archived sale: then
+/// it no longer changes (`409 sale_closed`) rather than being unknown.
+async fn when_archived(
+    state: &AppState,
+    id: &ReservationId,
+    user: &str,
+    outcome: Outcome,
+) -> ApiResult<Outcome> {
+    if outcome.as_ref().err() == Some(&Refusal::ReservationNotFound)
+        && archived_reservation(state, id, user).await?.is_some()
+    {
+        return Err(ApiError::SaleClosed(
+            "the sale has closed and been archived: its reservations no longer change".into(),
+        ));
+    }
+    Ok(outcome)
+}
+
+/// One of the caller's reservations: from Redis while its sale is live,
+/// from Postgres once the sale is archived.
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
     params(("id" = String, Path, description = "The reservation's id")),
     security(("bearer" = [])),
@@ -237,17 +261,23 @@ async fn get_reservation(
     AuthUser(who): AuthUser,
     Path(id): Path<ReservationId>,
 ) -> ApiResult<axum::Json<Reservation>> {
-    inventory::get(&state.redis, &id, &who.user_id)
+    if let Some(r) = inventory::get(&state.redis, &id, &who.user_id).await? {
+        return Ok(axum::Json(r));
+    }
+    archived_reservation(&state, &id, &who.user_id)
         .await?
         .map(axum::Json)
         .ok_or(ApiError::ReservationNotFound)
 }
 
-/// The caller's reservations in every sale, newest first.
+/// The caller's reservations in every sale, newest first: those of live
+/// sales from Redis (one buyer hash per live sale, read in one pipeline),
+/// those of archived sales from Postgres (one query by user). The work
+/// grows with the sales that are live, not with every sale ever run.
 #[utoipa::path(get, path = "/v1/me/reservations", tag = "reservations",
     security(("bearer" = [])),
     responses(
-                (status = 200, description = "The caller's reservations", body = MyReservations),
+        (status = 200, description = "The caller's reservations", body = MyReservations),
         (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -272,14 +302,95 @@ async fn my_reservations(
         .filter(|field| field != keys::BUYER_TICKETS)
         .filter_map(|id| id.parse().ok())
         .collect();
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(r) = inventory::get(&state.redis, &id, &who.user_id).await? {
-            out.push(r);
-        }
-    }
+    let live = futures::future::try_join_all(
+        ids.iter()
+            .map(|id| inventory::get(&state.redis, id, &who.user_id)),
+    )
+    .await?;
+    let mut out: Vec<Reservation> = live.into_iter().flatten().collect();
+    // A sale archived a moment ago may still have keys in Redis: each
+    // reservation once.
+    let seen: std::collections::HashSet<ReservationId> = out.iter().map(|r| r.id.clone()).collect();
+    let archived = sqlx::query_as!(
+        RecordedReservation,
+        "SELECT r.id, r.sale_id, r.zone_code, r.quantity, r.status, r.confirmed_at, r.cancelled_at
+         FROM reservations r JOIN sales s ON s.id = r.sale_id
+         WHERE r.user_id = $1 AND s.archived_at IS NOT NULL",
+        who.user_id
+    )
+    .fetch_all(&state.db)
+    .await?;
+    out.extend(
+        archived
+            .into_iter()
+            .filter_map(RecordedReservation::into_reservation)
+            .filter(|r| !seen.contains(&r.id)),
+    );
     out.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     Ok(axum::Json(MyReservations { reservations: out }))
+}
+
+/// A reservation row of Postgres's record.
+struct RecordedReservation {
+    id: String,
+    sale_id: uuid::Uuid,
+    zone_code: String,
+    quantity: i32,
+    status: String,
+    confirmed_at: DateTime<Utc>,
+    cancelled_at: Option<DateTime<Utc>>,
+}
+
+impl RecordedReservation {
+    /// As the API shows a reservation. The record keeps no hold times: a
+    /// recorded reservation was created and stopped expiring when it was
+    /// confirmed, as `flashsale restore` rebuilds it too. `None` for a row
+    /// the API could not have made (logged: it needs a look).
+    fn into_reservation(self) -> Option<Reservation> {
+        let id: ReservationId = self.id.parse().ok().filter(|id: &ReservationId| id.sale.0 == self.sale_id)
+            .or_else(|| {
+                tracing::warn!(reservation = %self.id, "a reservation id in Postgres does not parse");
+                None
+            })?;
+        let status = match self.status.as_str() {
+            "confirmed" => Status::Confirmed,
+            "cancelled" => Status::Cancelled,
+            other => {
+                tracing::warn!(reservation = %self.id, status = other, "a reservation in Postgres has an unknown status");
+                return None;
+            }
+        };
+        Some(Reservation {
+            sale_id: id.sale,
+            id,
+            zone: self.zone_code,
+            quantity: i64::from(self.quantity),
+            status,
+            expires_at: self.confirmed_at,
+            created_at: self.confirmed_at,
+            confirmed_at: Some(self.confirmed_at),
+            cancelled_at: self.cancelled_at,
+        })
+    }
+}
+
+/// The caller's reservation in an archived sale, as Postgres records it.
+async fn archived_reservation(
+    state: &AppState,
+    id: &ReservationId,
+    user: &str,
+) -> ApiResult<Option<Reservation>> {
+    let row = sqlx::query_as!(
+        RecordedReservation,
+        "SELECT r.id, r.sale_id, r.zone_code, r.quantity, r.status, r.confirmed_at, r.cancelled_at
+         FROM reservations r JOIN sales s ON s.id = r.sale_id
+         WHERE r.id = $1 AND r.user_id = $2 AND s.archived_at IS NOT NULL",
+        id.to_string(),
+        user
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(row.and_then(RecordedReservation::into_reservation))
 }
 
 #[derive(Serialize, ToSchema)]

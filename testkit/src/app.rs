@@ -171,6 +171,14 @@ impl TestApp {
         req.send().await.expect("request")
     }
 
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        let mut req = self.http.patch(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
         let mut req = self.http.get(self.url(path));
         if let Some(t) = token {

@@ -12,12 +12,14 @@
 mod app;
 pub mod pki;
 mod postgres_server;
+mod process;
 mod redis_server;
 mod sales;
 mod stores;
 
 pub use app::{assert_problem, TestApp};
 pub use postgres_server::PrivatePostgres;
+pub use process::lines_until;
 pub use redis_server::{redis_cli, replica_args, PrivateRedis, Sentinels};
 pub use sales::*;
 pub use stores::*;

@@ -4,6 +4,8 @@
 //! Every worker is idempotent and safe to run in several replicas at once:
 //! its step is a Lua script that decides, inside Redis, what is due.
 
+/// Moves closed, fully recorded sales out of Redis.
+pub mod archiver;
 /// The post-run check of a load test.
 pub mod check;
 /// Sweeps passed hold deadlines and returns their tickets.

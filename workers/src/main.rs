@@ -13,7 +13,7 @@ use flashsale::{
     scripts::Scripts,
     telemetry,
 };
-use flashsale_workers::{every, expirer, reconciler::Reconciler, releaser, sink::Sink};
+use flashsale_workers::{archiver, every, expirer, reconciler::Reconciler, releaser, sink::Sink};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc, as in the API: the release, expiry and sink loops allocate many
@@ -35,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         step_limit,
         sink_every,
         reconcile_every,
+        archive_every,
         sink_consumer,
         sink_batch,
         sink_claim_idle_ms,
@@ -59,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
     if let Err(err) = scripts.load(&redis).await {
         tracing::warn!(error = %err, "could not preload Lua scripts");
     }
+    flashsale::redis::check_eviction_policy(&redis).await;
 
     let stop = CancellationToken::new();
     let expiring = {
@@ -124,6 +126,19 @@ async fn main() -> anyhow::Result<()> {
             },
         ))
     };
+    let archiving = {
+        let (redis, scripts, db) = (redis.clone(), scripts.clone(), db.clone());
+        tokio::spawn(every(
+            "archiver",
+            archive_every,
+            step_limit,
+            stop.clone(),
+            move || {
+                let (redis, scripts, db) = (redis.clone(), scripts.clone(), db.clone());
+                async move { archiver::run_once(&redis, &scripts, &db).await.map(|_| ()) }
+            },
+        ))
+    };
     // The workers' own metrics (admissions, expiries, queue gauges).
     let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
     let app = axum::Router::new().route(
@@ -151,13 +166,20 @@ async fn main() -> anyhow::Result<()> {
 
     flashsale::shutdown_signal().await;
     stop.cancel();
-    let _ = tokio::join!(expiring, releasing, sinking, reconciling, serving);
+    let _ = tokio::join!(
+        expiring,
+        releasing,
+        sinking,
+        reconciling,
+        archiving,
+        serving
+    );
     tracing::info!("flashsale workers stopped");
     Ok(())
 }
 
 /// flashsale's background workers: the releaser, the hold expirer, the
-/// stream sink and the reconciler, until SIGTERM or Ctrl-C. Settings come
+/// stream sink, the reconciler and the archiver, until SIGTERM or Ctrl-C. Settings come
 /// from the environment (README, Configuration).
 #[derive(Parser)]
 #[command(name = "flashsale-workers", version)]

@@ -63,7 +63,8 @@ pub struct SaleReport {
     /// Stream entries not yet acknowledged by the sink.
     pub lag_entries: i64,
     /// Why the sale is frozen, if it is: `missing` from Redis, `epoch`
-    /// mismatch, or `restoring`.
+    /// mismatch, `rollback`, `restoring`, or `archiving` (on its way out of
+    /// Redis, not checked).
     pub frozen: Option<&'static str>,
 }
 
@@ -74,18 +75,20 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// Checks every sale Postgres knows, once: a Redis that lost its data
-    /// has also lost its list of sales.
+    /// Checks every live sale Postgres knows, once: a Redis that lost its
+    /// data has also lost its list of sales.
     pub async fn run_once(
         &self,
         redis: &Pool,
         scripts: &Scripts,
         db: &PgPool,
     ) -> anyhow::Result<Vec<SaleReport>> {
-        let sales: Vec<uuid::Uuid> =
-            sqlx::query_scalar!("SELECT id FROM sales ORDER BY created_at")
-                .fetch_all(db)
-                .await?;
+        // Archived sales left Redis on purpose; Postgres alone holds them.
+        let sales: Vec<uuid::Uuid> = sqlx::query_scalar!(
+            "SELECT id FROM sales WHERE archived_at IS NULL ORDER BY created_at"
+        )
+        .fetch_all(db)
+        .await?;
         crate::each_sale(sales.into_iter().map(SaleId), |sale| {
             self.check(redis, scripts, db, sale)
         })
@@ -109,10 +112,8 @@ impl Reconciler {
         let k = SaleKeys::new(sale);
         let label = sale.to_string();
         let reason = match at.epoch {
-            None => {
-                tracing::error!(sale.id = %sale, "sale is missing from Redis: holds refused; run `flashsale restore --sale {sale} --freeze`");
-                Some("missing")
-            }
+            // Logged by the caller, once it knows the sale was not archived.
+            None => Some("missing"),
             Some(e) if e != epoch => {
                 let _: () = redis
                     .hset(k.meta(), vec![("frozen", "1"), ("frozen_reason", "epoch")])
@@ -135,11 +136,15 @@ impl Reconciler {
             Some(_) => match at.frozen.as_deref() {
                 Some("rollback") => Some("rollback"),
                 Some("epoch") => Some("epoch"),
+                Some("archiving") => Some("archiving"),
                 Some(_) => Some("restoring"),
                 None => None,
             },
         };
-        metrics::gauge!("flashsale_sale_frozen", "sale" => label).set(if reason.is_some() {
+        // A sale frozen for archiving is closed and recorded, on its way out
+        // of Redis: nothing for anyone to restore.
+        let needs_restore = reason.is_some_and(|r| r != "archiving");
+        metrics::gauge!("flashsale_sale_frozen", "sale" => label).set(if needs_restore {
             1.0
         } else {
             0.0
@@ -175,6 +180,27 @@ impl Reconciler {
         let frozen = self.fence(redis, sale, known, &at).await?;
         locked.commit().await?;
         if frozen == Some("missing") {
+            // Gone from Redis: lost, or archived since this pass listed it.
+            let archived = sqlx::query_scalar!(
+                r#"SELECT archived_at IS NOT NULL AS "archived!" FROM sales WHERE id = $1"#,
+                sale.0
+            )
+            .fetch_optional(db)
+            .await?
+            .unwrap_or(false);
+            if archived {
+                metrics::gauge!("flashsale_sale_frozen", "sale" => sale.to_string()).set(0.0);
+                return Ok(SaleReport {
+                    sale: Some(sale),
+                    ..SaleReport::default()
+                });
+            }
+            tracing::error!(sale.id = %sale, "sale is missing from Redis: holds refused; run `flashsale restore --sale {sale} --freeze`");
+        }
+        // Missing: nothing to compare. Archiving: its keys are about to go,
+        // and the books were found equal before it was frozen; writing the
+        // findings now could leave a key behind the archiver's sweep.
+        if matches!(frozen, Some("missing" | "archiving")) {
             return Ok(SaleReport {
                 sale: Some(sale),
                 frozen,

@@ -222,7 +222,12 @@ impl Sink {
     ) -> anyhow::Result<Written> {
         let k = SaleKeys::new(sale);
         let stream = k.stream();
-        ensure_group(redis, &stream).await?;
+        if !ensure_group(redis, &stream).await? {
+            // No stream: nothing confirmed or cancelled yet, so nothing to
+            // record. Not made here either: a sale archived (its keys
+            // deleted) while this pass ran must not get a key back.
+            return Ok(Written::default());
+        }
         let mut written = Written::default();
 
         if self.due(sale) {
@@ -456,12 +461,16 @@ async fn freeze_for_rollback(redis: &Pool, k: &SaleKeys, sale: SaleId) -> anyhow
     Ok(())
 }
 
-async fn ensure_group(redis: &Pool, stream: &str) -> anyhow::Result<()> {
+/// Makes the group on the sale's stream if it is not there yet, from the
+/// stream's first entry. `false` when there is no stream (no entry was ever
+/// appended, or the sale was archived).
+async fn ensure_group(redis: &Pool, stream: &str) -> anyhow::Result<bool> {
     let created: Result<Value, fred::error::Error> =
-        redis.xgroup_create(stream, GROUP, "0", true).await;
+        redis.xgroup_create(stream, GROUP, "0", false).await;
     match created {
-        Ok(_) => Ok(()),
-        Err(e) if e.details().contains("BUSYGROUP") => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if e.details().contains("BUSYGROUP") => Ok(true),
+        Err(e) if e.details().contains("requires the key to exist") => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
