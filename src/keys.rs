@@ -111,11 +111,6 @@ impl SaleKeys {
     pub fn turns(&self) -> String {
         self.key("turns")
     }
-    /// Keys of earlier layouts of the queue (last-seen times, join times,
-    /// the pre-queue as a set), deleted with the sale's other keys.
-    pub fn former(&self) -> [String; 3] {
-        [self.key("seen"), self.key("joined"), self.key("early")]
-    }
     /// Sorted set of admitted buyers by pass deadline (ms). A member whose
     /// deadline has not passed holds a valid pass; it counts as active.
     pub fn admitted(&self) -> String {
