@@ -67,7 +67,7 @@ local rate, interval, max_active = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]
 local paused, opens, closes = m[4] == '1', tonumber(m[5]), tonumber(m[6])
 local last, credit, pass_ttl_ms = tonumber(m[7] or '0'), tonumber(m[8] or '0'), tonumber(m[9]) * 1000
 local admit_idle_ms = tonumber(m[11] or '60000')
-local headroom = tonumber(m[12] or '0')
+local headroom = tonumber(m[12] or '100')
 if now < last + interval then
   return {'not_due'}
 end

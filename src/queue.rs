@@ -12,9 +12,12 @@
 //!
 //! Admitted buyers have a turn: `admit_idle_seconds` to hold. One who holds
 //! nothing in that time, or cancels and holds nothing else in it, finishes,
-//! and the tickets go to the next buyers. Buyers still waiting when every
-//! ticket is held are waitlisted: tickets that come back go to them in
-//! order.
+//! and the tickets go to the next buyers. Buyers admitted and yet to hold
+//! never outnumber the available tickets plus the sale's
+//! `admit_headroom_percent` of them (default 100), so buyers who walk away
+//! do not keep the last tickets from the next ones. Buyers still waiting
+//! when every ticket is held are waitlisted: tickets that come back go to
+//! them in order.
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -64,6 +64,7 @@ struct SaleRow {
     prequeue_seed: String,
     epoch: i32,
     admit_idle_seconds: i32,
+    admit_headroom_percent: i32,
     archived_at: Option<DateTime<Utc>>,
 }
 
@@ -148,7 +149,7 @@ pub async fn restore(
         SaleRow,
         "SELECT organizer_id, name, opens_at, closes_at, release_rate, release_interval_ms, max_active,
                 pass_ttl_seconds, hold_ttl_seconds, per_user_limit, paused, created_at, prequeue_seed, epoch,
-                admit_idle_seconds, archived_at
+                admit_idle_seconds, admit_headroom_percent, archived_at
          FROM sales WHERE id = $1 FOR UPDATE",
         sale.0,
     )
@@ -201,6 +202,7 @@ pub async fn restore(
         max_active: row.max_active.map(|v| v as u32),
         paused: row.paused,
         admit_idle_seconds: row.admit_idle_seconds as u32,
+        admit_headroom_percent: row.admit_headroom_percent as u32,
         closes_at: row.closes_at,
     };
     let (seed, epoch) = (row.prequeue_seed, row.epoch);

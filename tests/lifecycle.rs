@@ -483,6 +483,115 @@ async fn admit_idle_seconds_and_closes_at_are_checked_recorded_and_reach_redis()
 }
 
 #[tokio::test]
+async fn admit_headroom_percent_is_checked_recorded_and_reaches_redis() {
+    let app = TestApp::spawn().await;
+    let org = app.organizer("org-1");
+    let meta = |sale: SaleId| {
+        let redis = app.redis.clone();
+        async move {
+            let headroom: Option<i64> = redis
+                .hget(SaleKeys::new(sale).meta(), "admit_headroom_percent")
+                .await
+                .unwrap();
+            headroom
+        }
+    };
+
+    // Created: the default, or a value in range (0 and 1000 included).
+    let plain = app.create_sale("org-1", json!({})).await;
+    assert_eq!(plain["admit_headroom_percent"], 100);
+    assert_eq!(meta(id_of(&plain)).await, Some(100));
+    for edge in [0, 1000] {
+        let sale = app
+            .create_sale("org-1", json!({"admit_headroom_percent": edge}))
+            .await;
+        assert_eq!(sale["admit_headroom_percent"], edge);
+        assert_eq!(meta(id_of(&sale)).await, Some(edge));
+    }
+    let sale = app
+        .create_sale("org-1", json!({"admit_headroom_percent": 50.0}))
+        .await;
+    let id = id_of(&sale);
+    assert_eq!(sale["admit_headroom_percent"], 50);
+    assert_eq!(meta(id).await, Some(50));
+    let path = format!("/v1/sales/{id}");
+    let read: Value = app.get(&path, None).await.json().await.unwrap();
+    assert_eq!(read["admit_headroom_percent"], 50);
+
+    // Out of range or not a whole number: refused, naming the field, and
+    // no sale is made.
+    let listed = || async {
+        let page: Value = app
+            .get("/v1/organizer/sales?limit=100", Some(&org))
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["sales"].as_array().unwrap().len()
+    };
+    let before = listed().await;
+    for bad in [
+        json!(-1),
+        json!(1001),
+        json!("50"),
+        json!(50.5),
+        json!(true),
+    ] {
+        let body = json!({"name": "x", "zones": [{"code": "A", "capacity": 1}], "admit_headroom_percent": bad});
+        let res = app.post("/v1/sales", Some(&org), body).await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let problem: Value = res.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("admit_headroom_percent"),
+            "{bad}: {problem}"
+        );
+    }
+    assert_eq!(listed().await, before);
+
+    // Changed live: in Postgres, in Redis, and in the audit log.
+    let res = app
+        .patch(&path, Some(&org), json!({"admit_headroom_percent": 250}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["admit_headroom_percent"], 250);
+    assert_eq!(meta(id).await, Some(250));
+
+    // Refused with the reason, and nothing changes.
+    for bad in [json!(-5), json!(1001), json!("250"), json!(12.5)] {
+        let res = app
+            .patch(&path, Some(&org), json!({"admit_headroom_percent": bad}))
+            .await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let problem: Value = res.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("admit_headroom_percent"),
+            "{bad}: {problem}"
+        );
+    }
+    let read: Value = app.get(&path, None).await.json().await.unwrap();
+    assert_eq!(read["admit_headroom_percent"], 250);
+    assert_eq!(meta(id).await, Some(250));
+
+    let log: Value = app
+        .get(&format!("{path}/changes"), Some(&org))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let changes = log["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{log}");
+    assert_eq!(changes[0]["before"]["admit_headroom_percent"], 50);
+    assert_eq!(changes[0]["after"]["admit_headroom_percent"], 250);
+}
+
+#[tokio::test]
 async fn the_audit_log_is_paged_oldest_first_and_only_for_its_organizer() {
     let app = TestApp::spawn().await;
     let sale = app.sale_id(json!({"release_rate": 100})).await;

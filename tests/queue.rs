@@ -397,9 +397,9 @@ async fn eta_follows_the_measured_admission_rate() {
 #[tokio::test]
 async fn admission_stops_at_the_stock_and_sold_out_is_told_to_everyone_waiting() {
     let app = TestApp::spawn().await;
+    // No headroom: admission stops at the stock itself.
     let sale = app
-        .sale_id(json!({"zones": [{"code": "A", "capacity": 2}], "per_user_limit": 2,
-            "admit_headroom_percent": 0}))
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 2}], "per_user_limit": 2, "admit_headroom_percent": 0}))
         .await;
     let run = unique("so");
     let buyers: Vec<String> = (0..5).map(|i| format!("{run}-{i}")).collect();
@@ -791,10 +791,9 @@ fn pass_of(body: &Value) -> String {
 #[tokio::test]
 async fn a_ticket_that_comes_back_goes_to_the_waitlist_in_order_within_one_tick() {
     let app = TestApp::spawn().await;
-    // No headroom: exactly as many buyers admitted as tickets free.
+    // No headroom: one returned ticket admits exactly one buyer.
     let sale = app
-        .sale_id(json!({"zones": [{"code": "A", "capacity": 2}], "per_user_limit": 1,
-            "admit_headroom_percent": 0}))
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 2}], "per_user_limit": 1, "admit_headroom_percent": 0}))
         .await;
     let run = unique("wl");
     let buyers: Vec<String> = (0..5).map(|i| format!("{run}-{i}")).collect();
@@ -834,7 +833,10 @@ async fn a_ticket_that_comes_back_goes_to_the_waitlist_in_order_within_one_tick(
     // The returned ticket is not held yet: the line behind is waiting again,
     // its head next.
     let next = standing(&app, sale, &buyers[3]).await;
-    assert_eq!((&next["state"], &next["position"]), (&json!("waiting"), &json!(1)));
+    assert_eq!(
+        (&next["state"], &next["position"]),
+        (&json!("waiting"), &json!(1))
+    );
     let pass = pass_of(&standing(&app, sale, &buyers[2]).await);
     let res = app
         .hold_with_pass(sale, &buyers[2], &pass, "A", 1, None)
@@ -847,11 +849,53 @@ async fn a_ticket_that_comes_back_goes_to_the_waitlist_in_order_within_one_tick(
 }
 
 #[tokio::test]
+async fn headroom_admits_more_buyers_than_tickets_and_those_who_find_none_are_told_sold_out() {
+    let app = TestApp::spawn().await;
+    // The default headroom, 100%: twice as many buyers yet to hold as
+    // tickets available.
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 2}], "per_user_limit": 1}))
+        .await;
+    let run = unique("hr");
+    let buyers: Vec<String> = (0..6).map(|i| format!("{run}-{i}")).collect();
+    for b in &buyers {
+        app.join(sale, b).await;
+    }
+    assert_eq!(app.tick(sale, 300_000).await.admitted, 4);
+    for b in &buyers[..4] {
+        assert_eq!(standing(&app, sale, b).await["state"], "admitted", "{b}");
+    }
+    assert_eq!(standing(&app, sale, &buyers[4]).await["state"], "waiting");
+
+    // The first two to hold get the tickets; the third finds none.
+    for b in &buyers[..2] {
+        let pass = pass_of(&standing(&app, sale, b).await);
+        let res = app.hold_with_pass(sale, b, &pass, "A", 1, None).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{b}");
+    }
+    let pass = pass_of(&standing(&app, sale, &buyers[2]).await);
+    assert_problem(
+        app.hold_with_pass(sale, &buyers[2], &pass, "A", 1, None)
+            .await,
+        StatusCode::CONFLICT,
+        "sold_out",
+    )
+    .await;
+
+    // Nothing available: no one more is admitted.
+    assert_eq!(app.tick(sale, 300_000).await.admitted, 0);
+    assert_eq!(
+        standing(&app, sale, &buyers[4]).await,
+        json!({"state": "waitlisted", "position": 1})
+    );
+}
+
+#[tokio::test]
 async fn an_admitted_buyer_who_holds_nothing_loses_the_turn_to_the_next() {
     let app = TestApp::spawn().await;
+    // No headroom: the next buyer waits for the idle turn to end.
     let sale = app
-        .sale_id(json!({"zones": [{"code": "A", "capacity": 1}], "admit_idle_seconds": 5,
-            "admit_headroom_percent": 0}))
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1}], "admit_idle_seconds": 5, "admit_headroom_percent": 0}))
         .await;
     let (idle, next) = (unique("idle"), unique("next"));
     app.join(sale, &idle).await;
@@ -891,9 +935,9 @@ async fn an_admitted_buyer_who_holds_nothing_loses_the_turn_to_the_next() {
 #[tokio::test]
 async fn a_buyer_who_cancels_and_holds_nothing_else_finishes_and_frees_the_ticket_at_once() {
     let app = TestApp::spawn().await;
+    // No headroom: the next buyer is admitted only once the ticket is back.
     let sale = app
-        .sale_id(json!({"zones": [{"code": "A", "capacity": 1}], "admit_idle_seconds": 5,
-            "admit_headroom_percent": 0}))
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1}], "admit_idle_seconds": 5, "admit_headroom_percent": 0}))
         .await;
     let (canceller, next) = (unique("canceller"), unique("next"));
     app.join(sale, &canceller).await;

@@ -61,6 +61,9 @@ pub struct SaleBody {
     per_user_limit: u32,
     /// Seconds an admitted buyer may hold nothing before losing the turn.
     admit_idle_seconds: u32,
+    /// Buyers admitted and yet to hold never outnumber the available
+    /// tickets plus this percent of them.
+    admit_headroom_percent: u32,
     waiting: i64,
     created_at: DateTime<Utc>,
     /// SHA-256 of the pre-queue seed: fixed, and public, from creation.
@@ -130,6 +133,7 @@ impl SaleBody {
             hold_ttl_seconds: def.hold_ttl_seconds,
             per_user_limit: def.per_user_limit,
             admit_idle_seconds: release.admit_idle_seconds,
+            admit_headroom_percent: release.admit_headroom_percent,
             waiting,
             created_at: def.created_at,
             prequeue_seed_sha256: def.prequeue_seed_sha256,
@@ -224,6 +228,9 @@ struct SalePatch {
     #[serde(default, deserialize_with = "crate::json::opt_whole")]
     #[schema(minimum = 5, maximum = 3600)]
     admit_idle_seconds: Option<i64>,
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
+    #[schema(minimum = 0, maximum = 1000)]
+    admit_headroom_percent: Option<i64>,
     /// Absent: unchanged; `null`: no close; an RFC 3339 time after
     /// `opens_at` and still to come: the new close. A closed sale's close
     /// does not change.
@@ -286,6 +293,10 @@ impl SalePatch {
         }
         if let Some(v) = self.admit_idle_seconds {
             r.admit_idle_seconds = check("admit_idle_seconds", v, bounds::ADMIT_IDLE_SECONDS)?;
+        }
+        if let Some(v) = self.admit_headroom_percent {
+            r.admit_headroom_percent =
+                check("admit_headroom_percent", v, bounds::ADMIT_HEADROOM_PERCENT)?;
         }
         if self.state.is_some() && self.closes_at.is_some() {
             return Err(ApiError::Validation(
@@ -372,7 +383,7 @@ async fn patch_sale(
     // applied, and the archiver waits for this one.
     let row = sqlx::query!(
         r#"SELECT organizer_id, release_rate, release_interval_ms, max_active, paused,
-                  admit_idle_seconds, closes_at, opens_at, created_at,
+                  admit_idle_seconds, admit_headroom_percent, closes_at, opens_at, created_at,
                   archived_at IS NOT NULL AS "archived!"
            FROM sales WHERE id = $1 FOR UPDATE"#,
         id.0
@@ -391,6 +402,7 @@ async fn patch_sale(
         max_active: row.max_active.map(|v| v as u32),
         paused: row.paused,
         admit_idle_seconds: row.admit_idle_seconds as u32,
+        admit_headroom_percent: row.admit_headroom_percent as u32,
         closes_at: row.closes_at,
     };
     let archived = row.archived;
@@ -429,9 +441,11 @@ async fn patch_sale(
         .execute(&mut *tx)
         .await?;
         sqlx::query!(
-            "UPDATE sales SET admit_idle_seconds = $2, closes_at = $3 WHERE id = $1",
+            "UPDATE sales SET admit_idle_seconds = $2, admit_headroom_percent = $3, closes_at = $4
+             WHERE id = $1",
             id.0,
             after.admit_idle_seconds as i32,
+            after.admit_headroom_percent as i32,
             after.closes_at
         )
         .execute(&mut *tx)
@@ -818,7 +832,7 @@ struct Change {
     actor: String,
     /// The live settings before and after: `release_rate`,
     /// `release_interval_ms`, `max_active`, `paused`, `admit_idle_seconds`,
-    /// `closes_at` (a change recorded before a setting existed lacks it).
+    /// `admit_headroom_percent`, `closes_at` (a change recorded before a setting existed lacks it).
     #[schema(value_type = Object)]
     before: serde_json::Value,
     #[schema(value_type = Object)]

@@ -51,7 +51,7 @@ async fn body(res: reqwest::Response) -> Value {
 async fn an_archived_sale_leaves_no_key_in_redis_and_postgres_answers_every_read() {
     let api = Api::spawn().await;
     let sale = api
-        .sale_id(json!({"hold_ttl_seconds": 3, "release_rate": 1000}))
+        .sale_id(json!({"hold_ttl_seconds": 3, "release_rate": 1000, "admit_headroom_percent": 30}))
         .await;
     let path = format!("/v1/sales/{sale}");
     let org = api.organizer("org-1");
@@ -168,6 +168,7 @@ async fn an_archived_sale_leaves_no_key_in_redis_and_postgres_answers_every_read
     assert_eq!(read["name"], "Test sale");
     assert_eq!(read["hold_ttl_seconds"], 3);
     assert_eq!(read["admit_idle_seconds"], 60);
+    assert_eq!(read["admit_headroom_percent"], 30);
     assert_eq!(
         read["zones"],
         json!([

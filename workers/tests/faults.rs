@@ -242,6 +242,15 @@ async fn a_flushed_redis_freezes_the_sale_until_it_is_restored_from_postgres() {
     let scripts = scripts();
     let sale = sale(&db, &redis, &scripts, 100, 600).await;
     let api = TestApp::serve(&private.url(), &db_url).await;
+    // A setting changed live, which the restore must bring back.
+    let res = api
+        .patch(
+            &format!("/v1/sales/{sale}"),
+            Some(&api.organizer("org")),
+            json!({"admit_headroom_percent": 40}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
     let bought = confirmations(&redis, &scripts, sale, "f", 5, "A", 2).await;
     let holders: Vec<String> = (0..3).map(|i| format!("h-{i}")).collect();
     admit(&redis, &scripts, sale, &holders).await;
@@ -295,6 +304,7 @@ async fn a_flushed_redis_freezes_the_sale_until_it_is_restored_from_postgres() {
     // Confirmed reservations stand; the three holds are gone, their tickets back.
     let live = flashsale::sales::live(&redis, sale).await.unwrap().unwrap();
     assert!(!live.frozen);
+    assert_eq!(live.release.admit_headroom_percent, 40);
     assert_eq!(
         (
             live.stock[0].available,
