@@ -28,7 +28,9 @@
 # Every run has its own redis-server on a free port, stopped at the end: the
 # workers visit every sale Redis knows every few milliseconds, so the keys
 # other runs leave in a shared Redis (millions, after a few benchmarks) slow
-# a run down measurably. Postgres is the shared one.
+# a run down measurably. Postgres is the shared server, with a database of
+# the run's own, dropped at the end: the sales of earlier runs, whose Redis
+# is gone, would each be a sale lost from Redis to the reconciler.
 #
 # CHAOS=1: that Redis keeps an AOF (fsync every second); CHAOS_AT seconds
 # into the k6 run (default 15) the workers are killed with kill -9 and
@@ -81,6 +83,10 @@ rport=$(free_port)
 mkdir -p "$work/redis"
 start_redis
 export REDIS_URL=redis://127.0.0.1:$rport
+run_db="flashsale_load_$$"
+admin_url="${DATABASE_URL%/*}/postgres"
+psql -X -q "$admin_url" -c "CREATE DATABASE \"$run_db\"" >/dev/null
+export DATABASE_URL="${DATABASE_URL%/*}/$run_db"
 start_workers() { "$bin/flashsale-workers" >>"$work/workers.log" 2>&1 & echo $! >"$work/workers.pid"; }
 "$bin/flashsale" migrate >/dev/null
 start_workers
@@ -101,6 +107,7 @@ cleanup() {
         done
     fi
     rm -rf "$work"
+    psql -X -q "$admin_url" -c "DROP DATABASE IF EXISTS \"$run_db\" WITH (FORCE)" >/dev/null 2>&1 || true
     exit "$status"
 }
 trap cleanup EXIT
@@ -115,14 +122,16 @@ if [[ $SCENARIO == stress_10k || $SCENARIO == spike ]]; then
     holders=$(( iterations * 3 / 50 + 100 )) joiners=$(( iterations * 7 / 50 + 100 ))
     # 50,000 seats; more when the rate needs more holders than that: the
     # releaser never admits more buyers than there are tickets left, so the
-    # holders could not all be admitted before k6 starts.
+    # holders could not all be admitted before k6 starts. Their turns last
+    # as long as their passes (admit_idle_seconds 900): admitted before the
+    # run, they hold at any moment of it.
     seats=$(( holders * 5 / 4 > 50000 ? (holders * 5 / 4 + 999) / 1000 * 1000 : 50000 ))
 fi
 case $SCENARIO in
     smoke) sale_body='{"name":"load smoke","zones":[{"code":"A","capacity":20},{"code":"B","capacity":10}],"release_rate":50,"release_interval_ms":200,"hold_ttl_seconds":30}'
            buyers=20 ;;
     stress_10k|spike)
-           sale_body='{"name":"load stress","zones":[{"code":"A","capacity":'$((seats * 2 / 5))'},{"code":"B","capacity":'$((seats * 2 / 5))'},{"code":"C","capacity":'$((seats / 5))'}],"release_rate":100000,"release_interval_ms":100,"hold_ttl_seconds":30,"pass_ttl_seconds":900}'
+           sale_body='{"name":"load stress","zones":[{"code":"A","capacity":'$((seats * 2 / 5))'},{"code":"B","capacity":'$((seats * 2 / 5))'},{"code":"C","capacity":'$((seats / 5))'}],"release_rate":100000,"release_interval_ms":100,"hold_ttl_seconds":30,"pass_ttl_seconds":900,"admit_idle_seconds":900}'
            buyers=0 ;;
     *)     sale_body='{"name":"load flash sale","zones":[{"code":"A","capacity":600},{"code":"B","capacity":400}],"release_rate":100,"release_interval_ms":250,"hold_ttl_seconds":20,"pass_ttl_seconds":60}'
            buyers=$(( ${ARRIVALS_PER_SECOND:-50} * ${ARRIVAL_SECONDS:-60} + 100 )) ;;
@@ -140,7 +149,7 @@ if [[ ${ARCHIVED_SALES:-0} -gt 0 ]]; then
     [[ $left -eq 0 ]] || { echo "load: $left keys of the ended sales still in Redis after 300 s" >&2; exit 1; }
     echo "load: $ARCHIVED_SALES ended sales archived: none of their keys left in Redis" >&2
 fi
-echo "load: Redis used_memory before the run's sale: $(redis-cli -p "$rport" info memory | sed -n 's/^used_memory_human:\(.*\)\r$/\1/p')" >&2
+echo "load: before the run's sale, Redis holds $(redis-cli -p "$rport" dbsize) keys; $(redis-cli -p "$rport" info memory | tr -d '\r' | grep -E '^(used_memory|used_memory_dataset|used_memory_scripts|used_memory_vm_eval):' | tr '\n' ' ')" >&2
 sale=$(curl -sf -X POST "http://$LISTEN_ADDR/v1/sales" -H "Authorization: Bearer $org" \
     -H 'Content-Type: application/json' -d "$sale_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 k6_env=(-e "BASE_URL=http://$LISTEN_ADDR" -e "SALE=$sale")
@@ -183,7 +192,9 @@ sed -n 's/^confirmed //p' "$work/k6.log" >"$work/confirmed"
 # Redis runs one command at a time: one slow command holds up every request.
 redis-cli -p "$rport" --json slowlog get 1024 2>/dev/null | python3 -c '
 import collections, glob, hashlib, json, os, sys
-scripts = {hashlib.sha1(open(f, "rb").read()).hexdigest(): os.path.basename(f) for f in glob.glob("lua/*.lua")}
+# A script is its file, or a lua/lib file and its file (src/scripts.rs).
+scripts = {hashlib.sha1(lib + open(f, "rb").read()).hexdigest(): os.path.basename(f)
+           for f in glob.glob("lua/*.lua") for lib in [b""] + [open(l, "rb").read() for l in glob.glob("lua/lib/*.lua")]}
 slow = collections.Counter(); worst = collections.Counter()
 for _, _, micros, args, *_ in json.load(sys.stdin):
     name = scripts.get(args[1], "EVALSHA") if args[0].upper() == "EVALSHA" else args[0].upper()
