@@ -90,6 +90,27 @@ impl Standing {
         let until_open = ((*opens_at_ms - now.timestamp_millis()).max(0) as f64) / 1000.0;
         Some((until_open + *position as f64 / rate).ceil() as u64)
     }
+
+    /// When a buyer in line should poll next (ms), chosen from the position
+    /// and the admission rate: a tenth of the time left to admission, at
+    /// least a second and at most `max_ms`, give or take a tenth so that a
+    /// crowd's polls spread out. A line of 500,000 released at 500 a second
+    /// then polls a few thousand times a second, not hundreds of thousands.
+    /// Waitlisted buyers poll every 5 s (a ticket may come back at any
+    /// tick); paused lines every 10 s. `None` for a buyer not in line.
+    pub fn poll_after_ms(&self, now: DateTime<Utc>, max_ms: u64) -> Option<u64> {
+        let floor = max_ms.min(1_000);
+        let base = match self {
+            Standing::Waiting { paused: true, .. } => 10_000,
+            Standing::Waiting { .. } => self
+                .eta_seconds(now)
+                .map_or(10_000, |eta| eta.saturating_mul(100)),
+            Standing::Waitlisted { .. } => 5_000,
+            _ => return None,
+        };
+        let jittered = base.clamp(floor, max_ms) as f64 * rand::random_range(0.9..1.1);
+        Some((jittered as u64).clamp(floor, max_ms))
+    }
 }
 
 /// Places and last-seen seconds share a score (`lua/lib/queue_place.lua`):
@@ -418,6 +439,34 @@ mod tests {
         assert_eq!(w(50.0, -1000).eta_seconds(now), Some(2));
         assert_eq!(w(0.0, -1000).eta_seconds(now), Some(10));
         assert_eq!(w(50.0, 30_000).eta_seconds(now), Some(32));
+    }
+
+    #[test]
+    fn buyers_far_back_poll_less_often_within_the_bounds() {
+        let now = Utc::now();
+        let at = |position: u64, paused: bool| Standing::Waiting {
+            position,
+            measured_rate: 500.0,
+            release_rate: 500.0,
+            paused,
+            opens_at_ms: 0,
+        };
+        for _ in 0..100 {
+            // Next in line: a second, give or take a tenth (never under 1 s).
+            let near = at(1, false).poll_after_ms(now, 60_000).unwrap();
+            assert!((1_000..=1_100).contains(&near), "{near}");
+            // 100,000 ahead at 500 a second: 200 s to go, polls every ~20 s.
+            let mid = at(100_000, false).poll_after_ms(now, 60_000).unwrap();
+            assert!((18_000..=22_000).contains(&mid), "{mid}");
+            // 500,000 ahead: the cap.
+            let far = at(500_000, false).poll_after_ms(now, 60_000).unwrap();
+            assert!((54_000..=60_000).contains(&far), "{far}");
+            let paused = at(1, true).poll_after_ms(now, 60_000).unwrap();
+            assert!((9_000..=11_000).contains(&paused), "{paused}");
+            // Never past the cap the idle limit sets.
+            assert!(at(500_000, false).poll_after_ms(now, 20_000).unwrap() <= 20_000);
+        }
+        assert_eq!(Standing::Expired.poll_after_ms(now, 60_000), None);
     }
 }
 

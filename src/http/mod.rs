@@ -119,6 +119,7 @@ impl AppState {
             known_sales: Default::default(),
             seen_refresh_ms: (config.queue_idle_seconds * 100).min(5_000),
             access_token_ttl: config.access_token_ttl_seconds,
+            max_poll_after_ms: (config.queue_idle_seconds * 1000 / 3).clamp(1_000, 60_000),
             replication,
             metrics: crate::telemetry::metrics(),
         }))
@@ -148,6 +149,9 @@ pub struct AppInner {
     pub seen_refresh_ms: u64,
     /// Lifetime of access tokens issued at login, in seconds.
     pub access_token_ttl: u64,
+    /// The longest `poll_after_ms` a waiting buyer is given: a minute, and
+    /// always well inside the idle limit that drops a silent buyer.
+    pub max_poll_after_ms: u64,
     /// Replicas a confirmation waits for, and the connections it runs on.
     pub replication: Arc<Replication>,
 }

@@ -37,6 +37,9 @@ enum QueueStatus {
     Waiting {
         position: u64,
         eta_seconds: Option<u64>,
+        /// When to poll next, in ms: chosen from the position and the
+        /// admission rate.
+        poll_after_ms: u64,
         /// Present and true while the organizer has paused the release.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         paused: bool,
@@ -45,6 +48,8 @@ enum QueueStatus {
     /// waitlist in queue order.
     Waitlisted {
         position: u64,
+        /// When to poll next, in ms.
+        poll_after_ms: u64,
     },
     Admitted {
         pass: String,
@@ -68,6 +73,9 @@ fn render(
         } => QueueStatus::Waiting {
             position,
             eta_seconds: standing.eta_seconds(now),
+            poll_after_ms: standing
+                .poll_after_ms(now, state.max_poll_after_ms)
+                .unwrap_or(state.max_poll_after_ms),
             paused,
         },
         Standing::Admitted {
@@ -86,7 +94,12 @@ fn render(
                 pass_expires_at: from_millis(deadline_ms).unwrap_or(now),
             }
         }
-        Standing::Waitlisted { position, .. } => QueueStatus::Waitlisted { position },
+        Standing::Waitlisted { position, .. } => QueueStatus::Waitlisted {
+            position,
+            poll_after_ms: standing
+                .poll_after_ms(now, state.max_poll_after_ms)
+                .unwrap_or(state.max_poll_after_ms),
+        },
         Standing::SoldOut => QueueStatus::SoldOut,
         Standing::Expired => QueueStatus::Expired,
         Standing::NotInQueue => return Err(ApiError::NotInQueue),
