@@ -32,7 +32,7 @@ use flashsale::{
     sales::{self, NewSale},
     scripts::Scripts,
 };
-use fred::{clients::Pool, interfaces::HashesInterface};
+use fred::clients::Pool;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -71,6 +71,8 @@ async fn main() -> anyhow::Result<()> {
         "release_rate": 100,
         "release_interval_ms": 1000,
         "pass_ttl_seconds": 600,
+        "admit_idle_seconds": idle_s,
+        "admit_headroom_percent": headroom,
     }))?;
     let (mut def, release) = new
         .validate("tail", Utc::now())
@@ -79,15 +81,6 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let sale = def.id;
-    let _: () = redis
-        .hset(
-            flashsale::keys::SaleKeys::new(sale).meta(),
-            [
-                ("admit_idle_ms", (idle_s * 1000).to_string()),
-                ("admit_headroom_percent", headroom.to_string()),
-            ],
-        )
-        .await?;
     for i in 0..waiting {
         queue::join(&redis, &scripts, sale, &format!("t-{i}"), b"seed").await?;
     }

@@ -549,42 +549,24 @@ async fn stats(
     .map(|r| (r.zone_code, r.sold))
     .collect();
     let persisted_in = |code: &str| persisted.get(code).copied().unwrap_or(0);
-    if let Some(archived_at) = live.archived_at {
-        // Archived only once Postgres held everything Redis did: the record
-        // is the whole truth, and nothing is waiting, active or held.
-        return Ok(axum::Json(Stats {
-            waiting: 0,
-            admitted_total: live.admitted_total,
-            active: 0,
-            zones: live
-                .def
-                .zones
-                .iter()
-                .zip(&live.stock)
-                .map(|(z, s)| ZoneStats {
-                    code: z.code.clone(),
-                    capacity: s.capacity,
-                    available: s.capacity - persisted_in(&z.code),
-                    held: 0,
-                    confirmed: persisted_in(&z.code),
-                    persisted: persisted_in(&z.code),
-                })
-                .collect(),
-            reconciled_at: Some(archived_at),
-            drift: Some(0),
-        }));
-    }
-    let active: i64 = {
+    let (active, reconciled_at, drift) = if let Some(archived_at) = live.archived_at {
+        // Archived only once Postgres held everything Redis did: its stock
+        // is Postgres's (nothing waiting or held), and nothing is active.
+        (0, Some(archived_at), Some(0))
+    } else {
         use fred::interfaces::SortedSetsInterface;
-        state
-            .redis
-            .zcard(SaleKeys::new(live.def.id).admitted())
-            .await?
+        let k = SaleKeys::new(live.def.id);
+        let active: i64 = state.redis.zcard(k.admitted()).await?;
+        let recon: HashMap<String, String> = state.redis.hgetall(k.reconciliation()).await?;
+        (
+            active,
+            recon
+                .get("at_ms")
+                .and_then(|ms| ms.parse().ok())
+                .and_then(from_millis),
+            recon.get("drift").and_then(|d| d.parse().ok()),
+        )
     };
-    let recon: HashMap<String, String> = state
-        .redis
-        .hgetall(SaleKeys::new(live.def.id).reconciliation())
-        .await?;
     Ok(axum::Json(Stats {
         waiting: live.waiting,
         admitted_total: live.admitted_total,
@@ -603,11 +585,8 @@ async fn stats(
                 persisted: persisted_in(&z.code),
             })
             .collect(),
-        reconciled_at: recon
-            .get("at_ms")
-            .and_then(|ms| ms.parse().ok())
-            .and_then(from_millis),
-        drift: recon.get("drift").and_then(|d| d.parse().ok()),
+        reconciled_at,
+        drift,
     }))
 }
 
