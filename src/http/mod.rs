@@ -10,6 +10,7 @@
 mod auth;
 mod extract;
 mod ops;
+mod pages;
 mod queue;
 mod reservations;
 mod sales;
@@ -234,6 +235,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(api)
         .merge(ops)
         .merge(extra)
+        .merge(pages::router())
         .route(
             "/openapi.json",
             axum::routing::get(move || {

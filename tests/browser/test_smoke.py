@@ -1,0 +1,10 @@
+from conftest import shot
+
+
+def test_every_page_is_served_from_this_origin_only(page, service):
+    for path in ("/", "/login", "/register", "/console"):
+        res = page.goto(path)
+        assert res.status == 200
+        csp = res.headers["content-security-policy"]
+        assert "default-src 'self'" in csp
+    shot(page, "smoke")
