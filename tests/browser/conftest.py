@@ -5,7 +5,10 @@ started, and headless Chromium driven by Playwright.
 
 Every page a test opens is watched: a request to any other host, a console
 error or an uncaught exception, and a page whose transfer passes 200 KB all
-fail the test (`page` fixture).
+fail the test (`page` fixture). So does a page or an asset answered with
+an error, and any 5xx from the API; the API's 4xx are answers a page reads
+and shows (401 before signing in, 404 not_in_queue, 409 sold_out), which
+Chromium also logs to the console: those lines are not counted as errors.
 """
 
 import json
@@ -171,12 +174,33 @@ class Watched:
         self.host = urllib.parse.urlsplit(base).netloc
         self.foreign = []
         self.errors = []
+        self.failed = []
         self.transfer = {}
         self._doc = None
         page.on("request", self._request)
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("console", self._console)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on("requestfinished", self._finished)
+        page.on("response", self._response)
+
+    def _console(self, msg):
+        if msg.type != "error":
+            return
+        # Chromium logs every 4xx/5xx answer as "Failed to load resource";
+        # the responses themselves are judged in `_response`.
+        url = urllib.parse.urlsplit(msg.location.get("url", ""))
+        if msg.text.startswith("Failed to load resource: the server responded") \
+                and url.netloc == self.host:
+            return
+        self.errors.append(msg.text)
+
+    def _response(self, res):
+        url = urllib.parse.urlsplit(res.url)
+        if url.netloc != self.host:
+            return
+        api = url.path.startswith("/v1/")
+        if res.status >= 500 or (res.status >= 400 and not api):
+            self.failed.append(f"{res.status} {url.path}")
 
     def _request(self, req):
         url = urllib.parse.urlsplit(req.url)
@@ -200,6 +224,7 @@ class Watched:
     def check(self):
         assert not self.foreign, f"requests to other hosts: {self.foreign}"
         assert not self.errors, f"console errors: {self.errors}"
+        assert not self.failed, f"failed responses: {self.failed}"
         heavy = {doc: n for doc, n in self.transfer.items() if n > PAGE_BYTES_LIMIT}
         assert not heavy, f"pages over {PAGE_BYTES_LIMIT} bytes: {heavy}"
 
