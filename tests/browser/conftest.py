@@ -1,7 +1,9 @@
 """The browser tests' harness: the real service (the `flashsale` API and the
 `flashsale-workers` binaries, debug builds) on a free loopback port, with a
-database of its own on the PostgreSQL and Redis that `scripts/test` found or
-started, and headless Chromium driven by Playwright.
+database of its own on the PostgreSQL that `scripts/test` found or started
+and a redis-server of its own (the workers visit every sale in their Redis:
+sharing one with another service and database would have each sink take the
+other's confirmations), and headless Chromium driven by Playwright.
 
 Every page a test opens is watched: a request to any other host, a console
 error or an uncaught exception, and a page whose transfer passes 200 KB all
@@ -16,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -50,11 +53,14 @@ class Service:
         self.db_name = f"fs_test_browser_{uuid.uuid4().hex[:12]}"
         self.admin_url = db_url.rsplit("/", 1)[0] + "/postgres"
         self.db_url = db_url.rsplit("/", 1)[0] + "/" + self.db_name
+        self.redis_port = free_port()
         self.env = {
             **os.environ,
             "DATABASE_URL": self.db_url,
-            "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"),
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}",
             "LISTEN_ADDR": f"127.0.0.1:{self.port}",
+            # Not the default port: other services may run on this machine.
+            "WORKERS_METRICS_ADDR": f"127.0.0.1:{free_port()}",
             "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
             # One machine is every buyer here; the limits are tested elsewhere.
             "RATE_LIMITS": "off",
@@ -62,6 +68,21 @@ class Service:
         self.procs = []
 
     def start(self):
+        self.redis_dir = tempfile.TemporaryDirectory(prefix="fs-browser-redis-")
+        self.procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.redis_dir.name],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.redis_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.procs[0].poll() is not None:
+                    self.stop()
+                    raise RuntimeError("redis-server did not start (scripts/services.sh installs it)")
+                time.sleep(0.05)
         subprocess.run(["psql", self.admin_url, "-qc", f'create database "{self.db_name}"'],
                        check=True, capture_output=True)
         subprocess.run([BIN / "flashsale", "migrate"], env=self.env, check=True, capture_output=True)
@@ -86,14 +107,15 @@ class Service:
         raise RuntimeError(f"the service did not start; see {log_dir}")
 
     def stop(self):
-        for p in self.procs:
+        # The service first, its Redis last.
+        for p in reversed(self.procs):
             p.terminate()
-        for p in self.procs:
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
         self.procs = []
+        self.redis_dir.cleanup()
         subprocess.run(["psql", self.admin_url, "-qc",
                         f'drop database if exists "{self.db_name}" with (force)'],
                        capture_output=True)
