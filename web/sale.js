@@ -99,8 +99,9 @@ function remainingLimit() {
   return Math.max(0, (sale?.per_user_limit || 0) - taken);
 }
 
+/** Whether the sale has opened: the server says so, or the clock does. */
 function opened() {
-  return sale && Date.parse(sale.opens_at) <= Date.now();
+  return Boolean(sale) && (sale.state !== "scheduled" || Date.parse(sale.opens_at) <= Date.now());
 }
 
 // ---- timers: one ticker for countdowns, one job per step ------------------
@@ -129,7 +130,7 @@ function setView(name, ...children) {
   stepTickers = new Set();
   clearTimeout(jobTimer);
   if (name !== "line") stopFollowing();
-  $step.replaceChildren(...children);
+  $step.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 // ---- the connection ------------------------------------------------------
@@ -147,6 +148,9 @@ function connectionLost() {
 }
 
 function connectionBack() {
+  // An answer that was already on its way proves nothing once the browser
+  // says it is offline; the "online" event brings the page back.
+  if (navigator.onLine === false) return;
   attempt = 0;
   clearTimeout(retryTimer);
   if (!lost) return;
@@ -479,43 +483,64 @@ function showJoin(note) {
   );
 }
 
-/** A "leave" button that asks first, then gives the place (or the turn) up. */
-function leaveControl(what) {
-  const [error, say] = errorLine("leave-error");
-  const ask = h("button", { type: "button", class: "secondary", "data-testid": "leave" }, `Leave the ${what}`);
-  const yes = h("button", { type: "button", class: "danger", "data-testid": "leave-confirm" }, "Yes, leave");
-  const no = h("button", { type: "button", class: "secondary", "data-testid": "leave-cancel" }, "Stay");
-  const question = h(
+/**
+ * A button that asks first: `ask` opens a question with a "yes" that runs
+ * `action` and a "no" that closes it. Test ids are `<id>`, `<id>-confirm`
+ * and `<id>-cancel`.
+ */
+function askFirst({ id, ask, question, yes, no, action }) {
+  const [error, say] = errorLine(`${id}-error`);
+  const open = h("button", { type: "button", class: "secondary", "data-testid": id }, ask);
+  const yesButton = h("button", { type: "button", class: "danger", "data-testid": `${id}-confirm` }, yes);
+  const noButton = h("button", { type: "button", class: "secondary", "data-testid": `${id}-cancel` }, no);
+  const box = h(
     "div",
-    { class: "confirm", role: "group", "aria-label": "Leave the queue?", hidden: true },
-    h("p", {}, what === "queue" ? "Leave the queue? You give up your place; joining again puts you at the back." : "Give up your turn? The tickets go to the next buyers; joining again puts you at the back of the line."),
-    h("p", { class: "row" }, yes, no),
+    { class: "confirm", role: "group", "aria-label": ask, hidden: true },
+    h("p", {}, question),
+    h("p", { class: "row" }, yesButton, noButton),
   );
-  ask.addEventListener("click", () => {
-    ask.hidden = true;
-    question.hidden = false;
-    no.focus();
+  open.addEventListener("click", () => {
+    open.hidden = true;
+    box.hidden = false;
+    noButton.focus();
   });
-  no.addEventListener("click", () => {
-    question.hidden = true;
-    ask.hidden = false;
-    ask.focus();
+  noButton.addEventListener("click", () => {
+    box.hidden = true;
+    open.hidden = false;
+    open.focus();
   });
-  yes.addEventListener(
+  yesButton.addEventListener(
     "click",
-    busy(yes, async () => {
+    busy(yesButton, async () => {
       error.textContent = "";
       try {
-        await api("DELETE", `${base}/queue`);
-        status = null;
-        announce("You left the queue.");
-        showJoin("You left the queue.");
+        await action();
       } catch (problem) {
         say(problem);
       }
     }),
   );
-  return h("div", { class: "leave" }, ask, question, error);
+  return h("div", { class: "ask" }, open, box, error);
+}
+
+/** Gives the place in line (or the turn) up, after asking. */
+function leaveControl(what) {
+  return askFirst({
+    id: "leave",
+    ask: what === "queue" ? "Leave the queue" : "Give up my turn",
+    question:
+      what === "queue"
+        ? "Leave the queue? You give up your place; joining again puts you at the back."
+        : "Give up your turn? The tickets go to the next buyers; joining again puts you at the back of the line.",
+    yes: "Yes, leave",
+    no: what === "queue" ? "Stay in line" : "Keep my turn",
+    action: async () => {
+      await api("DELETE", `${base}/queue`);
+      status = null;
+      announce("You left the queue.");
+      showJoin("You left the queue.");
+    },
+  });
 }
 
 // The line: built once, then its figures are updated in place, so a screen
@@ -562,7 +587,7 @@ function showLine(s) {
           note,
         ),
         bar,
-        h("p", { class: "muted" }, "Keep this page open. Your place is kept by the server: reloading or coming back later does not lose it."),
+        h("p", { class: "muted" }, "Keep this page open: a buyer who stops checking in for a while loses the place. Reloading is fine, the place is kept by the server."),
         leaveControl("queue"),
       ),
     );
@@ -582,7 +607,7 @@ function showLine(s) {
     ? "—"
     : s.eta_seconds === null || s.eta_seconds === undefined
       ? "Unknown"
-      : `about ${duration(s.eta_seconds)}`;
+      : `about ${duration(s.eta_seconds).replace(/ (s|min|h|days)\b/g, "\u00a0$1")}`;
   line.note.textContent = waitlisted
     ? "Every ticket is held by other buyers right now. You keep your place: tickets that come back (a cancelled or expired hold) are offered to the waitlist in queue order."
     : s.paused
@@ -593,6 +618,7 @@ function showLine(s) {
   line.note.dataset.testid = waitlisted ? "waitlisted" : "queue-note";
   const start = lineStart(s.position);
   const pct = start > 0 ? Math.round((100 * (start - s.position)) / start) : 0;
+  line.bar.hidden = waitlisted;
   line.bar.setAttribute("aria-valuenow", String(pct));
   line.fill.style.width = `${Math.max(2, pct)}%`;
 }
@@ -668,6 +694,7 @@ function showChoosing(s) {
     }),
   );
   announce("It's your turn: choose your tickets.");
+  if (document.getElementById("countdown")) refreshSale();
   setView(
     "choosing",
     h(
@@ -753,7 +780,9 @@ async function refreshChoosing() {
     ]);
     connectionBack();
     if (mark !== seq) return;
+    const stateChanged = fresh.state !== sale.state;
     sale = fresh;
+    if (stateChanged) renderHead();
     apply(next);
   } catch (problem) {
     if (transient(problem)) return retrySoon(problem);
@@ -768,7 +797,18 @@ function showHeld(reservation) {
   const left = h("span", { class: "big", role: "timer", "aria-live": "off", "data-testid": "hold-expires" });
   const [error, say] = errorLine("confirm-error");
   const confirm = h("button", { type: "button", "data-testid": "confirm" }, "Confirm and buy");
-  const cancel = h("button", { type: "button", class: "secondary", "data-testid": "cancel-hold" }, "Cancel the hold");
+  const cancel = askFirst({
+    id: "cancel-hold",
+    ask: "Cancel the hold",
+    question: "Cancel the hold? The tickets go back on sale at once.",
+    yes: "Yes, cancel",
+    no: "Keep them",
+    action: async () => {
+      await api("POST", `/v1/reservations/${encodeURIComponent(reservation.id)}/cancel`);
+      announce("Hold cancelled.");
+      resync();
+    },
+  });
   confirm.addEventListener(
     "click",
     busy(confirm, async () => {
@@ -784,19 +824,6 @@ function showHeld(reservation) {
       }
     }),
   );
-  cancel.addEventListener(
-    "click",
-    busy(cancel, async () => {
-      error.textContent = "";
-      try {
-        await api("POST", `/v1/reservations/${encodeURIComponent(reservation.id)}/cancel`);
-        announce("Hold cancelled.");
-        resync();
-      } catch (problem) {
-        say(problem);
-      }
-    }),
-  );
   heldId = reservation.id;
   setView(
     "held",
@@ -808,7 +835,8 @@ function showHeld(reservation) {
       h("p", { class: "countdown" }, h("span", { class: "muted" }, "Confirm within "), left),
       h("p", { class: "muted" }, `Held until ${new Date(reservation.expires_at).toLocaleTimeString()}. After that the tickets go back on sale.`),
       error,
-      h("p", { class: "row" }, confirm, cancel),
+      h("p", { class: "row" }, confirm),
+      cancel,
     ),
   );
   const tick = () => {
@@ -838,9 +866,15 @@ function showTickets(tickets) {
       return h(
         "section",
         { class: "card ticket", "data-testid": "ticket", "aria-label": "Ticket" },
-        h("p", { class: "ticket-what" }, `${r.quantity} × ${zoneName(r.zone)}`, zone && ` · ${price(zone.price_cents * r.quantity)}`),
-        h("p", {}, "Reservation ", h("code", { class: "ticket-id", "data-testid": "ticket-id" }, r.id)),
-        r.confirmed_at && h("p", { class: "muted" }, `Confirmed ${when(r.confirmed_at)}`),
+        h("p", { class: "ticket-event" }, sale.name),
+        h("p", { class: "ticket-what" }, `${r.quantity} × ${zoneName(r.zone)}`),
+        h(
+          "p",
+          { class: "muted" },
+          zone && `${price(zone.price_cents * r.quantity)} · `,
+          r.confirmed_at ? `confirmed ${when(r.confirmed_at)}` : "confirmed",
+        ),
+        h("p", { class: "ticket-ref" }, h("span", { class: "muted" }, "Reservation"), h("code", { class: "ticket-id", "data-testid": "ticket-id" }, r.id)),
       );
     }),
     more && h("p", {}, again),
