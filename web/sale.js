@@ -559,7 +559,7 @@ function showLine(s) {
   if (view !== "line") {
     const state = h("p", { class: "state", "data-testid": "queue-state" });
     const position = h("dd", { class: "big", "data-testid": "queue-position" });
-    const eta = h("dd", { class: "big", "data-testid": "queue-eta" });
+    const eta = h("dd", { class: "eta", "data-testid": "queue-eta" });
     const fill = h("div");
     const bar = h(
       "div",

@@ -224,6 +224,33 @@ def test_a_second_buyer_is_waitlisted_while_the_last_ticket_is_held_then_sees_so
         shot(page, f"buyer-sold-out-{device}")
 
 
+def test_a_hold_is_cancelled_only_after_saying_so_and_the_tickets_go_back(page, service):
+    sale = make_sale(service)
+    email, password = service.account()
+    sign_in(page, email, password, f"/sales/{sale['id']}")
+    page.get_by_test_id("join").click()
+    expect(page.get_by_test_id("hold")).to_be_visible(timeout=30_000)
+    page.get_by_test_id("zone-BALC").click()
+    page.get_by_test_id("quantity").select_option("3")
+    page.get_by_test_id("hold").click()
+    expect(page.get_by_test_id("held")).to_contain_text("3 × Balcony")
+
+    # "Keep them" keeps the hold.
+    page.get_by_test_id("cancel-hold").click()
+    page.get_by_test_id("cancel-hold-cancel").click()
+    expect(page.get_by_test_id("hold-expires")).to_be_visible()
+    expect(page.get_by_test_id("cancel-hold-confirm")).to_be_hidden()
+
+    page.get_by_test_id("cancel-hold").click()
+    page.get_by_test_id("cancel-hold-confirm").click()
+    # The turn goes on: the zones again, the three tickets back on sale.
+    expect(page.get_by_test_id("zone-BALC")).to_contain_text("20 left")
+    expect(page.get_by_test_id("hold")).to_be_visible()
+    statuses = page.evaluate(
+        "fetch('/v1/me/reservations').then(r => r.json()).then(b => b.reservations.map(r => r.status))")
+    assert statuses == ["cancelled"]
+
+
 def test_a_buyer_can_leave_the_line_after_saying_so_twice(page, service):
     sale = make_sale(service, opens_in=600)
     email, password = service.account()
