@@ -130,7 +130,15 @@ function setView(name, ...children) {
   stepTickers = new Set();
   clearTimeout(jobTimer);
   if (name !== "line") stopFollowing();
+  const hadFocus = $step.contains(document.activeElement);
   $step.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  // Keyboard and screen-reader users continue from the new step's heading,
+  // not from the top of the page, when what they were on is gone.
+  const heading = $step.querySelector("h2");
+  if (hadFocus && heading) {
+    heading.tabIndex = -1;
+    heading.focus();
+  }
 }
 
 // ---- the connection ------------------------------------------------------
