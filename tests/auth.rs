@@ -1,6 +1,6 @@
 //! Accounts through HTTP: register, log in, use the token; browser sessions
-//! (the cookie and its CSRF header); and organizers created from the
-//! command line.
+//! (the cookie and its CSRF header); organizers created from the command
+//! line, and the demo's accounts.
 
 #![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
 
@@ -522,4 +522,88 @@ async fn an_organizers_cookie_steers_their_sale_with_the_csrf_header() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// What `flashsale demo` printed after `label`, up to the end of its word.
+fn printed_after<'a>(out: &'a str, label: &str) -> &'a str {
+    let at = out
+        .find(label)
+        .unwrap_or_else(|| panic!("`{label}` in {out}"))
+        + label.len();
+    out[at..].split_whitespace().next().unwrap()
+}
+
+#[tokio::test]
+async fn the_demo_creates_its_accounts_once_and_gives_its_sale_to_the_demo_organizer() {
+    let app = TestApp::spawn().await;
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .args(["demo", "--base-url", "http://127.0.0.1:8080"])
+            .env("DATABASE_URL", &app.db_url)
+            .env("REDIS_URL", flashsale_testkit::redis_url())
+            .env("JWT_SECRET", "another-secret-that-is-long-enough-for-hs256")
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    let second = run();
+    let organizer_password = printed_after(&first, "organizer@demo.flashsale  password ");
+    let buyer_password = printed_after(&first, "buyer@demo.flashsale  password ");
+    assert_eq!(
+        organizer_password,
+        printed_after(&second, "organizer@demo.flashsale  password ")
+    );
+    let sales = [
+        printed_after(&first, "Demo sale created: "),
+        printed_after(&second, "Demo sale created: "),
+    ];
+    for page in [
+        "http://127.0.0.1:8080/ ".to_owned(),
+        format!("http://127.0.0.1:8080/sales/{}", sales[0]),
+        "http://127.0.0.1:8080/console".to_owned(),
+        "http://127.0.0.1:8080/docs".to_owned(),
+    ] {
+        assert!(first.contains(&page), "{page} in {first}");
+    }
+    assert!(first.contains("curl -s http://127.0.0.1:8080/v1/sales/$SALE"));
+
+    let accounts: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE email LIKE '%@demo.flashsale'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(accounts, 2);
+
+    let cookie = cookie_for(&app, "organizer@demo.flashsale", organizer_password).await;
+    let mine: Value = app
+        .http
+        .get(app.url("/v1/organizer/sales"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = mine["sales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = sales.to_vec();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "{mine}");
+
+    let res = session_login(&app, "buyer@demo.flashsale", buyer_password, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["role"], "buyer");
 }
