@@ -154,7 +154,7 @@ async fn start_session(
         .tokens
         .issue(&id.to_string(), role, state.access_token_ttl)
         .map_err(ApiError::internal)?;
-    let cookie = session_cookie(&token, state.access_token_ttl, &uri, &headers)?;
+    let cookie = set_session_cookie(&token, state.access_token_ttl, &uri, &headers)?;
     tracing::info!(user.id = %id, "session started");
     Ok((
         [
@@ -177,7 +177,7 @@ async fn start_session(
 #[utoipa::path(delete, path = "/v1/auth/session", tag = "auth",
     responses((status = 204, description = "Signed out; `Set-Cookie` expires `flashsale_session`")))]
 async fn end_session(uri: Uri, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
-    let cookie = session_cookie("", 0, &uri, &headers)?;
+    let cookie = set_session_cookie("", 0, &uri, &headers)?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]))
 }
 
@@ -204,7 +204,7 @@ async fn me(AuthUser(who): AuthUser) -> axum::Json<Me> {
 /// The `Set-Cookie` value that stores `token` for `max_age` seconds (0
 /// expires it). `Secure` unless the request reached the service by a
 /// loopback name, where browsers are served over plain HTTP in development.
-fn session_cookie(
+fn set_session_cookie(
     token: &str,
     max_age: u64,
     uri: &Uri,
