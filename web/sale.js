@@ -701,6 +701,8 @@ function showChoosing(s) {
       }
     }),
   );
+  const idleSeconds = sale.admit_idle_seconds || 60;
+  const idle = idleSeconds % 60 === 0 ? `${idleSeconds / 60} min` : duration(idleSeconds);
   announce("It's your turn: choose your tickets.");
   if (document.getElementById("countdown")) refreshSale();
   setView(
@@ -712,7 +714,7 @@ function showChoosing(s) {
       h(
         "p",
         { class: "muted" },
-        `Hold your tickets within ${duration(sale.admit_idle_seconds || 60)} of being let in, or the turn passes to the next buyer. `,
+        `Hold your tickets within ${idle} of being let in, or the turn passes to the next buyer. `,
         expiry,
       ),
       zones.length
