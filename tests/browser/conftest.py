@@ -152,7 +152,12 @@ def browser():
     if not chromium:
         raise RuntimeError("Chromium is missing: apt-get install chromium (scripts/test does)")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        # Chromium's own background traffic (updates, sync, lookups of its
+        # vendor's hosts) is off: a test sees only what the pages ask for.
+        b = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        ])
         yield b
         b.close()
 
