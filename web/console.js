@@ -61,8 +61,8 @@ function rate(n) {
   return `${Number(n).toLocaleString(undefined, { maximumFractionDigits: 1 })}/s`;
 }
 
-function badge(state) {
-  return h("span", { class: `badge ${state}`, "data-testid": "sale-state" }, STATES[state] || state);
+function badge(state, testid) {
+  return h("span", { class: `badge ${state}`, "data-testid": testid }, STATES[state] || state);
 }
 
 /** An `<input>` with its label, hint and the place for the API's refusal. */
@@ -86,7 +86,11 @@ async function start() {
   try {
     who = await me();
   } catch (err) {
-    main.replaceChildren(h("h1", {}, "Console"), h("p", { class: "notice bad" }, err.detail));
+    main.replaceChildren(
+      h("h1", {}, "Organizer console"),
+      h("p", { class: "notice bad" }, err.detail),
+      h("button", { type: "button", onclick: () => location.reload() }, "Try again"),
+    );
     return;
   }
   await accountCorner(who);
@@ -523,7 +527,7 @@ class SaleView {
     const s = this.sale;
     const st = this.stats;
     this.heading.textContent = s.name;
-    this.badge.replaceChildren(badge(s.state));
+    this.badge.replaceChildren(badge(s.state, "sale-state"));
     const times = [`Opens ${when(s.opens_at)}`];
     if (s.closes_at) times.push(`${new Date(s.closes_at) <= new Date() ? "Closed" : "Closes"} ${when(s.closes_at)}`);
     times.push(`${s.zones.length} zone${s.zones.length === 1 ? "" : "s"}`);
