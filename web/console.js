@@ -220,6 +220,14 @@ function route(moved) {
 
 // ---- a new sale ----------------------------------------------------------
 
+/** A time as a datetime-local input shows it: the reader's own zone, to
+ * the minute. */
+function localTime(rfc3339) {
+  const t = new Date(rfc3339);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${t.getFullYear()}-${pad(t.getMonth() + 1)}-${pad(t.getDate())}T${pad(t.getHours())}:${pad(t.getMinutes())}`;
+}
+
 function localInput(id) {
   return h("input", { type: "datetime-local", name: id, step: "60" });
 }
@@ -702,7 +710,60 @@ class SaleView {
       this.confirmBox,
       closeError,
       this.closedNote,
+      this.moreSettings(),
     );
+  }
+
+  /** The other live settings, sent together: only those the organizer
+   * edited, so a change made meanwhile elsewhere is not undone. */
+  moreSettings() {
+    const numeric = [
+      ["release_interval_ms", "release-interval", "Release interval", "ms between batches", 100, 60000],
+      ["admit_idle_seconds", "admit-idle", "Turn without a hold", "seconds an admitted buyer may hold nothing", 5, 3600],
+      ["admit_headroom_percent", "admit-headroom", "Admission headroom", "% beyond the tickets left, near the end", 0, 1000],
+    ];
+    const inputs = {};
+    const fields = numeric.map(([key, id, label, hint, min, max]) => {
+      const f = field(`ctl-${id}`, label, numberInput(key, min, max, ""), hint);
+      inputs[key] = f.input;
+      return f.node;
+    });
+    const closes = field("ctl-closes-at", "Closes", localInput("closes_at"), "your time; empty: when you close it");
+    inputs.closes_at = closes.input;
+    const error = h("p", { class: "error", role: "alert", "data-testid": "settings-error" });
+    const apply = h("button", { type: "submit", class: "secondary", "data-testid": "settings-apply" }, "Apply settings");
+    const form = h("form", { novalidate: true }, h("div", { class: "grid" }, ...fields, closes.node), error, apply);
+    const details = h("details", { class: "settings", "data-testid": "more-settings" }, h("summary", {}, "More settings"), form);
+
+    const edited = new Set();
+    for (const [key, input] of Object.entries(inputs)) input.addEventListener("input", () => edited.add(key));
+    const fill = () => {
+      const s = this.sale;
+      for (const [key] of numeric) if (!edited.has(key)) inputs[key].value = s[key];
+      if (!edited.has("closes_at")) inputs.closes_at.value = s.closes_at ? localTime(s.closes_at) : "";
+    };
+    details.addEventListener("toggle", () => {
+      if (details.open) fill();
+    });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      error.textContent = "";
+      const body = {};
+      for (const key of edited) {
+        const raw = inputs[key].value;
+        if (key === "closes_at") body.closes_at = raw ? new Date(raw).toISOString() : null;
+        else if (raw !== "") body[key] = Number(raw);
+      }
+      if (!Object.keys(body).length) {
+        error.textContent = "Change a setting first.";
+        return;
+      }
+      if (await this.change(body, error, apply, () => "Settings changed.")) {
+        edited.clear();
+        fill();
+      }
+    });
+    return details;
   }
 
   updateControls() {

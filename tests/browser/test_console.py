@@ -156,6 +156,14 @@ def test_an_organizer_creates_follows_steers_and_closes_a_sale(desktop, service)
     expect(page.get_by_test_id("sale-waiting")).to_have_text("0", timeout=WORKERS)
     expect(page.get_by_test_id("sale-admitted")).to_have_text("3")
 
+    # The other live settings: only what was edited is sent.
+    page.get_by_test_id("more-settings").get_by_text("More settings").click()
+    expect(page.get_by_label("Release interval")).to_have_value("1000")
+    page.get_by_label("Release interval").fill("500")
+    page.get_by_test_id("settings-apply").click()
+    until(lambda: sale_of(service, sale_id)["release_interval_ms"] == 500, "the new interval")
+    page.get_by_test_id("more-settings").get_by_text("More settings").click()
+
     # A buyer holds and buys two tickets: the stock follows.
     standing = {}
     for token in buyers:
@@ -188,6 +196,7 @@ def test_an_organizer_creates_follows_steers_and_closes_a_sale(desktop, service)
     page.get_by_test_id("close-sale-cancel").click()
     expect(page.get_by_test_id("close-sale-confirm")).to_be_hidden()
     assert sale_of(service, sale_id)["state"] == "open"
+    page.evaluate("window.scrollTo(0, 0)")
     shot(page, "console-desktop")
     page.get_by_test_id("close-sale").click()
     page.get_by_test_id("close-sale-confirm").click()
@@ -198,12 +207,13 @@ def test_an_organizer_creates_follows_steers_and_closes_a_sale(desktop, service)
 
     # Every change is in the audit log, newest first.
     entries = page.get_by_test_id("audit-entry")
-    expect(entries).to_have_count(5)
+    expect(entries).to_have_count(6)
     expect(entries.nth(0)).to_contain_text("closes none →")
     expect(entries.nth(1)).to_contain_text("paused yes → no")
     expect(entries.nth(2)).to_contain_text("paused no → yes")
-    expect(entries.nth(3)).to_contain_text("max active 1 → 3")
-    expect(entries.nth(4)).to_contain_text("release rate 100 → 250")
+    expect(entries.nth(3)).to_have_text(re.compile(r"release interval \(ms\) 1,?000 → 500$"))
+    expect(entries.nth(4)).to_contain_text("max active 1 → 3")
+    expect(entries.nth(5)).to_contain_text("release rate 100 → 250")
 
     # The exports are downloads of the API's own answers.
     with page.expect_download() as info:
