@@ -207,6 +207,35 @@ pub async fn register(
     }
 }
 
+/// Makes sure an account with this email exists with this password and
+/// role: creates it, or resets an existing one's (any case of the email).
+/// For accounts whose password is handed out, such as the demo's.
+pub async fn ensure(
+    db: &PgPool,
+    email: &Email,
+    password: Password,
+    role: Role,
+) -> Result<Uuid, AccountError> {
+    let hashed = hash(password).await?;
+    let role = match role {
+        Role::Buyer => "buyer",
+        Role::Organizer => "organizer",
+    };
+    let id = sqlx::query_scalar!(
+        "INSERT INTO users (id, email, password_hash, role) VALUES ($1, $2, $3, $4)
+         ON CONFLICT ((lower(email))) DO UPDATE
+            SET password_hash = EXCLUDED.password_hash, role = EXCLUDED.role
+         RETURNING id",
+        Uuid::new_v4(),
+        email.as_str(),
+        hashed,
+        role,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(id)
+}
+
 /// The account's id and role when the password is right.
 pub async fn login(
     db: &PgPool,

@@ -54,6 +54,10 @@ pub struct Config {
     pub redis_tls_ca: Option<std::path::PathBuf>,
     pub limits: LimitsConfig,
     pub passes: PassSettings,
+    /// Sites whose pages may call the API from the browser
+    /// (`CORS_ALLOWED_ORIGINS`): origins as browsers send them
+    /// (`https://tickets.example.com`), none by default.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +139,16 @@ impl Config {
                 key_id: vars.utf8("PASS_KEY_ID")?,
                 previous_keys: vars.utf8("PASS_PREVIOUS_KEYS")?,
             },
+            cors_allowed_origins: match vars.optional("CORS_ALLOWED_ORIGINS") {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(parse_origin)
+                    .collect::<anyhow::Result<_>>()
+                    .context("CORS_ALLOWED_ORIGINS is malformed")?,
+            },
         })
     }
 
@@ -142,6 +156,35 @@ impl Config {
     pub fn uses_dev_secret(&self) -> bool {
         self.jwt.secret == DEV_JWT_SECRET
     }
+}
+
+/// One origin of `CORS_ALLOWED_ORIGINS`, in the form a browser sends in its
+/// `Origin` header (scheme and host lower case, no default port, no path),
+/// since origins are compared byte for byte.
+fn parse_origin(raw: &str) -> anyhow::Result<String> {
+    let lower = raw.to_ascii_lowercase();
+    let (scheme, rest) = lower
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+        .with_context(|| format!("`{raw}` is not an origin: expected `https://host[:port]`"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '*', ' ']) {
+        bail!("`{raw}` is not an origin: expected `{scheme}://host[:port]`, with no path, not even a trailing `/`");
+    }
+    let authority: axum::http::uri::Authority = rest
+        .parse()
+        .with_context(|| format!("`{raw}` is not an origin: its host is malformed"))?;
+    // `Authority` takes any digits after the colon; a port must be a u16.
+    let has_port = rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.ends_with(']'));
+    if authority.host().is_empty() || (has_port && authority.port_u16().is_none()) {
+        bail!("`{raw}` is not an origin: its host or port is malformed");
+    }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    Ok(match authority.port_u16() {
+        Some(port) if port == default_port => format!("{scheme}://{}", authority.host()),
+        _ => format!("{scheme}://{authority}"),
+    })
 }
 
 /// `RATE_<JOIN|POLL|HOLD|LOGIN|ADDRESS>_PER_MINUTE` and `..._BURST`,
@@ -317,6 +360,53 @@ impl Vars {
                 .trim()
                 .parse()
                 .with_context(|| format!("{name} is malformed: `{raw}`")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
+        Config::from_vars(&Vars::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn cors_origins_are_read_as_browsers_send_them() {
+        let config = with(&[(
+            "CORS_ALLOWED_ORIGINS",
+            " https://Tickets.Example.com , http://localhost:3000,https://a.example:443,",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.cors_allowed_origins,
+            [
+                "https://tickets.example.com",
+                "http://localhost:3000",
+                "https://a.example"
+            ]
+        );
+        assert!(with(&[]).unwrap().cors_allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_cors_origin_stops_the_start_naming_the_variable() {
+        for bad in [
+            "tickets.example.com",
+            "https://tickets.example.com/",
+            "https://tickets.example.com/shop",
+            "ftp://tickets.example.com",
+            "*",
+            "https://*.example.com",
+            "https://user@example.com",
+            "https://",
+            "https://example.com:99999",
+            "https://:8080",
+        ] {
+            let err = with(&[("CORS_ALLOWED_ORIGINS", bad)]).unwrap_err();
+            let message = format!("{err:#}");
+            assert!(message.contains("CORS_ALLOWED_ORIGINS"), "{bad}: {message}");
         }
     }
 }

@@ -16,6 +16,12 @@ pub enum ApiError {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A change asked for with the session cookie but without the
+    /// `x-flashsale-csrf: 1` header that only same-site script can send.
+    #[error(
+        "a request signed in with the session cookie must carry the header `x-flashsale-csrf: 1`"
+    )]
+    CsrfRequired,
     #[error("this needs a queue pass: join the sale's queue and send the pass you are given as `X-Queue-Pass`")]
     PassRequired,
     #[error("{0}")]
@@ -126,7 +132,9 @@ impl ApiError {
             Unauthenticated(_) | InvalidCredentials => StatusCode::UNAUTHORIZED,
             EmailTaken => StatusCode::CONFLICT,
             InvalidEmail(_) | WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Forbidden(_) | PassRequired | PassInvalid(_) | PassExpired => StatusCode::FORBIDDEN,
+            Forbidden(_) | CsrfRequired | PassRequired | PassInvalid(_) | PassExpired => {
+                StatusCode::FORBIDDEN
+            }
             SaleNotFound | ZoneNotFound(_) | ReservationNotFound | NotFound | NotInQueue => {
                 StatusCode::NOT_FOUND
             }
@@ -163,6 +171,7 @@ impl ApiError {
             InvalidEmail(_) => "invalid_email",
             WeakPassword(_) => "weak_password",
             Forbidden(_) => "forbidden",
+            CsrfRequired => "csrf_required",
             PassRequired => "pass_required",
             PassInvalid(_) => "pass_invalid",
             PassExpired => "pass_expired",

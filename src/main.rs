@@ -94,8 +94,10 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         drain_wait_seconds: u64,
     },
-    /// Create a demo sale that opens now, and print tokens and curl commands
-    /// to try it.
+    /// Create a demo sale that opens now, owned by the demo organizer
+    /// account; create (or reset) that account and a demo buyer's; print
+    /// the pages to open, the accounts' passwords, and tokens and curl
+    /// commands to try the API.
     Demo {
         /// Base URL the printed commands use.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -337,9 +339,50 @@ async fn prepare_buyers(
     Ok(())
 }
 
+/// The demo's accounts: an organizer who owns the demo sale (and sees it in
+/// the console) and a buyer.
+const DEMO_ORGANIZER: &str = "organizer@demo.flashsale";
+const DEMO_BUYER: &str = "buyer@demo.flashsale";
+
+/// A demo account's password: derived from the token secret, so every run
+/// prints the same one for a deployment and nobody can guess it without the
+/// secret. Each run sets it again, so it is right even after the secret
+/// changed.
+fn demo_password(secret: &str, email: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(b"flashsale demo account password\0");
+    mac.update(email.as_bytes());
+    format!("demo-{}", hex::encode(&mac.finalize().into_bytes()[..8]))
+}
+
+/// Creates (or resets) a demo account; its id and password.
+async fn demo_account(
+    config: &Config,
+    db: &sqlx::PgPool,
+    email: &str,
+    role: Role,
+) -> anyhow::Result<(uuid::Uuid, String)> {
+    use flashsale::accounts::{self, Email, Password};
+    let password = demo_password(&config.jwt.secret, email);
+    let id = accounts::ensure(
+        db,
+        &Email::parse(email).context("the demo email")?,
+        Password::parse(&password).context("the demo password")?,
+        role,
+    )
+    .await
+    .with_context(|| format!("create the demo account {email}"))?;
+    Ok((id, password))
+}
+
 async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
     let state = flashsale::http::AppState::build(&config).await?;
-    let organizer = "demo-organizer";
+    let (organizer, organizer_password) =
+        demo_account(&config, &state.db, DEMO_ORGANIZER, Role::Organizer).await?;
+    let (buyer_id, buyer_password) =
+        demo_account(&config, &state.db, DEMO_BUYER, Role::Buyer).await?;
     let new_sale: sales::NewSale = serde_json::from_value(serde_json::json!({
         "name": "Demo night - Berlin",
         "zones": [
@@ -350,17 +393,32 @@ async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
         "hold_ttl_seconds": 300
     }))?;
     let (mut def, release) = new_sale
-        .validate(organizer, Utc::now())
+        .validate(&organizer.to_string(), Utc::now())
         .context("the demo sale's settings")?;
     sales::create(&state.db, &state.redis, &state.scripts, &mut def, &release)
         .await
         .context("create demo sale")?;
-    let buyer = state.tokens.issue("demo-buyer", Role::Buyer, 24 * 3600)?;
-    let org = state.tokens.issue(organizer, Role::Organizer, 24 * 3600)?;
+    let buyer = state
+        .tokens
+        .issue(&buyer_id.to_string(), Role::Buyer, 24 * 3600)?;
+    let org = state
+        .tokens
+        .issue(&organizer.to_string(), Role::Organizer, 24 * 3600)?;
     let id = def.id;
     println!(
         r#"
 Demo sale created: {id}  (zones FLOOR: 100 tickets, BALCONY: 40)
+
+In a browser:
+  buyers:     {base_url}/                 (open sales; register, or sign in as the demo buyer)
+  the sale:   {base_url}/sales/{id}
+  organizer:  {base_url}/console          (the demo sale is the organizer's)
+  API docs:   {base_url}/docs
+
+  organizer:  {DEMO_ORGANIZER}  password {organizer_password}
+  buyer:      {DEMO_BUYER}  password {buyer_password}
+
+With curl (the same accounts):
 
   export SALE={id}
   export BUYER={buyer}

@@ -273,7 +273,7 @@ async fn serve_warns_at_start_unless_redis_refuses_to_evict() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_describes_every_endpoint_and_the_docs_page_serves_it() {
+async fn the_openapi_document_describes_every_endpoint_and_the_docs_page_renders_it_alone() {
     let app = TestApp::spawn().await;
     let res = app.get("/openapi.json", None).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -282,6 +282,9 @@ async fn the_openapi_document_describes_every_endpoint_and_the_docs_page_serves_
     let expected = [
         ("post", "/v1/auth/register"),
         ("post", "/v1/auth/login"),
+        ("post", "/v1/auth/session"),
+        ("delete", "/v1/auth/session"),
+        ("get", "/v1/me"),
         ("post", "/v1/sales"),
         ("get", "/v1/sales/{sale_id}"),
         ("patch", "/v1/sales/{sale_id}"),
@@ -311,7 +314,158 @@ async fn the_openapi_document_describes_every_endpoint_and_the_docs_page_serves_
         assert!(hold[code].is_object(), "hold documents {code}");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["session"]["in"],
+        "cookie"
+    );
+    assert_eq!(
+        doc["paths"]["/v1/sales/{sale_id}/queue"]["post"]["security"],
+        json!([{"bearer": []}, {"session": []}])
+    );
     let res = app.get("/docs", None).await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.text().await.unwrap().contains("openapi"));
+    let header = |name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    let csp = header("content-security-policy");
+    assert!(csp.starts_with("default-src 'self';"), "{csp}");
+    assert!(csp.contains("script-src 'none'"), "{csp}");
+    let page = res.text().await.unwrap();
+    assert!(page.len() < 200 * 1024, "{} bytes", page.len());
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let heading = format!(
+                "<span class=\"m {method}\">{}</span><code>{path}</code></h3>",
+                method.to_uppercase()
+            );
+            assert!(page.contains(&heading), "{method} {path} on /docs");
+        }
+    }
+    for schema in doc["components"]["schemas"].as_object().unwrap().keys() {
+        assert!(page.contains(&format!(">{schema}</h3>")), "schema {schema}");
+    }
+    assert!(
+        page.contains("<code>sold_out</code>"),
+        "response descriptions"
+    );
+    // Nothing on the page comes from, or links to, another host.
+    for attribute in ["src=", "href=", "action="] {
+        for value in page.split(attribute).skip(1) {
+            let value = value.trim_start_matches(['"', '\'']).to_ascii_lowercase();
+            assert!(
+                value.starts_with('#') || value.starts_with("/openapi.json"),
+                "{attribute}{}",
+                &value[..value.len().min(60)]
+            );
+        }
+    }
+}
+
+const FRONT_END: &str = "https://tickets.example.com";
+
+#[tokio::test]
+async fn cross_origin_calls_are_allowed_for_the_listed_origins_only() {
+    let app = TestApp::spawn_with(|c| {
+        c.cors_allowed_origins = vec![FRONT_END.into(), "http://localhost:3000".into()]
+    })
+    .await;
+    let sale = app.sale_id(json!({})).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(
+                reqwest::Method::OPTIONS,
+                app.url(&format!("/v1/sales/{sale}/reservations")),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key,x-queue-pass",
+            )
+            .send()
+    };
+    let res = preflight(FRONT_END).await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let header = |res: &reqwest::Response, name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+    };
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some(FRONT_END)
+    );
+    let methods = header(&res, "access-control-allow-methods").unwrap();
+    for method in ["get", "post", "patch", "delete"] {
+        assert!(methods.contains(method), "{methods}");
+    }
+    assert!(!methods.contains("put"), "{methods}");
+    let allowed = header(&res, "access-control-allow-headers").unwrap();
+    for name in [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "x-queue-pass",
+        "x-request-id",
+        "x-flashsale-csrf",
+    ] {
+        assert!(allowed.contains(name), "{name} in {allowed}");
+    }
+    assert_eq!(header(&res, "access-control-allow-credentials"), None);
+
+    for unlisted in ["https://evil.example.com", "http://tickets.example.com"] {
+        let res = preflight(unlisted).await.unwrap();
+        assert_eq!(
+            header(&res, "access-control-allow-origin"),
+            None,
+            "{unlisted}"
+        );
+    }
+
+    let read = |origin: &'static str| {
+        app.http
+            .get(app.url(&format!("/v1/sales/{sale}")))
+            .header("origin", origin)
+            .send()
+    };
+    let res = read(FRONT_END).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some(FRONT_END)
+    );
+    let exposed = header(&res, "access-control-expose-headers").unwrap();
+    for name in ["x-request-id", "retry-after", "idempotent-replayed"] {
+        assert!(exposed.contains(name), "{name} in {exposed}");
+    }
+    let res = read("https://evil.example.com").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "access-control-allow-origin"), None);
+}
+
+#[tokio::test]
+async fn without_allowed_origins_no_cross_origin_use_is_allowed() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/v1/sales"))
+        .header("origin", FRONT_END)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    let res = app
+        .http
+        .get(app.url("/v1/sales"))
+        .header("origin", FRONT_END)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get("access-control-allow-origin").is_none());
 }

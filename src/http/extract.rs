@@ -4,7 +4,7 @@
 
 use axum::{
     extract::{rejection::JsonRejection, FromRequest, FromRequestParts, Request},
-    http::{header, request::Parts},
+    http::{header, request::Parts, Method},
 };
 use serde::de::DeserializeOwned;
 
@@ -219,16 +219,63 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 #[derive(Clone, Default)]
 pub struct TrustedProxies(pub std::sync::Arc<Vec<crate::limits::IpRange>>);
 
-/// Any caller with a valid access token.
+/// The cookie a browser session is kept in (`POST /v1/auth/session`): an
+/// access token, as a Bearer client would send it.
+pub const SESSION_COOKIE: &str = "flashsale_session";
+
+/// The header that a request signed in by the session cookie must carry to
+/// change anything. A page of another site cannot set a custom header on a
+/// cross-site request without a CORS preflight, which this service answers
+/// only for the configured origins, and then without credentials.
+pub const CSRF_HEADER: &str = "x-flashsale-csrf";
+
+/// Whether the request carries `x-flashsale-csrf: 1`.
+pub fn has_csrf_header(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(CSRF_HEADER)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1")
+}
+
+/// The session cookie's value, if the request carries one (in any of its
+/// `Cookie` headers: HTTP/2 clients may send several).
+fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter(|value| !value.is_empty())
+}
+
+/// Any caller with a valid access token: sent as `Authorization: Bearer`
+/// (which wins when both are sent), or as the session cookie. A request
+/// signed in by the cookie that is not a read (GET, HEAD, OPTIONS) must also
+/// carry [`CSRF_HEADER`], or it is refused before anything is done.
 pub struct AuthUser(pub Identity);
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::Unauthenticated("missing `Authorization: Bearer <token>`".into())
-        })?;
+        let Some(header) = parts.headers.get(header::AUTHORIZATION) else {
+            let token = session_cookie(&parts.headers).ok_or_else(|| {
+                ApiError::Unauthenticated(
+                    "missing `Authorization: Bearer <token>` (or a session cookie)".into(),
+                )
+            })?;
+            let who = state
+                .tokens
+                .verify(token)
+                .map_err(|why| ApiError::Unauthenticated(format!("session: {why}")))?;
+            let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
+            if !reads.contains(&parts.method) && !has_csrf_header(&parts.headers) {
+                return Err(ApiError::CsrfRequired);
+            }
+            return Ok(AuthUser(who));
+        };
         let token = header
             .to_str()
             .ok()

@@ -1,13 +1,15 @@
 //! The HTTP API: the router, shared state and cross-cutting layers.
 //!
 //! Layers, outermost first, wrapped once around the whole router: a request
-//! id (echoed or made), a trace span per request, metrics by route and
+//! id (echoed or made), a trace span per request, CORS for the configured
+//! origins (preflights are answered there), metrics by route and
 //! status, a timeout, a body limit, and a catch for panics (answered 500 as
 //! any internal error is). Each route only notes its template on the
 //! response for them. Every error, including unknown routes, layer refusals
 //! and panicking handlers, is problem+json.
 
 mod auth;
+mod docs;
 mod extract;
 mod ops;
 mod pages;
@@ -34,14 +36,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower_http::{
     catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::TraceLayer,
 };
 
 pub use crate::queue::Seeds;
-pub use extract::{Admitted, AuthUser, ClientAddr, Json, Organizer, Path};
+pub use extract::{Admitted, AuthUser, ClientAddr, Json, Organizer, Path, SESSION_COOKIE};
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_scalar::Servable;
 
 use crate::{
     config::Config, error::ApiError, limits::Limits, passes::PassKeys, replication::Replication,
@@ -123,6 +125,7 @@ impl AppState {
             max_poll_after_ms: (config.queue_idle_seconds * 1000 / 3).clamp(1_000, 60_000),
             replication,
             metrics: crate::telemetry::metrics(),
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
         }))
     }
 }
@@ -155,6 +158,8 @@ pub struct AppInner {
     pub max_poll_after_ms: u64,
     /// Replicas a confirmation waits for, and the connections it runs on.
     pub replication: Arc<Replication>,
+    /// Origins whose pages may call the API (`CORS_ALLOWED_ORIGINS`).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// The OpenAPI 3.1 document's frame; the paths come from the handlers'
@@ -163,7 +168,7 @@ pub struct AppInner {
 #[openapi(
     info(
         title = "flashsale",
-        description = "Flash-sale ticketing with a fair virtual queue. Errors are RFC 9457 problem details with a stable `code`; every response carries `x-request-id`.",
+        description = "Flash-sale ticketing with a fair virtual queue. Errors are RFC 9457 problem details with a stable `code`; every response carries `x-request-id`. Clients send an access token as `Authorization: Bearer`; browser pages sign in with `POST /v1/auth/session` and are then identified by its cookie.",
     ),
     modifiers(&BearerAuth),
     components(schemas(crate::error::Problem)),
@@ -191,9 +196,50 @@ impl utoipa::Modify for BearerAuth {
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
                         .bearer_format("JWT")
+                        .description(Some(
+                            "An access token from `POST /v1/auth/login`, `flashsale token`, or an \
+                             identity provider sharing the key.",
+                        ))
                         .build(),
                 ),
             );
+    }
+}
+
+/// Wherever a Bearer token is accepted, so is the session cookie: the
+/// document says so per operation (one alternative or the other), and
+/// describes the cookie's CSRF rule once, in its scheme.
+fn cookie_sessions(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                SESSION_COOKIE,
+                "The browser session that `POST /v1/auth/session` sets (HttpOnly, SameSite=Strict). \
+                 A request signed in by it whose method is not GET, HEAD or OPTIONS must also carry \
+                 `x-flashsale-csrf: 1`, else `403 csrf_required`. A Bearer token, when sent, wins.",
+            ))),
+        );
+    let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+    let session = SecurityRequirement::new("session", Vec::<String>::new());
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+        ];
+        for op in operations.into_iter().flatten() {
+            if let Some(security) = &mut op.security {
+                if security.contains(&bearer) && !security.contains(&session) {
+                    security.push(session.clone());
+                }
+            }
+        }
     }
 }
 
@@ -211,6 +257,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_routes().into_openapi();
     doc.merge(ops::router().into_openapi());
+    cookie_sessions(&mut doc);
     doc
 }
 
@@ -230,7 +277,9 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let api_templates: Arc<HashSet<String>> = Arc::new(doc.paths.paths.keys().cloned().collect());
     let (ops, ops_doc) = ops::router().split_for_parts();
     doc.merge(ops_doc);
+    cookie_sessions(&mut doc);
     let json = Arc::new(doc.to_json().unwrap_or_default());
+    let docs = docs::router(&json);
     let routes = Router::new()
         .merge(api)
         .merge(ops)
@@ -248,7 +297,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                 }
             }),
         )
-        .merge(utoipa_scalar::Scalar::with_url("/docs", doc))
+        .merge(docs)
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
@@ -259,6 +308,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     // Everything else wraps the router once. Layers given to `Router::layer`
     // are copied onto every route and cloned with it on every request, a
     // measurable share of a poll (load/RESULTS.md).
+    let cors = cors(&state.cors_allowed_origins);
     let outer = tower::ServiceBuilder::new()
         .layer(axum::Extension(extract::TrustedProxies(Arc::new(
             state.limits.trusted_proxies.clone(),
@@ -296,6 +346,9 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
                     );
                 }),
         )
+        // Answers preflights itself (every OPTIONS, then), only when some
+        // origin is allowed: without one, nothing changes.
+        .option_layer(cors)
         .layer(middleware::from_fn(time_and_count))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Innermost, so a panic's 500 is logged, counted and carries the
@@ -303,6 +356,40 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .service(routes);
     Router::new().fallback_service(outer)
+}
+
+/// Cross-origin use of the API by the pages of `origins` (contract: CORS).
+/// No credentials: a front end on another site sends a Bearer token, never
+/// the session cookie, which is SameSite=Strict anyway. A preflight is good
+/// for ten minutes, so a buyer polling with a token is not asked twice.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    use axum::http::{header, HeaderValue, Method};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect::<Vec<_>>();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-queue-pass"),
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static(extract::CSRF_HEADER),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                header::RETRY_AFTER,
+                HeaderName::from_static("idempotent-replayed"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// A handler that panicked: the client gets the opaque 500 of any internal
