@@ -453,7 +453,11 @@ class SaleView {
     this.update();
     if (before) this.announceChanges(before, beforeStats);
     const listed = sales.findIndex((s) => s.id === sale.id);
-    if (listed >= 0 && sales[listed].state !== sale.state) {
+    if (listed < 0 && !this.relisted) {
+      // Theirs, but made since the list was read (another tab, the API).
+      this.relisted = true;
+      loadSales(false);
+    } else if (listed >= 0 && sales[listed].state !== sale.state) {
       sales[listed] = sale;
       renderList();
     }

@@ -245,6 +245,8 @@ def test_on_a_phone_the_list_stacks_above_the_sale_and_on_a_desktop_beside_it(
     expect(page.get_by_test_id("zone-stock-VIP")).to_have_text("20 of 20")
     expect(page.get_by_test_id("prequeue-commitment")).to_have_text(sale["prequeue_seed_sha256"])
     expect(page.get_by_test_id("prequeue-export")).to_be_hidden()
+    # Made after the list was read, it is listed once opened.
+    expect(page.get_by_test_id("sales-list")).to_contain_text("Opening later")
 
     listing = page.get_by_test_id("sales-list").bounding_box()
     figures = page.get_by_test_id("sale-detail").bounding_box()
