@@ -406,10 +406,12 @@ class SaleView {
   }
 
   /** One read of the sale and its figures, then the next in LIVE_MS (or
-   * when the server says to come back, when it is busy). */
+   * when the server says to come back, when it is busy). One read at a
+   * time: the page coming back into view while one is out waits for it. */
   async tick() {
+    if (!this.alive || document.hidden || this.reading) return;
     clearTimeout(this.timer);
-    if (!this.alive || document.hidden) return;
+    this.reading = true;
     let wait = LIVE_MS;
     try {
       const [sale, stats] = await Promise.all([api("GET", this.path), api("GET", `${this.path}/stats`)]);
@@ -429,6 +431,8 @@ class SaleView {
       if (err.retryAfter) wait = Math.max(wait, err.retryAfter * 1000);
       this.status.textContent = `${err.detail} Trying again in ${duration(wait / 1000)}.`;
       this.status.classList.add("bad");
+    } finally {
+      this.reading = false;
     }
     this.timer = setTimeout(() => this.tick(), wait);
   }
