@@ -397,6 +397,44 @@ async fn eta_follows_the_measured_admission_rate() {
 }
 
 #[tokio::test]
+async fn stats_show_the_measured_admission_rate_that_etas_come_from() {
+    let app = TestApp::spawn().await;
+    let sale = app
+        .sale_id(json!({"zones": [{"code": "A", "capacity": 1000}], "release_rate": 100, "release_interval_ms": 100}))
+        .await;
+    let organizer = app.organizer("org-1");
+    let stats = || async {
+        let res = app
+            .get(&format!("/v1/sales/{sale}/stats"), Some(&organizer))
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json::<Value>().await.unwrap()
+    };
+    assert_eq!(stats().await["measured_rate"], 0.0, "no tick yet");
+    let run = unique("rate");
+    for i in 0..300 {
+        app.join(sale, &format!("{run}-{i}")).await;
+    }
+    for _ in 0..4 {
+        app.tick(sale, 300_000).await;
+    }
+    let measured = stats().await["measured_rate"].as_f64().unwrap();
+    // A tick admits at most one interval's worth, and ticks are at least an
+    // interval apart: the measure never passes the configured rate.
+    assert!(
+        measured > 0.0 && measured <= 100.0,
+        "measured {measured}/s at 100/s"
+    );
+    let body = standing(&app, sale, &format!("{run}-299")).await;
+    let position = body["position"].as_u64().unwrap();
+    assert_eq!(
+        body["eta_seconds"].as_u64().unwrap(),
+        (position as f64 / measured).ceil() as u64,
+        "the buyers' ETA comes from the rate the organizer sees"
+    );
+}
+
+#[tokio::test]
 async fn admission_stops_at_the_stock_and_sold_out_is_told_to_everyone_waiting() {
     let app = TestApp::spawn().await;
     // No headroom: admission stops at the stock itself.

@@ -503,7 +503,7 @@ function askFirst({ id, ask, question, yes, no, action }) {
   const noButton = h("button", { type: "button", class: "secondary", "data-testid": `${id}-cancel` }, no);
   const box = h(
     "div",
-    { class: "confirm", role: "group", "aria-label": ask, hidden: true },
+    { class: "asking", role: "group", "aria-label": ask, hidden: true },
     h("p", {}, question),
     h("p", { class: "row" }, yesButton, noButton),
   );
@@ -588,7 +588,7 @@ function showLine(s) {
           state,
           h(
             "dl",
-            { class: "figures" },
+            { class: "line-figures" },
             h("div", {}, h("dt", {}, "Position"), position),
             h("div", {}, h("dt", {}, "Estimated wait"), eta),
           ),

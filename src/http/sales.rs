@@ -501,6 +501,11 @@ struct Stats {
     waiting: i64,
     admitted_total: i64,
     active: i64,
+    /// Buyers admitted per second, measured over the last release ticks
+    /// (up to 20): the rate queue ETAs come from, next to the configured
+    /// `release_rate`. 0 before the first tick and once archived; it falls
+    /// towards 0 as ticks admit nobody (paused, closed, nobody waiting).
+    measured_rate: f64,
     zones: Vec<ZoneStats>,
     /// When the reconciler last compared Redis with Postgres.
     reconciled_at: Option<DateTime<Utc>>,
@@ -549,17 +554,23 @@ async fn stats(
     .map(|r| (r.zone_code, r.sold))
     .collect();
     let persisted_in = |code: &str| persisted.get(code).copied().unwrap_or(0);
-    let (active, reconciled_at, drift) = if let Some(archived_at) = live.archived_at {
+    let (active, measured_rate, reconciled_at, drift) = if let Some(archived_at) = live.archived_at
+    {
         // Archived only once Postgres held everything Redis did: its stock
         // is Postgres's (nothing waiting or held), and nothing is active.
-        (0, Some(archived_at), Some(0))
+        (0, 0.0, Some(archived_at), Some(0))
     } else {
         use fred::interfaces::SortedSetsInterface;
         let k = SaleKeys::new(live.def.id);
         let active: i64 = state.redis.zcard(k.admitted()).await?;
+        let measured: Option<String> = state.redis.hget(k.meta(), "measured_rate").await?;
         let recon: HashMap<String, String> = state.redis.hgetall(k.reconciliation()).await?;
         (
             active,
+            measured
+                .and_then(|r| r.parse::<f64>().ok())
+                .filter(|r| r.is_finite())
+                .unwrap_or(0.0),
             recon
                 .get("at_ms")
                 .and_then(|ms| ms.parse().ok())
@@ -571,6 +582,7 @@ async fn stats(
         waiting: live.waiting,
         admitted_total: live.admitted_total,
         active,
+        measured_rate,
         zones: live
             .def
             .zones
