@@ -209,10 +209,14 @@ class Watched:
         if msg.type != "error":
             return
         # Chromium logs every 4xx/5xx answer as "Failed to load resource";
-        # the responses themselves are judged in `_response`.
+        # the responses themselves are judged in `_response`. A test that
+        # takes the browser offline (`set_offline`) gets the requests made
+        # meanwhile logged as failed too: what the page does then is the
+        # test's to judge.
         url = urllib.parse.urlsplit(msg.location.get("url", ""))
-        if msg.text.startswith("Failed to load resource: the server responded") \
-                and url.netloc == self.host:
+        if url.netloc == self.host and (
+                msg.text.startswith("Failed to load resource: the server responded")
+                or msg.text == "Failed to load resource: net::ERR_INTERNET_DISCONNECTED"):
             return
         self.errors.append(msg.text)
 
