@@ -400,7 +400,7 @@ impl Shared {
         if rate.per_minute == 0 {
             return Ok(());
         }
-        let interval_us = 60_000_000 / u64::from(rate.per_minute);
+        let interval_us = (60_000_000 / u64::from(rate.per_minute)).max(1);
         let burst = rate.burst.max(1);
         let key = crate::keys::rate_limit(name, subject);
         let run = self.scripts.check_rate_limit.run::<Vec<i64>>(
