@@ -9,8 +9,10 @@
 //! Prints, for each store: checks a second and the latency of one check
 //! (median, p99) one at a time, then checks a second with `concurrency` at
 //! once; and, from Redis's `INFO commandstats`, the EVALSHA calls a check
-//! makes and what Redis spends on each (`usec_per_call`). Use a Redis of its
-//! own: the command statistics count every client's EVALSHA.
+//! makes and what Redis spends on each (`usec_per_call`). Last, for scale,
+//! the same figures for an EVALSHA of `return 1`: the floor of any script
+//! call. Use a Redis of its own: the command statistics count every
+//! client's EVALSHA.
 
 #![allow(clippy::print_stdout, reason = "an example prints its figures")]
 
@@ -24,7 +26,10 @@ use flashsale::{
     limits::{Action, Limits, LimitsConfig, Rate},
     scripts::Scripts,
 };
-use fred::{clients::Pool, interfaces::ClientLike};
+use fred::{
+    clients::Pool,
+    interfaces::{ClientLike, LuaInterface},
+};
 
 /// Never reached: every check is allowed, so each one does its whole work.
 const WIDE: Rate = Rate {
@@ -139,5 +144,28 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let shared = Limits::new(&cfg).shared_in(redis.clone(), scripts);
     measure("redis", Arc::new(shared), &redis, n, concurrency).await?;
+    floor(&redis, n).await
+}
+
+/// One EVALSHA of `return 1` at a time: the round trip and Redis's time
+/// for a script that does nothing.
+async fn floor(redis: &Pool, n: usize) -> anyhow::Result<()> {
+    let sha: String = redis.next().script_load("return 1").await?;
+    let before = evalsha_stats(redis).await?;
+    let mut each = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let _: i64 = redis.next().evalsha(sha.as_str(), (), ()).await?;
+        each.push(t.elapsed());
+    }
+    let after = evalsha_stats(redis).await?;
+    each.sort_unstable();
+    let (calls, usec) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "return 1: one at a time median {:>6.1} us, p99 {:>6.1} us; Redis usec_per_call {:.2}",
+        percentile(&each, 0.5).as_secs_f64() * 1e6,
+        percentile(&each, 0.99).as_secs_f64() * 1e6,
+        usec as f64 / calls.max(1) as f64,
+    );
     Ok(())
 }
