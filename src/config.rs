@@ -225,6 +225,7 @@ fn limits_from_env(vars: &Vars) -> anyhow::Result<LimitsConfig> {
         store: match vars.optional("RATE_LIMIT_STORE") {
             None => LimitStore::Memory,
             Some(v) => v
+                .trim()
                 .parse()
                 .map_err(|e| anyhow::anyhow!("RATE_LIMIT_STORE is malformed: {e}"))?,
         },
@@ -416,6 +417,26 @@ mod tests {
             let err = with(&[("CORS_ALLOWED_ORIGINS", bad)]).unwrap_err();
             let message = format!("{err:#}");
             assert!(message.contains("CORS_ALLOWED_ORIGINS"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_store_is_memory_unless_redis_is_asked_for() {
+        assert_eq!(with(&[]).unwrap().limits.store, LimitStore::Memory);
+        let shared = with(&[
+            ("RATE_LIMIT_STORE", "redis"),
+            ("RATE_LIMIT_REDIS_URL", "redis://10.0.0.9:6379"),
+        ])
+        .unwrap();
+        assert_eq!(shared.limits.store, LimitStore::Redis);
+        assert_eq!(
+            shared.limits.redis_url.as_deref(),
+            Some("redis://10.0.0.9:6379")
+        );
+        for bad in ["Redis", "disk", "redis,memory"] {
+            let err = with(&[("RATE_LIMIT_STORE", bad)]).unwrap_err();
+            let message = format!("{err:#}");
+            assert!(message.contains("RATE_LIMIT_STORE"), "{bad}: {message}");
         }
     }
 }
