@@ -165,6 +165,18 @@ async fn live_fails_naming_the_loops_that_stopped_finishing_steps_and_recovers()
         live_until(&live, |s, _| s == StatusCode::OK, Duration::from_secs(30)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"status": "live"}));
+    // The workers describe their metrics too, and say which build runs.
+    let metrics = reqwest::get(live.replace("/live", "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("# HELP flashsale_build_info"), "{metrics}");
+    assert!(
+        metrics.contains("flashsale_build_info{version="),
+        "{metrics}"
+    );
 
     let pid = redis.pid().unwrap() as i32;
     unsafe {
