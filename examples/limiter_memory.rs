@@ -21,7 +21,8 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn main() {
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -38,6 +39,7 @@ fn main() {
         let user = format!("buyer-{i:08}");
         limits
             .check(Action::Poll, Some(&user), None)
+            .await
             .expect("first poll is allowed");
     }
     let full = rss_mib();

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use anyhow::{bail, Context};
 
-use crate::limits::{IpRange, LimitsConfig, Rate};
+use crate::limits::{IpRange, LimitStore, LimitsConfig, Rate};
 
 /// The secret used when `JWT_SECRET` is not set. Good for a laptop only; the
 /// server warns loudly at start when it is in use.
@@ -189,8 +189,10 @@ fn parse_origin(raw: &str) -> anyhow::Result<String> {
 
 /// `RATE_<JOIN|POLL|HOLD|LOGIN|ADDRESS>_PER_MINUTE` and `..._BURST`,
 /// `MAX_IN_FLIGHT`, `TRUSTED_PROXIES` (comma-separated addresses or CIDR
-/// ranges); `RATE_LIMITS=off` turns every rate limit off (load tests from one
-/// address).
+/// ranges), `RATE_LIMIT_STORE` (`memory` or `redis`: shared by the replicas)
+/// and `RATE_LIMIT_REDIS_URL` (the shared limits' own Redis, if not
+/// `REDIS_URL`); `RATE_LIMITS=off` turns every rate limit off (load tests
+/// from one address).
 fn limits_from_env(vars: &Vars) -> anyhow::Result<LimitsConfig> {
     if vars.optional("RATE_LIMITS").is_some_and(|v| v == "off") {
         return Ok(LimitsConfig::unlimited());
@@ -220,6 +222,14 @@ fn limits_from_env(vars: &Vars) -> anyhow::Result<LimitsConfig> {
         per_address: rate("ADDRESS", 6000, 200)?,
         max_in_flight: vars.parse_or("MAX_IN_FLIGHT", 4096usize)?.max(1),
         trusted_proxies,
+        store: match vars.optional("RATE_LIMIT_STORE") {
+            None => LimitStore::Memory,
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("RATE_LIMIT_STORE is malformed: {e}"))?,
+        },
+        redis_url: vars.optional("RATE_LIMIT_REDIS_URL"),
     })
 }
 
@@ -407,6 +417,26 @@ mod tests {
             let err = with(&[("CORS_ALLOWED_ORIGINS", bad)]).unwrap_err();
             let message = format!("{err:#}");
             assert!(message.contains("CORS_ALLOWED_ORIGINS"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_store_is_memory_unless_redis_is_asked_for() {
+        assert_eq!(with(&[]).unwrap().limits.store, LimitStore::Memory);
+        let shared = with(&[
+            ("RATE_LIMIT_STORE", "redis"),
+            ("RATE_LIMIT_REDIS_URL", "redis://10.0.0.9:6379"),
+        ])
+        .unwrap();
+        assert_eq!(shared.limits.store, LimitStore::Redis);
+        assert_eq!(
+            shared.limits.redis_url.as_deref(),
+            Some("redis://10.0.0.9:6379")
+        );
+        for bad in ["Redis", "disk", "redis,memory"] {
+            let err = with(&[("RATE_LIMIT_STORE", bad)]).unwrap_err();
+            let message = format!("{err:#}");
+            assert!(message.contains("RATE_LIMIT_STORE"), "{bad}: {message}");
         }
     }
 }

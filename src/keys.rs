@@ -58,6 +58,14 @@ impl Counter {
     }
 }
 
+/// The shared rate limit `limit` (`join`, `address`...) of `subject` (a user
+/// id or a client address): `{rl:<limit>:<subject>}`. The whole key is its
+/// hash tag, so each lives in one slot of a cluster; they are many small
+/// keys, spread over every slot.
+pub fn rate_limit(limit: &str, subject: &str) -> String {
+    format!("{{rl:{limit}:{subject}}}")
+}
+
 #[derive(Clone, Debug)]
 pub struct SaleKeys {
     prefix: String,

@@ -215,7 +215,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("bind {}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, "flashsale API listening");
+    let addr = listener.local_addr().context("read the bound address")?;
+    tracing::info!(addr = %addr, "flashsale API listening");
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

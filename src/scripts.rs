@@ -87,6 +87,7 @@ pub struct Scripts {
     pub trim_stream: Script,
     pub reconcile_read: Script,
     pub set_release: Script,
+    pub check_rate_limit: Script,
 }
 
 impl Default for Scripts {
@@ -149,10 +150,14 @@ impl Scripts {
                 include_str!("../lua/reconcile_read.lua"),
             ),
             set_release: Script::new("set_release", include_str!("../lua/set_release.lua")),
+            check_rate_limit: Script::new(
+                "check_rate_limit",
+                include_str!("../lua/check_rate_limit.lua"),
+            ),
         }
     }
 
-    fn all(&self) -> [&Script; 12] {
+    fn all(&self) -> [&Script; 13] {
         [
             &self.load_sale,
             &self.hold,
@@ -166,6 +171,7 @@ impl Scripts {
             &self.trim_stream,
             &self.reconcile_read,
             &self.set_release,
+            &self.check_rate_limit,
         ]
     }
 

@@ -1,7 +1,13 @@
 //! Logs (tracing) and metrics (Prometheus), set up once per process.
+//!
+//! [`METRICS`] is the one list of every metric the API and the workers
+//! export, with its type, unit and help text; both describe every entry at
+//! start, so each series on `/metrics` has its `# HELP` line. A test reads
+//! the sources and fails on a metric name missing from the list.
 
 use std::sync::OnceLock;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
@@ -36,6 +42,139 @@ const WAIT_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
 ];
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric of flashsale: name, type, unit, help. The labels are named
+/// in the help text.
+pub const METRICS: &[(&str, Kind, Option<Unit>, &str)] = {
+    use Kind::*;
+    &[
+        // --- the process ---------------------------------------------------
+        ("flashsale_build_info", Gauge, None,
+         "Always 1; labels version and git_sha name the build running."),
+        // --- HTTP ----------------------------------------------------------
+        ("flashsale_http_requests_total", Counter, Some(Unit::Count),
+         "API requests answered, by route template, method and status."),
+        ("flashsale_http_request_duration_seconds", Histogram, Some(Unit::Seconds),
+         "Time to answer an API request, by route template and method."),
+        ("flashsale_shed_total", Counter, Some(Unit::Count),
+         "API requests shed with 503 because MAX_IN_FLIGHT were being served."),
+        ("flashsale_rate_limited_total", Counter, Some(Unit::Count),
+         "Requests refused with 429, by limit (address, join, poll, hold, login...)."),
+        ("flashsale_rate_limit_keys", Gauge, Some(Unit::Count),
+         "Keys the in-memory rate limiters of this process remember."),
+        ("flashsale_shared_rate_limit_errors_total", Counter, Some(Unit::Count),
+         "Shared (Redis) rate-limit checks that failed or timed out; the request went on (fails open)."),
+        ("flashsale_pass_refusals_total", Counter, Some(Unit::Count),
+         "Holds refused for the queue pass, by reason."),
+        ("flashsale_lost_sale_lookups_total", Counter, Some(Unit::Count),
+         "Postgres lookups of a sale that Redis did not know."),
+        // --- stores --------------------------------------------------------
+        ("flashsale_store_up", Gauge, None,
+         "1 when the store answered the last readiness check, else 0; by store (redis, postgres)."),
+        ("flashsale_store_errors_total", Counter, Some(Unit::Count),
+         "Requests answered 503 because a store was unavailable, by store."),
+        ("flashsale_script_reloads_total", Counter, Some(Unit::Count),
+         "Lua scripts loaded again after Redis answered NOSCRIPT, by script."),
+        ("flashsale_confirm_replication_wait_seconds", Histogram, Some(Unit::Seconds),
+         "Time a confirmation or cancellation waited for its Redis replicas, by change."),
+        ("flashsale_confirm_replication_timeouts_total", Counter, Some(Unit::Count),
+         "Confirmations or cancellations answered 503 because replicas did not acknowledge in time, by change."),
+        // --- the queue -----------------------------------------------------
+        ("flashsale_queue_joins_total", Counter, Some(Unit::Count),
+         "Buyers' joins of a sale's queue."),
+        ("flashsale_queue_waiting", Gauge, Some(Unit::Count),
+         "Buyers waiting in the queue, by sale."),
+        ("flashsale_queue_active", Gauge, Some(Unit::Count),
+         "Buyers admitted and still shopping, by sale."),
+        ("flashsale_queue_admitted_total", Counter, Some(Unit::Count),
+         "Buyers admitted from the queue, by sale."),
+        ("flashsale_queue_abandoned_total", Counter, Some(Unit::Count),
+         "Waiting buyers dropped for not polling, by sale."),
+        ("flashsale_queue_passes_lapsed_total", Counter, Some(Unit::Count),
+         "Admissions whose pass lapsed unused, by sale."),
+        ("flashsale_queue_wait_seconds", Histogram, Some(Unit::Seconds),
+         "Time from joining the queue to admission, by sale."),
+        // --- stock ---------------------------------------------------------
+        ("flashsale_holds_total", Counter, Some(Unit::Count),
+         "Holds placed."),
+        ("flashsale_held_tickets_total", Counter, Some(Unit::Count),
+         "Tickets held by the holds placed."),
+        ("flashsale_sold_out_refusals_total", Counter, Some(Unit::Count),
+         "Holds refused because the zone had too few tickets left."),
+        ("flashsale_confirms_total", Counter, Some(Unit::Count),
+         "Holds confirmed."),
+        ("flashsale_cancels_total", Counter, Some(Unit::Count),
+         "Reservations cancelled."),
+        ("flashsale_expiries_total", Counter, Some(Unit::Count),
+         "Holds expired, their tickets returned."),
+        ("flashsale_stock_available", Gauge, Some(Unit::Count),
+         "Tickets on sale, by sale and zone (live sales only; series leave when a sale is archived)."),
+        ("flashsale_stock_held", Gauge, Some(Unit::Count),
+         "Tickets held and not yet confirmed, by sale and zone (live sales only)."),
+        ("flashsale_stock_confirmed", Gauge, Some(Unit::Count),
+         "Tickets confirmed, by sale and zone (live sales only)."),
+        // --- workers -------------------------------------------------------
+        ("flashsale_worker_errors_total", Counter, Some(Unit::Count),
+         "Worker steps that failed or were abandoned, by worker."),
+        ("flashsale_worker_step_timeouts_total", Counter, Some(Unit::Count),
+         "Worker steps abandoned after WORKER_STEP_TIMEOUT_SECONDS, by worker."),
+        ("flashsale_sink_rows_total", Counter, Some(Unit::Count),
+         "Stream entries written to Postgres by the sink, by kind (confirmed, cancelled)."),
+        ("flashsale_sink_retries_total", Counter, Some(Unit::Count),
+         "Stream entries the sink failed to write and will retry."),
+        ("flashsale_sink_dead_letters_total", Counter, Some(Unit::Count),
+         "Stream entries set aside after too many failed deliveries, by sale."),
+        ("flashsale_sink_batch_size", Histogram, Some(Unit::Count),
+         "Stream entries per sink batch."),
+        ("flashsale_sink_batch_seconds", Histogram, Some(Unit::Seconds),
+         "Time to write one sink batch to Postgres."),
+        ("flashsale_stream_lag_entries", Gauge, Some(Unit::Count),
+         "Stream entries the sink has not acknowledged yet, by sale."),
+        ("flashsale_reconcile_drift", Gauge, Some(Unit::Count),
+         "Tickets confirmed in Redis less those in flight less those in Postgres, by sale and zone: 0 when they agree."),
+        ("flashsale_oversold", Gauge, Some(Unit::Count),
+         "Tickets confirmed beyond capacity, by sale and zone: must be 0."),
+        ("flashsale_conservation_gap", Gauge, Some(Unit::Count),
+         "Capacity less available, held and confirmed in Redis, by sale and zone: must be 0."),
+        ("flashsale_sale_frozen", Gauge, None,
+         "1 while a sale is frozen and needs `flashsale restore`, by sale."),
+        ("flashsale_sales_live", Gauge, Some(Unit::Count),
+         "Sales not archived."),
+        ("flashsale_sales_archived_total", Counter, Some(Unit::Count),
+         "Sales moved out of Redis by the archiver."),
+    ]
+};
+
+/// The help text of `name` in [`METRICS`] (empty when it is not there).
+pub fn help(name: &str) -> &'static str {
+    METRICS.iter().find(|m| m.0 == name).map_or("", |m| m.3)
+}
+
+fn describe_all() {
+    for &(name, kind, unit, help) in METRICS {
+        match (kind, unit) {
+            (Kind::Counter, Some(u)) => metrics::describe_counter!(name, u, help),
+            (Kind::Counter, None) => metrics::describe_counter!(name, help),
+            (Kind::Gauge, Some(u)) => metrics::describe_gauge!(name, u, help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(name, help),
+            (Kind::Histogram, Some(u)) => metrics::describe_histogram!(name, u, help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(name, help),
+        }
+    }
+    metrics::gauge!(
+        "flashsale_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "git_sha" => option_env!("FLASHSALE_GIT_SHA").unwrap_or("unknown"),
+    )
+    .set(1.0);
+}
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the global Prometheus recorder (once per process; later calls
@@ -53,6 +192,7 @@ pub fn metrics() -> PrometheusHandle {
                 .expect("bucket list is non-empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed in this process");
+            describe_all();
             let upkeep = handle.clone();
             // Histograms are drained into the exporter by upkeep; without it
             // they grow without bound.
@@ -66,4 +206,90 @@ pub fn metrics() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names in string literals that are not metrics.
+    const NOT_METRICS: &[&str] = &["flashsale_session"];
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("read a source folder") {
+            let path = entry.expect("a folder entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read a source file");
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+
+    /// Every `"flashsale_..."` literal in the API's and the workers' sources
+    /// is a metric of the table, of the type its macro says: a metric added
+    /// without a description fails here.
+    #[test]
+    fn every_metric_in_the_sources_is_described() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        sources(&root.join("src"), &mut files);
+        sources(&root.join("workers/src"), &mut files);
+        let mut seen = 0;
+        for (path, text) in &files {
+            for (at, _) in text.match_indices("\"flashsale_") {
+                let name: String = text[at + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if NOT_METRICS.contains(&name.as_str()) || path.ends_with("telemetry.rs") {
+                    continue;
+                }
+                seen += 1;
+                let Some(&(_, kind, _, help)) = METRICS.iter().find(|m| m.0 == name) else {
+                    panic!("{path}: metric {name} is not in telemetry::METRICS");
+                };
+                assert!(!help.is_empty(), "{name} has no help text");
+                let before = text[..at].trim_end();
+                let before = before.strip_suffix('(').unwrap_or(before).trim_end();
+                for (mac, k) in [
+                    ("counter!", Kind::Counter),
+                    ("gauge!", Kind::Gauge),
+                    ("histogram!", Kind::Histogram),
+                ] {
+                    if before.ends_with(mac) {
+                        assert_eq!(kind, k, "{path}: {name} is a {k:?} there");
+                    }
+                }
+            }
+        }
+        assert!(seen > 30, "the scan found the metrics ({seen})");
+        let mut names: Vec<_> = METRICS.iter().map(|m| m.0).collect();
+        names.sort_unstable();
+        let len = names.len();
+        names.dedup();
+        assert_eq!(len, names.len(), "a metric is listed twice");
+    }
+
+    /// The exposition carries each metric's `# HELP` line, and
+    /// `flashsale_build_info`.
+    #[test]
+    fn the_exposition_has_help_lines_and_the_build_info() {
+        let handle = metrics();
+        metrics::counter!("flashsale_shed_total").increment(0);
+        let text = handle.render();
+        assert!(
+            text.contains("# HELP flashsale_shed_total API requests shed"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "flashsale_build_info{{version=\"{}\",git_sha=\"",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(text.contains("# HELP flashsale_build_info"), "{text}");
+    }
 }

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_problem, TestApp};
-use flashsale::limits::{LimitsConfig, Rate};
+use common::{assert_problem, lines_until, redis_url, PrivateRedis, TestApp, JWT_SECRET};
+use flashsale::limits::{LimitStore, LimitsConfig, Rate};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -185,4 +185,164 @@ async fn past_the_in_flight_cap_requests_are_shed_with_503_and_ops_still_answer(
     assert!(shed, "a second request was shed");
     assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
     drop(stuck);
+}
+
+/// `flashsale serve` as its own process, killed when dropped.
+struct Serve {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Serve {
+    /// The API on `db_url` and the machine's Redis, keeping its rate limits
+    /// in `store`, allowing each buyer 5 joins at once and one a minute after.
+    fn start(db_url: &str, store: &str) -> Self {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+            .arg("serve")
+            .env("REDIS_URL", redis_url())
+            .env("DATABASE_URL", db_url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("JWT_LEEWAY_SECONDS", "2")
+            .env("RATE_LIMIT_STORE", store)
+            .env("RATE_JOIN_PER_MINUTE", "1")
+            .env("RATE_JOIN_BURST", "5")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,flashsale=info")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = lines_until(
+            &mut child,
+            "flashsale API listening",
+            Duration::from_secs(30),
+        );
+        let line: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+        let base = format!("http://{}", line["addr"].as_str().unwrap());
+        Self { child, base }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two replicas of the API with `RATE_LIMIT_STORE=redis` hold a buyer to
+/// one limit between them: requests alternating between the two get the
+/// burst of 5 in all, not 5 from each, as they do with the limits in memory.
+#[tokio::test]
+async fn two_api_processes_with_shared_limits_enforce_one_limit_between_them() {
+    let app = TestApp::spawn().await;
+    let sale = app.sale_id(json!({})).await;
+    for (store, allowed) in [("redis", 5), ("memory", 10)] {
+        let replicas = [
+            Serve::start(&app.db_url, store),
+            Serve::start(&app.db_url, store),
+        ];
+        let buyer = app.buyer(&format!("buyer-{}", uuid::Uuid::new_v4().simple()));
+        let mut accepted = 0;
+        for i in 0..12 {
+            let replica = &replicas[i % 2];
+            let res = app
+                .http
+                .post(format!("{}/v1/sales/{sale}/queue", replica.base))
+                .bearer_auth(&buyer)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            if res.status() == StatusCode::TOO_MANY_REQUESTS {
+                let retry: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(
+                    (1..=60).contains(&retry),
+                    "{store}: Retry-After {retry} for one a minute"
+                );
+                assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+            } else {
+                assert!(res.status().is_success(), "{store}: {}", res.status());
+                assert_eq!(
+                    i, accepted,
+                    "{store}: every refusal comes after the allowance"
+                );
+                accepted += 1;
+            }
+        }
+        assert_eq!(
+            accepted, allowed,
+            "{store}: joins accepted over both replicas"
+        );
+    }
+}
+
+/// When the shared limits' Redis stops answering, requests are still
+/// served on the in-memory limit, and the failures are counted.
+#[tokio::test]
+async fn a_dead_shared_limit_store_lets_requests_through() {
+    let mut limits_redis = PrivateRedis::start();
+    let url = limits_redis.url();
+    let app = TestApp::spawn_with(|c| {
+        c.limits = only(|l| {
+            l.join = Rate {
+                per_minute: 1,
+                burst: 3,
+            };
+            l.store = LimitStore::Redis;
+            l.redis_url = Some(url);
+        })
+    })
+    .await;
+    let sale = app.sale_id(json!({})).await;
+    // The shared limit is in force: another process spent this buyer's
+    // allowance in the shared store, so even the first join is refused.
+    let limits_pool = common::redis(&limits_redis.url()).await;
+    let scripts = common::scripts();
+    for _ in 0..3 {
+        let allowed: Vec<i64> = scripts
+            .check_rate_limit
+            .run(
+                &limits_pool,
+                vec![flashsale::keys::rate_limit("join", "spent")],
+                vec![60_000_000i64.into(), 3i64.into()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(allowed, [1, 0]);
+    }
+    assert_problem(
+        app.join(sale, "spent").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    )
+    .await;
+    assert!(app.join(sale, "buyer").await.status().is_success());
+    limits_redis.kill();
+    for _ in 0..2 {
+        let res = app.join(sale, "buyer").await;
+        assert!(
+            res.status().is_success(),
+            "served without the shared store: {}",
+            res.status()
+        );
+    }
+    // The in-memory limit still holds: the fourth join is refused.
+    assert_problem(
+        app.join(sale, "buyer").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    )
+    .await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("flashsale_shared_rate_limit_errors_total ") && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
 }

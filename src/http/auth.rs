@@ -94,7 +94,7 @@ async fn login(
     ClientAddr(addr): ClientAddr,
     Json(body): Json<Credentials>,
 ) -> ApiResult<axum::Json<Login>> {
-    state.limits.check(Action::Login, None, addr)?;
+    state.limits.check(Action::Login, None, addr).await?;
     let (id, role) = accounts::login(&state.db, &body.email, body.password).await?;
     let access_token = state
         .tokens
@@ -148,7 +148,7 @@ async fn start_session(
     if !has_csrf_header(&headers) {
         return Err(ApiError::CsrfRequired);
     }
-    state.limits.check(Action::Login, None, addr)?;
+    state.limits.check(Action::Login, None, addr).await?;
     let (id, role) = accounts::login(&state.db, &body.email, body.password).await?;
     let token = state
         .tokens

@@ -46,8 +46,13 @@ pub use extract::{Admitted, AuthUser, ClientAddr, Json, Organizer, Path, SESSION
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
-    config::Config, error::ApiError, limits::Limits, passes::PassKeys, replication::Replication,
-    scripts::Scripts, tokens::AccessTokens,
+    config::Config,
+    error::ApiError,
+    limits::{LimitStore, Limits},
+    passes::PassKeys,
+    replication::Replication,
+    scripts::Scripts,
+    tokens::AccessTokens,
 };
 
 /// Largest JSON body accepted: every request of the API fits in a few hundred
@@ -94,7 +99,26 @@ impl AppState {
         }
         let replication = Arc::new(Replication::connect(config).await?);
         let passes = Arc::new(PassKeys::from_settings(&redis, &config.passes).await?);
-        let limits = Arc::new(Limits::new(&config.limits));
+        let mut limits = Limits::new(&config.limits);
+        if config.limits.store == LimitStore::Redis {
+            let redis = match &config.limits.redis_url {
+                Some(url) => {
+                    crate::redis::connect_with_ca(
+                        url,
+                        config.redis_pool_size,
+                        config.store_timeout,
+                        config.redis_tls_ca.as_deref(),
+                    )
+                    .await?
+                }
+                None => redis.clone(),
+            };
+            if let Err(err) = scripts.load(&redis).await {
+                tracing::warn!(error = %err, "could not preload Lua scripts in the rate limits' redis");
+            }
+            limits = limits.shared_in(redis, scripts.clone());
+        }
+        let limits = Arc::new(limits);
         {
             // Forget rate-limit keys back at full allowance, so memory
             // follows the active clients, not every client ever seen.

@@ -125,7 +125,10 @@ async fn join(
     ClientAddr(addr): ClientAddr,
     Path(sale): Path<SaleId>,
 ) -> ApiResult<Response> {
-    state.limits.check(Action::Join, Some(&who.user_id), addr)?;
+    state
+        .limits
+        .check(Action::Join, Some(&who.user_id), addr)
+        .await?;
     let seed = or_frozen(&state, sale, state.seeds.get(&state.redis, sale).await).await?;
     let joined = queue::join(&state.redis, &state.scripts, sale, &who.user_id, &seed).await;
     let standing = or_frozen(&state, sale, joined).await?;
@@ -154,7 +157,10 @@ async fn status(
     ClientAddr(addr): ClientAddr,
     Path(sale): Path<SaleId>,
 ) -> ApiResult<axum::Json<QueueStatus>> {
-    state.limits.check(Action::Poll, Some(&who.user_id), addr)?;
+    state
+        .limits
+        .check(Action::Poll, Some(&who.user_id), addr)
+        .await?;
     let polled = queue::status(
         &state.redis,
         &state.scripts,

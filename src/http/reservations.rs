@@ -96,7 +96,10 @@ async fn hold(
     headers: HeaderMap,
     Json(body): Json<RawHold>,
 ) -> ApiResult<Response> {
-    state.limits.check(Action::Hold, Some(&who.user_id), addr)?;
+    state
+        .limits
+        .check(Action::Hold, Some(&who.user_id), addr)
+        .await?;
     let idempotency_key = parse_idempotency_key(&headers)?;
     let Hold { zone, quantity } = body.try_into()?;
     let (zone, quantity) = (zone.as_str(), quantity.get());

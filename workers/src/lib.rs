@@ -10,6 +10,8 @@ pub mod archiver;
 pub mod check;
 /// Sweeps passed hold deadlines and returns their tickets.
 pub mod expirer;
+/// When each worker loop last finished a step, for `GET /live`.
+pub mod liveness;
 /// Checks Redis against itself and against Postgres, every few seconds.
 pub mod reconciler;
 /// Admits waiting buyers in queue order, one batch per release interval.
@@ -75,7 +77,8 @@ pub async fn sales_in_redis(redis: &fred::clients::Pool) -> anyhow::Result<Vec<S
 }
 
 /// Runs `step` every `every` until `stop` is cancelled. A step in progress
-/// when the signal comes finishes first.
+/// when the signal comes finishes first. `beat` records each step that
+/// finishes, succeeded or failed (see [`liveness`]).
 ///
 /// A step that has not finished after `limit` is abandoned, logged as an
 /// error and counted as failed, and the next tick runs a fresh one: a store
@@ -87,6 +90,7 @@ pub async fn every<F, Fut>(
     every: Duration,
     limit: Duration,
     stop: CancellationToken,
+    beat: std::sync::Arc<liveness::Heartbeat>,
     mut step: F,
 ) where
     F: FnMut() -> Fut,
@@ -100,8 +104,9 @@ pub async fn every<F, Fut>(
             _ = tick.tick() => {}
         }
         match tokio::time::timeout(limit, step()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => beat.beat(),
             Ok(Err(err)) => {
+                beat.beat();
                 metrics::counter!("flashsale_worker_errors_total", "worker" => name).increment(1);
                 tracing::warn!(worker = name, error = %format!("{err:#}"), "worker step failed; retrying next tick");
             }
@@ -173,11 +178,13 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let finished = Arc::new(AtomicU32::new(0));
         let stop = CancellationToken::new();
+        let beats = liveness::Heartbeats::default();
         let worker = tokio::spawn(every(
             "test",
             Duration::from_millis(100),
             Duration::from_secs(5),
             stop.clone(),
+            beats.add("test", Duration::from_millis(100), Duration::from_secs(5)),
             {
                 let (calls, finished) = (calls.clone(), finished.clone());
                 move || {
@@ -201,16 +208,56 @@ mod tests {
             1,
             "the hung step holds its tick"
         );
+        assert!(beats.stalled().is_empty(), "not yet past the limit");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(
             finished.load(Ordering::SeqCst) >= 5,
             "after the limit the worker runs fresh steps again: {} finished",
             finished.load(Ordering::SeqCst)
         );
+        assert!(beats.stalled().is_empty(), "its steps finish again");
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(1), worker)
             .await
             .expect("the worker stops when asked")
             .unwrap();
+    }
+
+    /// A loop whose every step hangs is named stalled once two intervals
+    /// and the step limit have passed without a step finishing; a loop
+    /// whose steps fail is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_finishes_no_step_is_stalled_and_a_failing_one_is_not() {
+        let stop = CancellationToken::new();
+        let beats = liveness::Heartbeats::default();
+        let (every_, limit) = (Duration::from_millis(100), Duration::from_secs(1));
+        let hung = tokio::spawn(every(
+            "hung",
+            every_,
+            limit,
+            stop.clone(),
+            beats.add("hung", every_, limit),
+            std::future::pending::<anyhow::Result<()>>,
+        ));
+        let failing = tokio::spawn(every(
+            "failing",
+            every_,
+            limit,
+            stop.clone(),
+            beats.add("failing", every_, limit),
+            || async { anyhow::bail!("store unavailable") },
+        ));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(
+            beats.stalled().is_empty(),
+            "within two intervals and the limit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stalled: Vec<_> = beats.stalled().into_iter().map(|s| s.worker).collect();
+        assert_eq!(stalled, ["hung"]);
+        let res = beats.response();
+        assert_eq!(res.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        stop.cancel();
+        let _ = tokio::join!(hung, failing);
     }
 }

@@ -13,7 +13,9 @@ use flashsale::{
     scripts::Scripts,
     telemetry,
 };
-use flashsale_workers::{archiver, every, expirer, reconciler::Reconciler, releaser, sink::Sink};
+use flashsale_workers::{
+    archiver, every, expirer, liveness::Heartbeats, reconciler::Reconciler, releaser, sink::Sink,
+};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc, as in the API: the release, expiry and sink loops allocate many
@@ -63,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
     flashsale::redis::check_eviction_policy(&redis).await;
 
     let stop = CancellationToken::new();
+    let beats = Arc::new(Heartbeats::default());
+    let reconciler = Arc::new(Reconciler::default());
     let expiring = {
         let (redis, scripts) = (redis.clone(), scripts.clone());
         tokio::spawn(every(
@@ -70,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             expire_every,
             step_limit,
             stop.clone(),
+            beats.add("expirer", expire_every, step_limit),
             move || {
                 let (redis, scripts) = (redis.clone(), scripts.clone());
                 async move { expirer::run_once(&redis, &scripts).await.map(|_| ()) }
@@ -83,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             release_poll,
             step_limit,
             stop.clone(),
+            beats.add("releaser", release_poll, step_limit),
             move || {
                 let (redis, scripts) = (redis.clone(), scripts.clone());
                 async move {
@@ -100,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             sink_every,
             step_limit,
             stop.clone(),
+            beats.add("sink", sink_every, step_limit),
             move || {
                 let (redis, scripts, db, sink) =
                     (redis.clone(), scripts.clone(), db.clone(), sink.clone());
@@ -108,13 +115,18 @@ async fn main() -> anyhow::Result<()> {
         ))
     };
     let reconciling = {
-        let (redis, scripts, db) = (redis.clone(), scripts.clone(), db.clone());
-        let reconciler = Arc::new(Reconciler::default());
+        let (redis, scripts, db, reconciler) = (
+            redis.clone(),
+            scripts.clone(),
+            db.clone(),
+            reconciler.clone(),
+        );
         tokio::spawn(every(
             "reconciler",
             reconcile_every,
             step_limit,
             stop.clone(),
+            beats.add("reconciler", reconcile_every, step_limit),
             move || {
                 let (redis, scripts, db, reconciler) = (
                     redis.clone(),
@@ -133,21 +145,36 @@ async fn main() -> anyhow::Result<()> {
             archive_every,
             step_limit,
             stop.clone(),
+            beats.add("archiver", archive_every, step_limit),
             move || {
                 let (redis, scripts, db) = (redis.clone(), scripts.clone(), db.clone());
                 async move { archiver::run_once(&redis, &scripts, &db).await.map(|_| ()) }
             },
         ))
     };
-    // The workers' own metrics (admissions, expiries, queue gauges).
+    // The workers' own metrics (admissions, expiries, queue and stock
+    // gauges), and their liveness.
     let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move { metrics.render() }
-        }),
-    );
+    let metrics_addr = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (metrics, reconciler) = (metrics.clone(), reconciler.clone());
+                async move {
+                    let mut text = metrics.render();
+                    text.push_str(&reconciler.render_stock());
+                    text
+                }
+            }),
+        )
+        .route(
+            "/live",
+            axum::routing::get(move || {
+                let beats = beats.clone();
+                async move { beats.response() }
+            }),
+        );
     let serving = {
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -19,11 +19,19 @@
 //! promoted) freezes the sale until `flashsale restore`.
 //!
 //! It exports the figures as metrics and stores the last result for the
-//! sale's stats. A drift that persists over three runs is logged as an error
+//! sale's stats. It also keeps each live sale's stock per zone (available,
+//! held, confirmed) for `/metrics`: rendered from its own table rather than
+//! through the metrics recorder, which cannot forget a series, so a sale's
+//! series leave once the sale is archived and their number stays bounded by
+//! the live sales. A drift that persists over three runs is logged as an error
 //! naming the sale, the zone, the direction and the size. It never rewrites
 //! stock: a disagreement is for a person to look at.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write,
+    sync::Mutex,
+};
 
 use flashsale::{
     ids::SaleId,
@@ -72,7 +80,16 @@ pub struct SaleReport {
 pub struct Reconciler {
     /// Consecutive runs each (sale, zone) has shown a drift.
     streaks: Mutex<HashMap<(SaleId, String), u32>>,
+    /// Each live sale's zones: available, held, confirmed, as last read.
+    stock: Mutex<BTreeMap<(uuid::Uuid, String), [i64; 3]>>,
 }
+
+/// The stock gauges, in the order of [`Reconciler`]'s `stock` entries.
+const STOCK_GAUGES: [&str; 3] = [
+    "flashsale_stock_available",
+    "flashsale_stock_held",
+    "flashsale_stock_confirmed",
+];
 
 impl Reconciler {
     /// Checks every live sale Postgres knows, once: a Redis that lost its
@@ -89,6 +106,9 @@ impl Reconciler {
         )
         .fetch_all(db)
         .await?;
+        if let Ok(mut stock) = self.stock.lock() {
+            stock.retain(|(sale, _), _| sales.contains(sale));
+        }
         crate::each_sale(sales.into_iter().map(SaleId), |sale| {
             self.check(redis, scripts, db, sale)
         })
@@ -152,6 +172,39 @@ impl Reconciler {
         Ok(reason)
     }
 
+    /// The stock gauges of every live sale in the Prometheus text format,
+    /// with their `# HELP` lines; empty when there is no live sale.
+    pub fn render_stock(&self) -> String {
+        let Ok(stock) = self.stock.lock() else {
+            return String::new();
+        };
+        let mut out = String::new();
+        if stock.is_empty() {
+            return out;
+        }
+        for (i, name) in STOCK_GAUGES.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {}", flashsale::telemetry::help(name));
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for ((sale, zone), values) in stock.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{sale=\"{}\",zone=\"{}\"}} {}",
+                    SaleId(*sale),
+                    escape_label(zone),
+                    values[i]
+                );
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn forget_stock(&self, sale: SaleId) {
+        if let Ok(mut stock) = self.stock.lock() {
+            stock.retain(|(s, _), _| *s != sale.0);
+        }
+    }
+
     pub async fn check(
         &self,
         redis: &Pool,
@@ -189,6 +242,7 @@ impl Reconciler {
             .await?
             .unwrap_or(false);
             if archived {
+                self.forget_stock(sale);
                 metrics::gauge!("flashsale_sale_frozen", "sale" => sale.to_string()).set(0.0);
                 return Ok(SaleReport {
                     sale: Some(sale),
@@ -201,6 +255,7 @@ impl Reconciler {
         // and the books were found equal before it was frozen; writing the
         // findings now could leave a key behind the archiver's sweep.
         if matches!(frozen, Some("missing" | "archiving")) {
+            self.forget_stock(sale);
             return Ok(SaleReport {
                 sale: Some(sale),
                 frozen,
@@ -274,6 +329,9 @@ impl Reconciler {
                     "capacity != available + held + confirmed in Redis");
             }
             self.track_drift(sale, &z);
+            if let Ok(mut stock) = self.stock.lock() {
+                stock.insert((sale.0, z.zone.clone()), [z.available, z.held, z.confirmed]);
+            }
             total_drift += z.drift;
             stored.push((format!("drift:{}", z.zone), z.drift.to_string()));
             report.zones.push(z);
@@ -357,4 +415,12 @@ async fn unapplied(
         }
     }
     Ok((net, count))
+}
+
+/// A label value as the Prometheus text format writes it.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
