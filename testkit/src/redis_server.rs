@@ -509,10 +509,8 @@ fn slot_ranges(reply: &str) -> Vec<(u16, u16, u16)> {
                 match lines[i] {
                     "port" => port = lines.get(i + 1).and_then(|p| p.parse::<u16>().ok()),
                     "role" => role_master = lines.get(i + 1) == Some(&"master"),
-                    "health" => {
-                        if role_master && lines.get(i + 1) == Some(&"online") {
-                            owner = port;
-                        }
+                    "health" if role_master && lines.get(i + 1) == Some(&"online") => {
+                        owner = port;
                     }
                     _ => {}
                 }
