@@ -188,7 +188,7 @@ async fn confirm(
     if let Ok(acted) = &outcome {
         state
             .replication
-            .acknowledged(redis, Change::Confirmation, acted.replayed)
+            .acknowledged(redis, id.sale, Change::Confirmation, acted.replayed)
             .await?;
     }
     respond(when_archived(&state, &id, &who.user_id, outcome).await?)
@@ -220,7 +220,7 @@ async fn cancel(
         if acted.reservation.confirmed_at.is_some() {
             state
                 .replication
-                .acknowledged(redis, Change::Cancellation, acted.replayed)
+                .acknowledged(redis, id.sale, Change::Cancellation, acted.replayed)
                 .await?;
         }
     }

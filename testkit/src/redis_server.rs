@@ -454,14 +454,26 @@ impl RedisCluster {
         ports
     }
 
-    /// The port of the primary serving `key`'s slot.
+    /// The port of the primary serving `key`'s slot; while a failover is
+    /// under way (no primary online for it), waits up to 30 s for one.
     pub fn primary_for(&self, key: &str) -> u16 {
+        for _ in 0..300 {
+            if let Some(port) = self.owner_of(key) {
+                return port;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no primary took {key}'s slot within 30 s");
+    }
+
+    /// The port of the primary serving `key`'s slot, as a running node sees
+    /// it now; `None` while none is online for it.
+    pub fn owner_of(&self, key: &str) -> Option<u16> {
         let slot = fred::util::redis_keyslot(key.as_bytes());
         self.slot_owners()
             .into_iter()
             .find(|&(start, end, _)| (start..=end).contains(&slot))
             .map(|(_, _, port)| port)
-            .expect("every slot has an owner")
     }
 
     /// The node on `port`.

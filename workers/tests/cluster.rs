@@ -178,3 +178,131 @@ async fn one_sale(api: &Api, sale: SaleId) {
     }
     assert_eq!(api.stock(sale, "A").await, (0, 0, CAPACITY, CAPACITY));
 }
+
+/// kill -9 of the primary that holds a sale, mid-sale, with a replica of it
+/// present and confirmations waiting for one replica
+/// (`CONFIRM_WAIT_REPLICAS=1`): the replica takes over, buyers see 503s
+/// until it has, retries with the same idempotency key go through, and
+/// every confirmation a buyer was told of is still confirmed, in Redis and
+/// in Postgres. Prints what buyers saw (run with `--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_killed_mid_sale_fails_over_and_no_acknowledged_confirmation_is_lost() {
+    const LANES: usize = 8;
+    const EACH: usize = 20;
+    let mut cluster = RedisCluster::start_with_replicas(3, 1);
+    let (_, db_url) = fresh_database().await;
+    let api = Api::serve_replicated(&cluster.url(), &db_url, 1, Duration::from_secs(2)).await;
+    let sale = api
+        .sale_id(json!({
+            "zones": [{"code": "A", "capacity": 1000}],
+            "release_rate": 1000,
+            "per_user_limit": 1
+        }))
+        .await;
+    let primary = cluster.primary_for(&SaleKeys::new(sale).meta());
+    let buyers: Vec<String> = (0..LANES * EACH).map(|i| format!("f{i}-{sale}")).collect();
+    let passes = api.admit_all(sale, &buyers).await;
+    let workers = Workers::start(&cluster.url(), &db_url, &[]);
+
+    // Lanes of buyers hold and confirm one ticket each, retrying through
+    // 503s with the same idempotency key; the primary dies once a third of
+    // them are done.
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let started = std::time::Instant::now();
+    let lanes = (0..LANES).map(|lane| {
+        let (api, buyers, passes, done) = (&api, &buyers, &passes, &done);
+        async move {
+            let mut acked = Vec::new();
+            let mut unavailable = Vec::new();
+            for i in (lane * EACH)..((lane + 1) * EACH) {
+                let (buyer, pass) = (&buyers[i], &passes[i]);
+                let key = format!("k-{buyer}");
+                let id = loop {
+                    let res = api
+                        .hold_with_pass(sale, buyer, pass, "A", 1, Some(&key))
+                        .await;
+                    match res.status() {
+                        StatusCode::CREATED | StatusCode::OK => {
+                            let body: Value = res.json().await.unwrap();
+                            break body["id"].as_str().unwrap().to_owned();
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            unavailable.push(started.elapsed());
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => panic!("hold: {other} {}", res.text().await.unwrap()),
+                    }
+                };
+                loop {
+                    let res = api.confirm(&id, buyer).await;
+                    match res.status() {
+                        StatusCode::OK => break,
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            unavailable.push(started.elapsed());
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => panic!("confirm: {other} {}", res.text().await.unwrap()),
+                    }
+                }
+                acked.push((buyer.clone(), id));
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (acked, unavailable)
+        }
+    });
+    let meta = SaleKeys::new(sale).meta();
+    let killer = async {
+        while done.load(std::sync::atomic::Ordering::Relaxed) < LANES * EACH / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cluster.node(primary).kill();
+        let at = started.elapsed();
+        // Its replica takes over; confirmations wait for a replica, so
+        // none is acknowledged until the dead node comes back (as a
+        // restarted pod does) and joins as the new primary's replica.
+        let promoted = loop {
+            match cluster.owner_of(&meta) {
+                Some(port) if port != primary => break port,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        cluster.node(primary).launch();
+        (at, promoted)
+    };
+    let (results, (killed_at, promoted)) = tokio::join!(futures::future::join_all(lanes), killer);
+    let acked: Vec<(String, String)> = results.iter().flat_map(|(a, _)| a.clone()).collect();
+    let mut unavailable: Vec<Duration> = results.iter().flat_map(|(_, u)| u.clone()).collect();
+    unavailable.sort();
+    assert_eq!(acked.len(), LANES * EACH, "every buyer got through");
+    eprintln!(
+        "failover: primary {primary} killed at {killed_at:?}; replica {promoted} took over, and the \
+         killed node came back as its replica; \
+         {} answers were 503, from {:?} to {:?} after the start",
+        unavailable.len(),
+        unavailable.first(),
+        unavailable.last()
+    );
+
+    // Every confirmation a buyer was told of is confirmed in Redis...
+    for (buyer, id) in &acked {
+        let res = api
+            .get(&format!("/v1/reservations/{id}"), Some(&api.buyer(buyer)))
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["status"], "confirmed", "{body}");
+    }
+    let (available, held, confirmed, capacity) = api.stock(sale, "A").await;
+    assert_eq!(confirmed, acked.len() as i64);
+    assert_eq!(available + held + confirmed, capacity);
+    // ... and reaches Postgres through the workers, which kept working.
+    let want = (acked.len() as i64, acked.len() as i64, acked.len() as i64);
+    for _ in 0..600 {
+        if persisted(&api.db, sale).await == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(persisted(&api.db, sale).await, want);
+    drop(workers);
+}
