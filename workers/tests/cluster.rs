@@ -6,6 +6,7 @@
 //! from Postgres after their keys are lost.
 
 #![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
+#![allow(clippy::print_stderr, reason = "a fault test reports what buyers saw")]
 
 mod common;
 
