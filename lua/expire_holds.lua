@@ -1,23 +1,26 @@
--- expire_holds: sweep a sale's holds whose deadline has passed and return
--- their tickets to the zones.
+-- expire_holds: end the holds due_holds found whose deadline has passed,
+-- and return their tickets to the zones.
 --
 -- Driven by the deadlines sorted set, never by key TTLs or keyspace
 -- notifications, so a hold cannot leak its tickets: it is either confirmed,
--- cancelled, or found here. Reservation and buyer hashes are reached
--- through the sale's key prefixes; they share the sale's hash tag, so the
--- script stays on one cluster slot.
+-- cancelled, or found here. Every key touched is named in KEYS (the caller
+-- reads each reservation's buyer first; a reservation's buyer never
+-- changes), all under the sale's hash tag, so the script runs on one
+-- cluster slot. Between the read and this step a hold may have been
+-- confirmed, cancelled or already expired: its status and its deadline are
+-- checked again here.
 --
--- KEYS[1]  {sale:<id>}:deadlines
--- KEYS[2]  {sale:<id>}:zones
--- KEYS[3]  {sale:<id>}:meta       a frozen sale (being restored) is left alone
--- ARGV[1]  reservation key prefix, "{sale:<id>}:res:"
--- ARGV[2]  most holds to expire in one call
--- ARGV[3]  buyer key prefix, "{sale:<id>}:buyer:"
+-- KEYS[1]      {sale:<id>}:deadlines
+-- KEYS[2]      {sale:<id>}:zones
+-- KEYS[3]      {sale:<id>}:meta       a frozen sale (being restored) is left alone
+-- KEYS[2+2i]   {sale:<id>}:res:<ARGV[i]>      for i = 1..#ARGV
+-- KEYS[3+2i]   {sale:<id>}:buyer:<its user>   (any key of the sale when the
+--              reservation is gone)
+-- ARGV[i]      a reservation id
 -- Returns  {holds expired, tickets returned}
 
-local limit = tonumber(ARGV[2])
-if not limit or limit < 1 then
-  return redis.error_reply('ERR expire_holds: bad limit')
+if #KEYS ~= 3 + 2 * #ARGV then
+  return redis.error_reply('ERR expire_holds: two keys per reservation')
 end
 if redis.call('HGET', KEYS[3], 'frozen') == '1' then
   return {0, 0}
@@ -25,18 +28,20 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 local holds, tickets = 0, 0
-for _, rid in ipairs(due) do
-  local key = ARGV[1] .. rid
-  local r = redis.call('HMGET', key, 'user', 'zone', 'qty', 'status')
-  if r[4] == 'held' then
-    local qty = tonumber(r[3])
-    redis.call('HSET', key, 'status', 'expired', 'expired_ms', now)
-    return_tickets(KEYS[2], ARGV[3] .. r[1], r[2], qty)
-    holds = holds + 1
-    tickets = tickets + qty
+for i, rid in ipairs(ARGV) do
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[1], rid))
+  if deadline and deadline <= now then
+    local key, buyer = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+    local r = redis.call('HMGET', key, 'zone', 'qty', 'status')
+    if r[3] == 'held' then
+      local qty = tonumber(r[2])
+      redis.call('HSET', key, 'status', 'expired', 'expired_ms', now)
+      return_tickets(KEYS[2], buyer, r[1], qty)
+      holds = holds + 1
+      tickets = tickets + qty
+    end
+    redis.call('ZREM', KEYS[1], rid)
   end
-  redis.call('ZREM', KEYS[1], rid)
 end
 return {holds, tickets}

@@ -264,17 +264,43 @@ pub async fn expire_due(
     sale: SaleId,
     limit: u32,
 ) -> Result<Swept, StoreError> {
+    use fred::interfaces::HashesInterface;
     let keys = SaleKeys::new(sale);
+    let due: Vec<String> = scripts
+        .due_holds
+        .run(
+            redis,
+            vec![keys.deadlines()],
+            vec![Value::from(i64::from(limit))],
+        )
+        .await?;
+    if due.is_empty() {
+        return Ok(Swept::default());
+    }
+    // Each hold's buyer, so the step that ends them names every key it
+    // touches (a reservation's buyer never changes). One round trip: the
+    // keys share the sale's slot.
+    let res_keys: Vec<String> = due
+        .iter()
+        .map(|rid| format!("{}{rid}", keys.reservation_prefix()))
+        .collect();
+    let pipe = redis.next().pipeline();
+    for key in &res_keys {
+        let _: () = pipe.hget(key.as_str(), "user").await?;
+    }
+    let users: Vec<Option<String>> = pipe.all().await?;
+    let mut script_keys = Vec::with_capacity(3 + 2 * due.len());
+    script_keys.extend([keys.deadlines(), keys.zones(), keys.meta()]);
+    for (key, user) in res_keys.into_iter().zip(&users) {
+        script_keys.push(key);
+        script_keys.push(keys.buyer(user.as_deref().unwrap_or_default()));
+    }
     let (holds, tickets): (u64, u64) = scripts
         .expire
         .run(
             redis,
-            vec![keys.deadlines(), keys.zones(), keys.meta()],
-            vec![
-                Value::from(keys.reservation_prefix()),
-                Value::from(i64::from(limit)),
-                Value::from(keys.buyer_prefix()),
-            ],
+            script_keys,
+            due.into_iter().map(Value::from).collect(),
         )
         .await?;
     if holds > 0 {

@@ -8,9 +8,6 @@
 
 use crate::ids::{ReservationId, SaleId};
 
-/// The set of all sale ids, for workers that sweep every sale.
-pub const SALES: &str = "flashsale:sales";
-
 /// The field of a buyer hash that counts their tickets; every other field is
 /// a reservation id (hex digits only, so never this).
 pub const BUYER_TICKETS: &str = "tickets";

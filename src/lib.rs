@@ -30,6 +30,8 @@ pub mod jwt_crypto;
 pub mod keys;
 /// Rate limits and the in-flight cap.
 pub mod limits;
+/// The list of the sales Redis holds, spread over a cluster's slots.
+pub mod live_sales;
 /// The sale's stream (the outbox to Postgres): its fields, position, pages.
 pub mod outbox;
 /// Queue passes: EdDSA JWTs bound to a buyer and a sale, with a JWKS.

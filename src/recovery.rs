@@ -26,7 +26,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use fred::{
     clients::Pool,
-    interfaces::{HashesInterface, KeysInterface, SetsInterface},
+    interfaces::{HashesInterface, KeysInterface},
     types::{scan::Scanner, Value},
 };
 use futures::TryStreamExt;
@@ -295,7 +295,7 @@ pub async fn restore(
     tx.commit().await?;
     let _: () = redis.hset(k.meta(), ("frozen", "0")).await?;
     let _: i64 = redis.hdel(k.meta(), "frozen_reason").await?;
-    let _: i64 = redis.sadd(keys::SALES, sale.to_string()).await?;
+    crate::live_sales::add(redis, sale).await?;
     let tickets = sold.values().sum();
     tracing::info!(sale.id = %sale, epoch = next_epoch, reservations = confirmed.len(), tickets, "sale restored from Postgres");
     Ok(Restored {

@@ -18,6 +18,11 @@
 //! which moves the connection's offset past the first attempt's write; the
 //! WAIT that follows covers it.
 //!
+//! On a Redis Cluster a client holds one connection to each primary, and a
+//! command without a key (WAIT, PUBLISH) would go to any of them: both are
+//! sent to the slot of the sale whose keys the script wrote, so they run on
+//! the connection, and the shard, that made the change.
+//!
 //! Invariant: with `CONFIRM_WAIT_REPLICAS=0` (the default) nothing here
 //! sends a command, and confirmations share the main pool as before.
 
@@ -26,10 +31,12 @@ use std::time::{Duration, Instant};
 use fred::{
     clients::{Client, Pool},
     interfaces::{ClientLike, PubsubInterface, ServerInterface},
-    types::config::Options,
+    types::{config::Options, ClusterHash},
 };
 
 use crate::error::{ApiError, ApiResult};
+use crate::ids::SaleId;
+use crate::keys::SaleKeys;
 
 /// The channel a replayed change publishes to, to make a write of its own
 /// that WAIT then waits for (see the module doc). Nobody subscribes.
@@ -131,10 +138,12 @@ impl Replication {
     /// Returns once the configured number of replicas have every write made
     /// on `client` so far (at once when none is configured); else
     /// `NotReplicated` after the timeout. `replayed`: the change was made by
-    /// an earlier call, maybe on another connection.
+    /// an earlier call, maybe on another connection. `sale`: whose keys the
+    /// change wrote (on a cluster, the shard to ask).
     pub async fn acknowledged(
         &self,
         client: &Client,
+        sale: SaleId,
         change: Change,
         replayed: bool,
     ) -> ApiResult<()> {
@@ -142,8 +151,10 @@ impl Replication {
             return Ok(());
         }
         let started = Instant::now();
+        let slot = fred::util::redis_keyslot(SaleKeys::new(sale).meta().as_bytes());
         let client = client.with_options(&Options {
             timeout: Some(self.command_timeout),
+            cluster_hash: Some(ClusterHash::Custom(slot)),
             ..Default::default()
         });
         if replayed {

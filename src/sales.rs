@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, SubsecRound, TimeZone, Utc};
 use fred::{
     clients::Pool,
-    interfaces::{HashesInterface, SetsInterface, SortedSetsInterface},
+    interfaces::{HashesInterface, SortedSetsInterface},
     types::Value,
 };
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use sqlx::PgPool;
 
 use crate::{
     ids::SaleId,
-    keys::{self, Counter, SaleKeys},
+    keys::{Counter, SaleKeys},
     scripts::Scripts,
     store::StoreError,
 };
@@ -467,7 +467,7 @@ pub async fn load_into_redis(
         .load_sale
         .run(redis, vec![keys.meta(), keys.zones()], args)
         .await?;
-    let _: i64 = redis.sadd(keys::SALES, def.id.to_string()).await?;
+    crate::live_sales::add(redis, def.id).await?;
     Ok(())
 }
 

@@ -79,6 +79,7 @@ pub struct Scripts {
     pub hold: Script,
     pub confirm: Script,
     pub cancel: Script,
+    pub due_holds: Script,
     pub expire: Script,
     pub join: Script,
     pub status: Script,
@@ -115,6 +116,7 @@ impl Scripts {
                     include_str!("../lua/cancel_reservation.lua")
                 ),
             ),
+            due_holds: Script::new("due_holds", include_str!("../lua/due_holds.lua")),
             expire: Script::new(
                 "expire_holds",
                 concat!(
@@ -163,6 +165,7 @@ impl Scripts {
             &self.hold,
             &self.confirm,
             &self.cancel,
+            &self.due_holds,
             &self.expire,
             &self.join,
             &self.status,

@@ -12,7 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use fred::interfaces::{HashesInterface, SetsInterface};
+use fred::interfaces::HashesInterface;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     error::{ApiError, ApiResult, Problem},
-    ids::{ReservationId, SaleId},
+    ids::ReservationId,
     input::{Hold, PaymentRef, RawHold},
     inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation, Status},
     keys::{self, SaleKeys},
@@ -191,7 +191,7 @@ async fn confirm(
     if let Ok(acted) = &outcome {
         state
             .replication
-            .acknowledged(redis, Change::Confirmation, acted.replayed)
+            .acknowledged(redis, id.sale, Change::Confirmation, acted.replayed)
             .await?;
     }
     respond(when_archived(&state, &id, &who.user_id, outcome).await?)
@@ -223,7 +223,7 @@ async fn cancel(
         if acted.reservation.confirmed_at.is_some() {
             state
                 .replication
-                .acknowledged(redis, Change::Cancellation, acted.replayed)
+                .acknowledged(redis, id.sale, Change::Cancellation, acted.replayed)
                 .await?;
         }
     }
@@ -288,8 +288,7 @@ async fn my_reservations(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
 ) -> ApiResult<axum::Json<MyReservations>> {
-    let sales: Vec<String> = state.redis.smembers(keys::SALES).await?;
-    let sales: Vec<SaleId> = sales.iter().filter_map(|s| s.parse().ok()).collect();
+    let sales = crate::live_sales::all(&state.redis).await?;
     let pipe = state.redis.next().pipeline();
     for sale in &sales {
         let _: () = pipe.hkeys(SaleKeys::new(*sale).buyer(&who.user_id)).await?;

@@ -20,6 +20,6 @@ mod stores;
 pub use app::{assert_problem, TestApp};
 pub use postgres_server::PrivatePostgres;
 pub use process::lines_until;
-pub use redis_server::{redis_cli, replica_args, PrivateRedis, Sentinels};
+pub use redis_server::{redis_cli, replica_args, PrivateRedis, RedisCluster, Sentinels};
 pub use sales::*;
 pub use stores::*;

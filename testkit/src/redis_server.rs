@@ -348,3 +348,197 @@ impl Drop for Sentinels {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A Redis Cluster of the test's own: `primaries` servers with
+/// `--cluster-enabled yes` and AOF on, each with `replicas_each` replicas,
+/// on free loopback ports, joined by `redis-cli --cluster create`; killed
+/// when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<PrivateRedis>,
+}
+
+impl RedisCluster {
+    /// `primaries` primaries with no replicas.
+    pub fn start(primaries: usize) -> Self {
+        Self::start_with_replicas(primaries, 0)
+    }
+
+    /// `primaries` primaries, each with `replicas_each` replicas (a
+    /// replica takes over when its primary fails: node timeout 2 s).
+    pub fn start_with_replicas(primaries: usize, replicas_each: usize) -> Self {
+        let nodes: Vec<PrivateRedis> = (0..primaries * (1 + replicas_each))
+            .map(|_| {
+                PrivateRedis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args([
+                "--cluster-replicas",
+                &replicas_each.to_string(),
+                "--cluster-yes",
+            ])
+            .stderr(Stdio::piped())
+            .output()
+            .expect("redis-cli is installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Waits (up to 30 s) until every running node says `cluster_state:ok`
+    /// and agrees on the slots' owners.
+    pub fn wait_until_ok(&self) {
+        for _ in 0..300 {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|n| n.pid().is_some())
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok {
+                let views: std::collections::HashSet<Vec<(u16, u16, u16)>> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.pid().is_some())
+                    .map(|n| slot_ranges(&n.cli(&["CLUSTER", "SHARDS"])))
+                    .collect();
+                if views.len() == 1 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the cluster did not come to cluster_state:ok");
+    }
+
+    /// REDIS_URL in the comma-list form a user writes.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis-cluster://{}", hosts.join(","))
+    }
+
+    /// The ports of the nodes that serve slots now, as a running node sees it.
+    pub fn primaries(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .slot_owners()
+            .into_iter()
+            .map(|(_, _, port)| port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The port of the primary serving `key`'s slot; while a failover is
+    /// under way (no primary online for it), waits up to 30 s for one.
+    pub fn primary_for(&self, key: &str) -> u16 {
+        for _ in 0..300 {
+            if let Some(port) = self.owner_of(key) {
+                return port;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no primary took {key}'s slot within 30 s");
+    }
+
+    /// The port of the primary serving `key`'s slot, as a running node sees
+    /// it now; `None` while none is online for it.
+    pub fn owner_of(&self, key: &str) -> Option<u16> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        self.slot_owners()
+            .into_iter()
+            .find(|&(start, end, _)| (start..=end).contains(&slot))
+            .map(|(_, _, port)| port)
+    }
+
+    /// The node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut PrivateRedis {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+
+    fn slot_owners(&self) -> Vec<(u16, u16, u16)> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .expect("a running node");
+        slot_ranges(&node.cli(&["CLUSTER", "SHARDS"]))
+    }
+}
+
+/// The slot ranges and their primary's port from `CLUSTER SHARDS` as
+/// redis-cli prints it (one element a line): each shard's `slots` list,
+/// then its nodes, of which the one with `role` `master` and `health`
+/// `online` serves them.
+fn slot_ranges(reply: &str) -> Vec<(u16, u16, u16)> {
+    let lines: Vec<&str> = reply.lines().map(str::trim).collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i] == "slots" {
+            // The slot bounds come in pairs until the "nodes" key.
+            let mut bounds = Vec::new();
+            i += 1;
+            while i < lines.len() && lines[i] != "nodes" {
+                if let Ok(n) = lines[i].parse::<u16>() {
+                    bounds.push(n);
+                }
+                i += 1;
+            }
+            // The nodes: field/value pairs; port, role and health per node.
+            let mut port = None;
+            let mut owner = None;
+            let mut role_master = false;
+            while i < lines.len() && lines[i] != "slots" {
+                match lines[i] {
+                    "port" => port = lines.get(i + 1).and_then(|p| p.parse::<u16>().ok()),
+                    "role" => role_master = lines.get(i + 1) == Some(&"master"),
+                    "health" if role_master && lines.get(i + 1) == Some(&"online") => {
+                        owner = port;
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            if let Some(owner) = owner {
+                for pair in bounds.chunks(2) {
+                    if let [start, end] = pair {
+                        out.push((*start, *end, owner));
+                    }
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out.sort_unstable();
+    out
+}

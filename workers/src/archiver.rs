@@ -20,7 +20,7 @@
 //!    the freeze waits for the sink; the sale stays frozen and a later pass
 //!    goes on from here);
 //! 3. Postgres records it: `archived_at`, and `admitted_total` from Redis;
-//! 4. its id leaves `keys::SALES` (the workers stop visiting it) and every
+//! 4. its id leaves `live_sales` (the workers stop visiting it) and every
 //!    key under its hash tag is deleted, meta last.
 //!
 //! Every step is safe to repeat, to cut short and to run in several replicas
@@ -35,15 +35,13 @@ use std::time::Duration;
 use anyhow::Context;
 use flashsale::{
     ids::SaleId,
-    keys::{self, Counter, SaleKeys},
+    keys::{Counter, SaleKeys},
     outbox, recovery, sales,
     scripts::Scripts,
 };
 use fred::{
     clients::Pool,
-    interfaces::{
-        HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
-    },
+    interfaces::{HashesInterface, KeysInterface, SortedSetsInterface, StreamsInterface},
     types::Value,
 };
 use sqlx::PgPool;
@@ -261,7 +259,7 @@ async fn books_agree(db: &PgPool, sale: SaleId, at: &outbox::Position) -> anyhow
 /// The last step, for a sale Postgres records as archived: off the workers'
 /// list, then every key deleted (meta last).
 async fn leave_redis(redis: &Pool, sale: SaleId) -> anyhow::Result<()> {
-    let _: i64 = redis.srem(keys::SALES, sale.to_string()).await?;
+    flashsale::live_sales::remove(redis, sale).await?;
     let deleted = recovery::wipe(redis, sale, &[])
         .await
         .context("delete the sale's keys")?;

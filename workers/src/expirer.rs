@@ -1,8 +1,10 @@
 //! The hold expirer: returns the tickets of holds whose deadline has passed.
 //!
-//! It runs `expire_holds.lua` for every sale; the script reads the deadlines
-//! sorted set with Redis's own clock, so any number of expirers may run at
-//! once and each hold expires exactly once.
+//! For every sale, `due_holds.lua` reads the deadlines sorted set with
+//! Redis's own clock, and `expire_holds.lua` ends those holds, checking each
+//! one's status and deadline again in its atomic step: any number of
+//! expirers (one per worker replica) may run at once, and each hold expires
+//! exactly once. Replicas share the work this way, not by dividing it.
 
 use anyhow::Context;
 use flashsale::{inventory, scripts::Scripts};

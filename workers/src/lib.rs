@@ -68,12 +68,10 @@ where
     }
 }
 
-/// The sales Redis knows (the set `keys::SALES`), skipping any member that
-/// is not a sale id.
+/// The sales Redis knows ([`flashsale::live_sales`]), on every shard of a
+/// cluster.
 pub async fn sales_in_redis(redis: &fred::clients::Pool) -> anyhow::Result<Vec<SaleId>> {
-    use fred::interfaces::SetsInterface;
-    let sales: Vec<String> = redis.smembers(flashsale::keys::SALES).await?;
-    Ok(sales.iter().filter_map(|s| s.parse().ok()).collect())
+    Ok(flashsale::live_sales::all(redis).await?)
 }
 
 /// Runs `step` every `every` until `stop` is cancelled. A step in progress

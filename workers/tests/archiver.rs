@@ -9,11 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use flashsale::{
-    ids::SaleId,
-    inventory,
-    keys::{self, SaleKeys},
-};
+use flashsale::{ids::SaleId, inventory, keys::SaleKeys, live_sales};
 use flashsale_workers::{
     archiver::{self, Step, Wait},
     reconciler::Reconciler,
@@ -21,7 +17,7 @@ use flashsale_workers::{
 };
 use fred::{
     clients::Pool,
-    interfaces::{KeysInterface, SetsInterface, SortedSetsInterface},
+    interfaces::{KeysInterface, SortedSetsInterface},
     types::scan::Scanner,
 };
 use futures::TryStreamExt;
@@ -148,11 +144,7 @@ async fn an_archived_sale_leaves_no_key_in_redis_and_postgres_answers_every_read
 
     // Nothing of it is left in Redis, and the workers no longer visit it.
     assert_eq!(keys_of(&api.redis, sale).await, Vec::<String>::new());
-    let listed: bool = api
-        .redis
-        .sismember(keys::SALES, sale.to_string())
-        .await
-        .unwrap();
+    let listed = live_sales::contains(&api.redis, sale).await.unwrap();
     assert!(!listed, "still in the workers' list of sales");
     let reports = Reconciler::default()
         .run_once(&api.redis, &api.scripts, &api.db)
@@ -428,7 +420,7 @@ async fn the_workers_process_archives_a_closed_sale() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(archived, "the sale was not archived within 15 s");
-    let members: Vec<String> = api.redis.smembers(keys::SALES).await.unwrap();
+    let members = live_sales::all(&api.redis).await.unwrap();
     assert!(members.is_empty(), "{members:?}");
     let ann = body(
         api.get(&format!("/v1/reservations/{id}"), Some(&api.buyer("ann")))

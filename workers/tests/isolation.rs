@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use flashsale::{keys::SaleKeys, sales};
 use flashsale_workers::{expirer, reconciler::Reconciler, releaser, sink::Sink};
-use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface};
+use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
 
 #[tokio::test]
 async fn a_sale_whose_keys_are_damaged_fails_alone_and_every_worker_serves_the_other_sales() {
@@ -20,7 +20,7 @@ async fn a_sale_whose_keys_are_damaged_fails_alone_and_every_worker_serves_the_o
     let scripts = scripts();
     let healthy = sale(&db, &redis, &scripts, 100, 1).await;
     let broken = sale(&db, &redis, &scripts, 100, 1).await;
-    let known: Vec<String> = redis.smembers(flashsale::keys::SALES).await.unwrap();
+    let known = flashsale::live_sales::all(&redis).await.unwrap();
     assert_eq!(
         known.len(),
         2,
