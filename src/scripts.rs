@@ -159,7 +159,7 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 13] {
+    fn all(&self) -> [&Script; 14] {
         [
             &self.load_sale,
             &self.hold,
