@@ -1,9 +1,9 @@
 //! Abuse limits: per-user and per-address rate limits (governor), and a cap
 //! on requests in flight.
 //!
-//! Each limited action (join, poll, hold, login) has a keyed limiter by user
-//! (login: by client address, since there is no user yet), and all of them
-//! share a limiter by client address. A refusal is `429 rate_limited` with
+//! Each limited action (join, poll, hold, login, register) has a keyed
+//! limiter by user (login and register: by client address, since there is
+//! no user yet), and all of them share a limiter by client address. A refusal is `429 rate_limited` with
 //! `Retry-After`. The keyed stores forget keys that are back to full
 //! allowance on every `shrink()` (run periodically), so a million distinct
 //! keys do not grow memory forever. A rate of 0 turns a limiter off.
@@ -26,6 +26,7 @@ pub enum Action {
     Poll,
     Hold,
     Login,
+    Register,
 }
 
 /// A rate: `per_minute` sustained, `burst` at once. `per_minute == 0`: off.
@@ -42,7 +43,10 @@ pub struct LimitsConfig {
     pub hold: Rate,
     /// Per client address: logins run argon2, which is deliberately costly.
     pub login: Rate,
-    /// Per client address, over join, poll, hold and login together.
+    /// Per client address: account creation, a few a minute. Also bounds
+    /// how fast one address learns which e-mails have accounts.
+    pub register: Rate,
+    /// Per client address, over every limited action together.
     pub per_address: Rate,
     /// Requests being served at once before new ones are shed with 503.
     pub max_in_flight: usize,
@@ -114,6 +118,7 @@ impl LimitsConfig {
             poll: off,
             hold: off,
             login: off,
+            register: off,
             per_address: off,
             max_in_flight: 1 << 20,
             trusted_proxies: Vec::new(),
@@ -136,6 +141,7 @@ pub struct Limits {
     poll: Keyed<String>,
     hold: Keyed<String>,
     login: Keyed<IpAddr>,
+    register: Keyed<IpAddr>,
     per_address: Keyed<IpAddr>,
     in_flight: Arc<Semaphore>,
     pub trusted_proxies: Vec<IpRange>,
@@ -148,6 +154,7 @@ impl Limits {
             poll: limiter(cfg.poll),
             hold: limiter(cfg.hold),
             login: limiter(cfg.login),
+            register: limiter(cfg.register),
             per_address: limiter(cfg.per_address),
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
             trusted_proxies: cfg.trusted_proxies.clone(),
@@ -165,8 +172,10 @@ impl Limits {
     ) -> Result<(), RateLimited> {
         if let Some(addr) = addr {
             check(&self.per_address, &addr, "address")?;
-            if action == Action::Login {
-                check(&self.login, &addr, "login")?;
+            match action {
+                Action::Login => check(&self.login, &addr, "login")?,
+                Action::Register => check(&self.register, &addr, "register")?,
+                _ => {}
             }
         }
         if let Some(user) = user {
@@ -174,7 +183,7 @@ impl Limits {
                 Action::Join => (&self.join, "join"),
                 Action::Poll => (&self.poll, "poll"),
                 Action::Hold => (&self.hold, "hold"),
-                Action::Login => return Ok(()),
+                Action::Login | Action::Register => return Ok(()),
             };
             check(limiter, &user.to_owned(), name)?;
         }
@@ -200,6 +209,7 @@ impl Limits {
         shrink(&self.poll);
         shrink(&self.hold);
         shrink(&self.login);
+        shrink(&self.register);
         shrink(&self.per_address);
     }
 
@@ -212,6 +222,7 @@ impl Limits {
             + len(&self.poll)
             + len(&self.hold)
             + len(&self.login)
+            + len(&self.register)
             + len(&self.per_address)
     }
 }
