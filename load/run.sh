@@ -56,6 +56,8 @@ port=$(free_port)
 export LISTEN_ADDR=127.0.0.1:$port WORKERS_METRICS_ADDR=127.0.0.1:$(free_port)
 export RUST_LOG=${RUST_LOG:-warn} RATE_LIMITS=off RELEASE_POLL_MS=20
 export JWT_SECRET=${JWT_SECRET:-load-test-secret-load-test-secret-0123456789}
+# A published secret and a pass key shared through Redis: development only.
+export FLASHSALE_ENV=development
 # k6, Redis, Postgres, the API and the workers share this machine's cores:
 # the API gets one runtime worker and one (pipelined) Redis connection, which
 # cost it less CPU a request than a worker per core and four connections
