@@ -188,3 +188,48 @@ async fn past_the_connection_cap_a_new_connection_is_closed_at_once_and_counted(
     );
     drop(second);
 }
+
+#[tokio::test]
+async fn on_sigterm_serve_closes_idle_connections_and_exits_cleanly() {
+    let (_, db_url) = common::fresh_database().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .arg("serve")
+        .env("FLASHSALE_ENV", "development")
+        .env("REDIS_URL", common::redis_url())
+        .env("DATABASE_URL", &db_url)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn,flashsale=info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::lines_until(&mut serve, "flashsale API listening", PATIENCE);
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(get(&mut idle, "/health").await.0, 200);
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        closed_by_server(&mut idle).await,
+        "an idle connection is closed at shutdown"
+    );
+    let mut status = None;
+    for _ in 0..200 {
+        status = serve.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(status) = status else {
+        let _ = serve.kill();
+        panic!("serve did not exit after SIGTERM");
+    };
+    assert!(status.success(), "{status}");
+}
