@@ -1,6 +1,7 @@
 //! Typed configuration, read once from the environment.
 //!
-//! Every setting has a default that works on a developer's machine; a value
+//! Every setting has a default that works on a developer's machine, but for
+//! the secrets, which only `FLASHSALE_ENV=development` does without; a value
 //! that is set but malformed stops the program at start, naming the variable.
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
