@@ -37,6 +37,8 @@ JOINERS=${JOINERS:-300000}
 # request: 30,000 holders last a 15 s run up to 200,000 holds a second.
 HOLDERS=${HOLDERS:-30000}
 export JWT_SECRET=${JWT_SECRET:-bench-secret-bench-secret-bench-secret-0123}
+# A published secret and a pass key shared through Redis: development only.
+export FLASHSALE_ENV=development
 export LISTEN_ADDR=127.0.0.1:$PORT RUST_LOG=${RUST_LOG:-warn}
 # One address (wrk) at tens of thousands of requests a second: limits off.
 export RATE_LIMITS=off

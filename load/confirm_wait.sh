@@ -25,6 +25,8 @@ BUYERS=${BUYERS:-20000}
 SERIAL_BUYERS=${SERIAL_BUYERS:-2000}
 PORT=${PORT:-18081}
 export JWT_SECRET=${JWT_SECRET:-bench-secret-bench-secret-bench-secret-0123}
+# A published secret and a pass key shared through Redis: development only.
+export FLASHSALE_ENV=development
 export LISTEN_ADDR=127.0.0.1:$PORT RUST_LOG=${RUST_LOG:-warn} RATE_LIMITS=off
 
 work=$(mktemp -d)

@@ -28,6 +28,8 @@ for tool in valgrind callgrind_control wrk redis-server redis-cli; do
 done
 
 export JWT_SECRET=${JWT_SECRET:-bench-secret-bench-secret-bench-secret-0123}
+# A published secret and a pass key shared through Redis: development only.
+export FLASHSALE_ENV=development
 export RUST_LOG=${RUST_LOG:-warn} RATE_LIMITS=off TOKIO_WORKER_THREADS=1 REDIS_POOL_SIZE=1
 if [[ -z ${BIN:-} ]]; then
     cargo build --release --quiet -p flashsale

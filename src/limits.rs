@@ -1,8 +1,9 @@
 //! Abuse limits: per-user and per-address rate limits, and a cap on
 //! requests in flight.
 //!
-//! Each limited action (join, poll, hold, login) has a limit keyed by user
-//! (login: by client address, since there is no user yet), and all of them
+//! Each limited action (join, poll, hold, login, register) has a limit keyed
+//! by user (login and register: by client address, since there is no user
+//! yet), and all of them
 //! share a limit by client address. A refusal is `429 rate_limited` with
 //! `Retry-After`. A rate of 0 turns a limit off.
 //!
@@ -77,6 +78,9 @@ actions! {
     Hold => "hold" by User, rate hold;
     /// Logging in: runs argon2, so limited per client address.
     Login => "login" by Address, rate login;
+    /// Creating an account: a few a minute per client address, which also
+    /// bounds how fast one address learns which e-mails have accounts.
+    Register => "register" by Address, rate register;
 }
 
 /// Whom an action's own limit counts.
@@ -121,7 +125,10 @@ pub struct LimitsConfig {
     pub hold: Rate,
     /// Per client address: logins run argon2, which is deliberately costly.
     pub login: Rate,
-    /// Per client address, over join, poll, hold and login together.
+    /// Per client address: account creation, a few a minute. Also bounds
+    /// how fast one address learns which e-mails have accounts.
+    pub register: Rate,
+    /// Per client address, over every limited action together.
     pub per_address: Rate,
     /// Requests being served at once before new ones are shed with 503.
     pub max_in_flight: usize,
@@ -198,6 +205,7 @@ impl LimitsConfig {
             poll: off,
             hold: off,
             login: off,
+            register: off,
             per_address: off,
             max_in_flight: 1 << 20,
             trusted_proxies: Vec::new(),

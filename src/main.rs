@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             role,
             ttl,
         } => {
+            config.require_real_jwt_secret()?;
             let tokens = flashsale::tokens::AccessTokens::new(&config.jwt);
             match count {
                 None => println!("{}", tokens.issue(&sub, role, ttl)?),
@@ -206,24 +207,18 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    config.require_real_secrets()?;
     if config.uses_dev_secret() {
-        tracing::warn!("JWT_SECRET is not set: using the built-in development secret; never do this in production");
+        tracing::warn!("JWT_SECRET is not set: using the built-in development secret (FLASHSALE_ENV=development)");
     }
     let state = flashsale::http::AppState::build(&config).await?;
     flashsale::redis::check_eviction_policy(&state.redis).await;
     let app = flashsale::http::router(state);
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
+    let listener = flashsale::server::bind(config.listen_addr, config.server.backlog)
         .with_context(|| format!("bind {}", config.listen_addr))?;
     let addr = listener.local_addr().context("read the bound address")?;
     tracing::info!(addr = %addr, "flashsale API listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(flashsale::shutdown_signal())
-    .await
-    .context("serve")?;
+    flashsale::server::serve(listener, app, config.server, flashsale::shutdown_signal()).await;
     tracing::info!("flashsale API stopped");
     Ok(())
 }
@@ -269,6 +264,7 @@ async fn prepare_buyers(
 ) -> anyhow::Result<()> {
     use flashsale::{passes::PassClaims, queue};
     use futures::{StreamExt, TryStreamExt};
+    config.require_real_secrets()?;
     let state = flashsale::http::AppState::build(&config).await?;
     let sale: flashsale::ids::SaleId = sale.parse().context("--sale is not a sale id")?;
     let seed = state
@@ -379,6 +375,7 @@ async fn demo_account(
 }
 
 async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
+    config.require_real_jwt_secret()?;
     let state = flashsale::http::AppState::build(&config).await?;
     let (organizer, organizer_password) =
         demo_account(&config, &state.db, DEMO_ORGANIZER, Role::Organizer).await?;

@@ -2,7 +2,7 @@
 //!
 //! The algorithm is pinned (a token claiming `none` or any other algorithm is
 //! refused), `exp` is required, the clock leeway is a few seconds, and `iss`
-//! and `aud` are checked when configured. The same keys verify tokens minted
+//! and `aud`, when configured, are required and checked. The same keys verify tokens minted
 //! by `flashsale token` and by an outside identity provider sharing the
 //! secret.
 //!
@@ -83,7 +83,17 @@ impl AccessTokens {
         crate::jwt_crypto::install();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = cfg.leeway_seconds;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken checks `iss` and `aud` only when a token carries
+        // them: configured, they must be required too, or a token without
+        // them passes.
+        let mut required = vec!["exp", "sub"];
+        if cfg.issuer.is_some() {
+            required.push("iss");
+        }
+        if cfg.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &cfg.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,

@@ -66,6 +66,93 @@ async fn a_buyer_registers_logs_in_and_the_token_works() {
 }
 
 #[tokio::test]
+async fn login_answers_are_never_stored_and_401s_name_the_bearer_scheme() {
+    let app = TestApp::spawn().await;
+    let email = email();
+    let password = "correct horse battery";
+    let credentials = json!({"email": email, "password": password});
+    app.post("/v1/auth/register", None, credentials.clone())
+        .await;
+    let res = app.post("/v1/auth/login", None, credentials.clone()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let res = session_login(&app, &email, password, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let refusals = [
+        app.post(
+            "/v1/auth/login",
+            None,
+            json!({"email": email, "password": "wrong horse battery"}),
+        )
+        .await,
+        app.get("/v1/me", None).await,
+        app.get("/v1/me", Some("not-a-token")).await,
+    ];
+    for res in refusals {
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    }
+}
+
+#[tokio::test]
+async fn with_an_issuer_and_audience_configured_tokens_lacking_either_are_refused() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let app = TestApp::spawn_with(|c| {
+        c.jwt.issuer = Some("flashsale".into());
+        c.jwt.audience = Some("flashsale-api".into());
+    })
+    .await;
+    let exp = flashsale::tokens::unix_now() + 600;
+    let sign = |claims: Value| {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(common::JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let me = |token: String| {
+        let app = &app;
+        async move { app.get("/v1/me", Some(&token)).await }
+    };
+    let both = sign(
+        json!({"sub": "u", "role": "buyer", "exp": exp, "iss": "flashsale", "aud": "flashsale-api"}),
+    );
+    assert_eq!(me(both).await.status(), StatusCode::OK);
+    assert_eq!(
+        me(app.buyer("u")).await.status(),
+        StatusCode::OK,
+        "the service's own tokens carry both"
+    );
+    for (what, claims) in [
+        (
+            "no iss",
+            json!({"sub": "u", "role": "buyer", "exp": exp, "aud": "flashsale-api"}),
+        ),
+        (
+            "no aud",
+            json!({"sub": "u", "role": "buyer", "exp": exp, "iss": "flashsale"}),
+        ),
+        ("neither", json!({"sub": "u", "role": "buyer", "exp": exp})),
+        (
+            "another iss",
+            json!({"sub": "u", "role": "buyer", "exp": exp, "iss": "elsewhere", "aud": "flashsale-api"}),
+        ),
+        (
+            "another aud",
+            json!({"sub": "u", "role": "buyer", "exp": exp, "iss": "flashsale", "aud": "elsewhere"}),
+        ),
+    ] {
+        let res = me(sign(claims)).await;
+        assert_problem(res, StatusCode::UNAUTHORIZED, "unauthenticated")
+            .await
+            .get("detail")
+            .unwrap_or_else(|| panic!("{what}"));
+    }
+}
+
+#[tokio::test]
 async fn wrong_passwords_and_unknown_emails_get_the_same_answer() {
     let app = TestApp::spawn().await;
     let email = email();

@@ -199,6 +199,7 @@ impl Serve {
     fn start(db_url: &str, store: &str) -> Self {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"))
             .arg("serve")
+            .env("FLASHSALE_ENV", "development")
             .env("REDIS_URL", redis_url())
             .env("DATABASE_URL", db_url)
             .env("LISTEN_ADDR", "127.0.0.1:0")
@@ -343,6 +344,88 @@ async fn a_dead_shared_limit_store_lets_requests_through() {
         metrics.lines().any(
             |l| l.starts_with("flashsale_shared_rate_limit_errors_total ") && !l.ends_with(" 0")
         ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_sixth_registration_from_one_address_is_429_and_creates_nothing() {
+    let app = TestApp::spawn_with_limits(only(|c| {
+        c.register = Rate {
+            per_minute: 5,
+            burst: 5,
+        };
+        c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    }))
+    .await;
+    let register = |client: &'static str, n: usize| {
+        app.http
+            .post(app.url("/v1/auth/register"))
+            .header("x-forwarded-for", client)
+            .json(&json!({
+                "email": format!("fan-{client}-{n}@example.com"),
+                "password": "correct horse battery",
+            }))
+            .send()
+    };
+    for n in 0..5 {
+        assert_eq!(
+            register("203.0.113.1", n).await.unwrap().status(),
+            StatusCode::CREATED
+        );
+    }
+    let res = register("203.0.113.1", 5).await.unwrap();
+    assert!(res.headers().get("retry-after").is_some());
+    assert_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let refused: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE email = $1")
+        .bind("fan-203.0.113.1-5@example.com")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(refused, 0, "the refused registration created no account");
+    assert_eq!(
+        register("203.0.113.2", 0).await.unwrap().status(),
+        StatusCode::CREATED,
+        "another address is unaffected"
+    );
+    let accounts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(accounts, 6);
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(metrics.contains("flashsale_rate_limited_total{limit=\"register\"}"));
+}
+
+#[tokio::test]
+async fn x_forwarded_for_from_an_untrusted_peer_is_ignored_and_counted() {
+    let app = TestApp::spawn_with_limits(only(|c| {
+        c.per_address = Rate {
+            per_minute: 60,
+            burst: 1,
+        }
+    }))
+    .await;
+    let sale = app.sale_id(json!({})).await;
+    let join = |user: &'static str, client: &'static str| {
+        app.http
+            .post(app.url(&format!("/v1/sales/{sale}/queue")))
+            .bearer_auth(app.buyer(user))
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    assert_eq!(
+        join("a", "203.0.113.1").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    // Another claimed address, the same peer: the same allowance.
+    assert_eq!(
+        join("b", "203.0.113.2").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("flashsale_untrusted_forwarded_for_total"),
         "{metrics}"
     );
 }

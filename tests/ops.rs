@@ -254,6 +254,7 @@ async fn serve_warns_at_start_unless_redis_refuses_to_evict() {
             .env("DATABASE_URL", &db_url)
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("JWT_SECRET", common::JWT_SECRET)
+            .env("FLASHSALE_ENV", "development")
             .env("RUST_LOG", "warn,flashsale=info")
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -269,6 +270,207 @@ async fn serve_warns_at_start_unless_redis_refuses_to_evict() {
             .iter()
             .any(|l| l.contains("maxmemory-policy is not noeviction"));
         assert_eq!(warned, warns, "{policy}: {lines:#?}");
+    }
+}
+
+/// `flashsale <args>` with only `vars` of the service's settings set (none
+/// inherited from the test's environment), stdout piped.
+fn flashsale_with(args: &[&str], vars: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    cmd.args(args)
+        .env_remove("JWT_SECRET")
+        .env_remove("PASS_SIGNING_KEY")
+        .env_remove("FLASHSALE_ENV")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn,flashsale=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs `cmd`, which must exit of itself (a refusal needs no store), and
+/// returns its exit status and standard error.
+fn refused(mut cmd: std::process::Command) -> (std::process::ExitStatus, String) {
+    let mut child = cmd.spawn().unwrap();
+    for _ in 0..400 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return (status, err);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the command started instead of refusing");
+}
+
+/// A queue-pass signing key as PASS_SIGNING_KEY takes it.
+fn pass_key() -> String {
+    let seed: [u8; 32] = rand::random();
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, seed)
+}
+
+const REAL_SECRET: &str = "a-secret-of-this-deployment-only-7f3a9c2e5b8d1f4a";
+
+#[tokio::test]
+async fn in_production_serve_refuses_missing_short_and_published_secrets_naming_the_variable() {
+    let key = pass_key();
+    // What is wrong, the variables set, the variable the refusal names.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "JWT_SECRET unset",
+            vec![("PASS_SIGNING_KEY", &key)],
+            "JWT_SECRET",
+        ),
+        (
+            "JWT_SECRET short",
+            vec![("JWT_SECRET", "too-short"), ("PASS_SIGNING_KEY", &key)],
+            "JWT_SECRET",
+        ),
+        (
+            "the built-in development secret",
+            vec![
+                ("JWT_SECRET", flashsale::config::DEV_JWT_SECRET),
+                ("PASS_SIGNING_KEY", &key),
+            ],
+            "JWT_SECRET",
+        ),
+        (
+            "the k8s example Secret's placeholder",
+            vec![
+                ("JWT_SECRET", "<openssl rand -base64 48>"),
+                ("PASS_SIGNING_KEY", &key),
+            ],
+            "JWT_SECRET",
+        ),
+        (
+            "a long template placeholder",
+            vec![
+                (
+                    "JWT_SECRET",
+                    "<a secret of at least thirty-two bytes, from a vault>",
+                ),
+                ("PASS_SIGNING_KEY", &key),
+            ],
+            "JWT_SECRET",
+        ),
+        (
+            "the tests' secret",
+            vec![
+                ("JWT_SECRET", common::JWT_SECRET),
+                ("PASS_SIGNING_KEY", &key),
+            ],
+            "JWT_SECRET",
+        ),
+        (
+            "the load scripts' secret",
+            vec![
+                ("JWT_SECRET", "load-test-secret-load-test-secret-0123456789"),
+                ("PASS_SIGNING_KEY", &key),
+            ],
+            "JWT_SECRET",
+        ),
+        (
+            "PASS_SIGNING_KEY unset",
+            vec![("JWT_SECRET", REAL_SECRET)],
+            "PASS_SIGNING_KEY",
+        ),
+        (
+            "the k8s example Secret's key placeholder",
+            vec![
+                ("JWT_SECRET", REAL_SECRET),
+                ("PASS_SIGNING_KEY", "<openssl genpkey -algorithm ed25519>"),
+            ],
+            "PASS_SIGNING_KEY",
+        ),
+        (
+            "an unknown environment",
+            vec![
+                ("FLASHSALE_ENV", "staging"),
+                ("JWT_SECRET", REAL_SECRET),
+                ("PASS_SIGNING_KEY", &key),
+            ],
+            "FLASHSALE_ENV",
+        ),
+        (
+            "production said outright",
+            vec![("FLASHSALE_ENV", "production"), ("PASS_SIGNING_KEY", &key)],
+            "JWT_SECRET",
+        ),
+    ];
+    for (what, vars, variable) in cases {
+        let (status, err) = refused(flashsale_with(&["serve"], &vars));
+        assert!(!status.success(), "{what}: {err}");
+        assert!(err.contains(variable), "{what}: names {variable}: {err}");
+        assert!(
+            !err.contains("flashsale API listening"),
+            "{what}: refused before listening: {err}"
+        );
+    }
+    // The commands that sign for real refuse as serve does; those that
+    // only sign access tokens need JWT_SECRET alone.
+    let (status, err) = refused(flashsale_with(&["token", "--sub", "someone"], &[]));
+    assert!(!status.success() && err.contains("JWT_SECRET"), "{err}");
+    let (status, err) = refused(flashsale_with(
+        &[
+            "prepare-buyers",
+            "--sale",
+            "x",
+            "--count",
+            "1",
+            "--out",
+            "/dev/null",
+        ],
+        &[("JWT_SECRET", REAL_SECRET)],
+    ));
+    assert!(
+        !status.success() && err.contains("PASS_SIGNING_KEY"),
+        "{err}"
+    );
+    let out = flashsale_with(
+        &["token", "--sub", "someone"],
+        &[("JWT_SECRET", REAL_SECRET)],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn serve_starts_with_real_secrets_in_production_and_without_any_in_development() {
+    let (_, db_url) = fresh_database().await;
+    let key = pass_key();
+    let stores = [
+        ("REDIS_URL", common::redis_url()),
+        ("DATABASE_URL", db_url.clone()),
+    ];
+    let runs: [Vec<(&str, &str)>; 2] = [
+        vec![("JWT_SECRET", REAL_SECRET), ("PASS_SIGNING_KEY", &key)],
+        vec![("FLASHSALE_ENV", "development")],
+    ];
+    for vars in runs {
+        let mut cmd = flashsale_with(&["serve"], &vars);
+        for (k, v) in &stores {
+            cmd.env(k, v);
+        }
+        let mut serve = cmd.spawn().unwrap();
+        let lines = lines_until(
+            &mut serve,
+            "flashsale API listening",
+            Duration::from_secs(20),
+        );
+        let _ = serve.kill();
+        let _ = serve.wait();
+        assert!(!lines.is_empty(), "{vars:?}");
     }
 }
 

@@ -52,12 +52,17 @@ struct Credentials {
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_email`, `weak_password`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`: too many registrations from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn register(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Json(body): Json<Credentials>,
 ) -> ApiResult<impl IntoResponse> {
+    // Before anything is parsed or hashed: the limit also bounds how fast
+    // one address can probe which e-mails have accounts (`email_taken`).
+    state.limits.check(Action::Register, None, addr).await?;
     let email = Email::parse(&body.email)?;
     let password = Password::parse(&body.password)?;
     let id = accounts::register(&state.db, &email, password, Role::Buyer).await?;
@@ -80,7 +85,7 @@ struct Login {
 /// Log in: an access token for `Authorization: Bearer`.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = Credentials,
     responses(
-        (status = 200, description = "Logged in", body = Login),
+        (status = 200, description = "Logged in (`Cache-Control: no-store`)", body = Login),
         (status = 400, description = "`malformed_json`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`invalid_credentials`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
@@ -93,18 +98,22 @@ async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
     Json(body): Json<Credentials>,
-) -> ApiResult<axum::Json<Login>> {
+) -> ApiResult<impl IntoResponse> {
     state.limits.check(Action::Login, None, addr).await?;
     let (id, role) = accounts::login(&state.db, &body.email, body.password).await?;
     let access_token = state
         .tokens
         .issue(&id.to_string(), role, state.access_token_ttl)
         .map_err(crate::error::ApiError::internal)?;
-    Ok(axum::Json(Login {
-        access_token,
-        token_type: "Bearer",
-        expires_in: state.access_token_ttl,
-    }))
+    // A token is a credential: no cache on the way may keep it.
+    Ok((
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        axum::Json(Login {
+            access_token,
+            token_type: "Bearer",
+            expires_in: state.access_token_ttl,
+        }),
+    ))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -195,6 +195,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
         };
         let is_trusted = |a: &std::net::IpAddr| trusted.iter().any(|r| r.contains(*a));
         if !is_trusted(&peer) {
+            if parts.headers.contains_key("x-forwarded-for") {
+                untrusted_forwarded_for(peer);
+            }
             return Ok(ClientAddr(Some(peer)));
         }
         let forwarded = parts
@@ -212,6 +215,24 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
                 .find(|a| !is_trusted(a))
                 .unwrap_or(peer),
         )))
+    }
+}
+
+/// An `X-Forwarded-For` from a peer that is not a trusted proxy is ignored
+/// (a client could write any address there). Behind a proxy left out of
+/// `TRUSTED_PROXIES`, every request says so: counted, and warned about at
+/// most once a minute, since the per-address limits then count the proxy as
+/// one client.
+fn untrusted_forwarded_for(peer: std::net::IpAddr) {
+    static LAST_WARNING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    metrics::counter!("flashsale_untrusted_forwarded_for_total").increment(1);
+    if crate::server::once_a_minute(&LAST_WARNING) {
+        tracing::warn!(
+            peer = %peer,
+            "X-Forwarded-For from a peer not in TRUSTED_PROXIES: ignored, the peer is taken \
+             for the client; if this peer is your proxy or load balancer, list it in \
+             TRUSTED_PROXIES, or every client behind it shares one rate limit"
+        );
     }
 }
 

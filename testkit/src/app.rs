@@ -102,19 +102,17 @@ impl TestApp {
     /// The API `config` describes, serving `extra` routes too.
     pub async fn start(config: Config, extra: axum::Router<AppState>) -> Self {
         let state = AppState::build(&config).await.expect("the API's state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
+        let listener =
+            flashsale::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config.server.backlog)
+                .expect("a free port");
         let addr = listener.local_addr().expect("a bound port");
         let app = flashsale::http::router_with(state.clone(), extra);
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
+        tokio::spawn(flashsale::server::serve(
+            listener,
+            app,
+            config.server,
+            std::future::pending(),
+        ));
         Self {
             addr,
             base: format!("http://{addr}"),

@@ -86,6 +86,7 @@ pub fn config(database_url: &str, redis_url: &str) -> Config {
     let seed: [u8; 32] = rand::random();
     let key = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, seed);
     Config::from_vars(&Vars::from_pairs([
+        ("FLASHSALE_ENV", "development"),
         ("DATABASE_URL", database_url),
         ("REDIS_URL", redis_url),
         ("JWT_SECRET", JWT_SECRET),

@@ -64,6 +64,8 @@ class Service:
             "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
             # One machine is every buyer here; the limits are tested elsewhere.
             "RATE_LIMITS": "off",
+            # The built-in development secrets stand in.
+            "FLASHSALE_ENV": "development",
         }
         self.procs = []
 
