@@ -307,3 +307,99 @@ async fn a_primary_killed_mid_sale_fails_over_and_no_acknowledged_confirmation_i
     assert_eq!(persisted(&api.db, sale).await, want);
     drop(workers);
 }
+
+/// Two API processes on one cluster, behind no balancer, serve one sale's
+/// buyers half each: every buyer joins through one and polls, is admitted
+/// and holds through the other. Places follow arrival over both, a pass
+/// one signs the other accepts, holds from both never oversell, and a
+/// buyer's rate limit (kept in Redis) is one limit over both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_api_processes_share_one_sales_buyers_on_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    let (_, db_url) = fresh_database().await;
+    // One configuration, as replicas share theirs: the same pass signing
+    // key, and rate limits kept in Redis.
+    let mut config = config(&db_url, &cluster.url());
+    config.limits.store = flashsale::limits::LimitStore::Redis;
+    config.limits.poll = flashsale::limits::Rate {
+        per_minute: 1,
+        burst: 40,
+    };
+    let apis = [
+        Api::start(config.clone(), axum::Router::new()).await,
+        Api::start(config, axum::Router::new()).await,
+    ];
+    let sale = apis[0]
+        .sale_id(json!({
+            "zones": [{"code": "A", "capacity": CAPACITY}],
+            "release_rate": 200,
+            "release_interval_ms": 100,
+            "per_user_limit": 2
+        }))
+        .await;
+    let apis = &apis;
+    let one = |i: usize| &apis[i % 2];
+    let other = |i: usize| &apis[(i + 1) % 2];
+
+    // Joins alternate between the two; the places are one line.
+    let buyers: Vec<String> = (0..BUYERS).map(|i| format!("r{i}-{sale}")).collect();
+    let joined = futures::future::join_all(buyers.iter().enumerate().map(|(i, b)| async move {
+        let res = one(i).join(sale, b).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let body: Value = res.json().await.unwrap();
+        (i, body["position"].as_u64().unwrap())
+    }))
+    .await;
+    let mut by_place = joined.clone();
+    by_place.sort_by_key(|(_, p)| *p);
+    let places: Vec<u64> = by_place.iter().map(|(_, p)| *p).collect();
+    assert_eq!(places, (1..=BUYERS as u64).collect::<Vec<_>>());
+
+    // One tick (either process's releaser would do) admits the first
+    // twenty; each buyer asks the process it did not join through.
+    let tick = apis[1].tick(sale, 300_000).await;
+    assert_eq!(tick.admitted as usize, ADMITTED);
+    let mut passes = HashMap::new();
+    for (rank, &(i, _)) in by_place.iter().enumerate() {
+        let state: Value = other(i).poll(sale, &buyers[i]).await.json().await.unwrap();
+        if rank < ADMITTED {
+            assert_eq!(state["state"], "admitted", "{rank}: {state}");
+            passes.insert(i, state["pass"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(state["state"], "waiting", "{rank}: {state}");
+            assert_eq!(state["position"], (rank - ADMITTED + 1) as u64);
+        }
+    }
+
+    // The admitted hold two each through the process that did not sign
+    // their pass, all at once: thirty tickets, fifteen holds.
+    let holds = futures::future::join_all(passes.iter().map(|(&i, pass)| {
+        let b = &buyers[i];
+        async move {
+            let res = one(i).hold_with_pass(sale, b, pass, "A", 2, None).await;
+            res.status()
+        }
+    }))
+    .await;
+    let placed = holds.iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(placed, 15, "{holds:?}");
+    assert!(holds
+        .iter()
+        .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
+    assert_eq!(apis[0].stock(sale, "A").await, (0, CAPACITY, 0, CAPACITY));
+
+    // A buyer's poll allowance (40 at once) is spent over both processes
+    // together: polls alternating between them are refused from the 41st
+    // on (the buyer polled once above).
+    let (i, _) = by_place[ADMITTED];
+    let mut answered = 1;
+    for n in 0..60 {
+        let res = apis[n % 2].poll(sale, &buyers[i]).await;
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::OK);
+        answered += 1;
+    }
+    assert_eq!(answered, 40, "one allowance over both processes");
+}
