@@ -64,16 +64,21 @@ async fn sales_over_three_shards_keep_order_never_oversell_reach_postgres_and_re
     // Every sale at once: a crowd joins, one tick admits the first twenty
     // in arrival order, and the admitted race for the tickets.
     let api = &api;
-    let sold = futures::future::join_all(sales.iter().map(|&sale| async move {
-        one_sale(api, sale).await;
-        sale
-    }))
-    .await;
-    assert_eq!(sold.len(), sales.len());
+    let confirmed: HashMap<SaleId, Vec<String>> = futures::future::join_all(
+        sales
+            .iter()
+            .map(|&sale| async move { (sale, one_sale(api, sale).await) }),
+    )
+    .await
+    .into_iter()
+    .collect();
 
-    // The real workers binary, on the cluster: every sale on every shard
-    // reaches Postgres.
-    let workers = Workers::start(&cluster.url(), &api.db_url, &[]);
+    // Two replicas of the real workers binary, on the cluster: every sale
+    // on every shard reaches Postgres, each confirmation once.
+    let workers = [
+        Workers::start(&cluster.url(), &api.db_url, &[]),
+        Workers::start(&cluster.url(), &api.db_url, &[]),
+    ];
     for _ in 0..600 {
         let mut all = true;
         for &sale in &sales {
@@ -92,6 +97,27 @@ async fn sales_over_three_shards_keep_order_never_oversell_reach_postgres_and_re
         );
     }
     drop(workers);
+
+    // The post-sale check, the real CLI on the cluster URL: queue order,
+    // stock, Redis against Postgres, every confirmation buyers were told of.
+    for (sale, ids) in &confirmed {
+        let told = std::env::temp_dir().join(format!("told-{sale}"));
+        std::fs::write(&told, ids.join("\n")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale-workers"))
+            .args(["check", "--sale", &sale.to_string(), "--confirmed"])
+            .arg(&told)
+            .env("REDIS_URL", cluster.url())
+            .env("DATABASE_URL", &api.db_url)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&told);
+        assert!(
+            out.status.success(),
+            "check of sale {sale}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // One sale a shard loses every key; restore rebuilds it from Postgres.
     for sales_here in on_shard.values() {
@@ -125,7 +151,8 @@ async fn sales_over_three_shards_keep_order_never_oversell_reach_postgres_and_re
 /// One sale's crowd: places in arrival order, the first twenty admitted by
 /// one tick and the rest told their new position, then twenty concurrent
 /// holds of two for thirty tickets: exactly fifteen placed, and confirmed.
-async fn one_sale(api: &Api, sale: SaleId) {
+/// Returns the ids of the confirmed reservations.
+async fn one_sale(api: &Api, sale: SaleId) -> Vec<String> {
     let buyers: Vec<String> = (0..BUYERS).map(|i| format!("b{i}-{sale}")).collect();
     let joined = futures::future::join_all(buyers.iter().map(|b| async move {
         let res = api.join(sale, b).await;
@@ -178,6 +205,7 @@ async fn one_sale(api: &Api, sale: SaleId) {
         assert_eq!(api.confirm(id, b).await.status(), StatusCode::OK);
     }
     assert_eq!(api.stock(sale, "A").await, (0, 0, CAPACITY, CAPACITY));
+    placed.into_iter().map(|(_, id)| id).collect()
 }
 
 /// kill -9 of the primary that holds a sale, mid-sale, with a replica of it
