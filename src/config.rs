@@ -58,6 +58,13 @@ pub struct Config {
     /// (`CORS_ALLOWED_ORIGINS`): origins as browsers send them
     /// (`https://tickets.example.com`), none by default.
     pub cors_allowed_origins: Vec<String>,
+    /// How often each sale followed on an event stream is read for changes
+    /// (`PUSH_WATCH_INTERVAL_MS`): one Redis call per sale per interval,
+    /// however many streams follow it.
+    pub push_watch_interval: Duration,
+    /// Event streams one API process keeps open at once
+    /// (`MAX_EVENT_STREAMS`); past it, `503` and the page polls instead.
+    pub max_event_streams: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -149,6 +156,11 @@ impl Config {
                     .collect::<anyhow::Result<_>>()
                     .context("CORS_ALLOWED_ORIGINS is malformed")?,
             },
+            push_watch_interval: Duration::from_millis(
+                vars.parse_or("PUSH_WATCH_INTERVAL_MS", 250u64)?
+                    .clamp(50, 5_000),
+            ),
+            max_event_streams: vars.parse_or("MAX_EVENT_STREAMS", 20_000usize)?,
         })
     }
 

@@ -211,6 +211,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let state = flashsale::http::AppState::build(&config).await?;
     flashsale::redis::check_eviction_policy(&state.redis).await;
+    // Event streams never finish on their own: they end when this is cancelled.
+    let streams = state.shutdown.clone();
     let app = flashsale::http::router(state);
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
@@ -220,7 +222,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(flashsale::shutdown_signal())
+    .with_graceful_shutdown(async move {
+        flashsale::shutdown_signal().await;
+        streams.cancel();
+    })
     .await
     .context("serve")?;
     tracing::info!("flashsale API stopped");

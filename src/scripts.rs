@@ -87,6 +87,7 @@ pub struct Scripts {
     pub trim_stream: Script,
     pub reconcile_read: Script,
     pub set_release: Script,
+    pub watch: Script,
 }
 
 impl Default for Scripts {
@@ -149,10 +150,11 @@ impl Scripts {
                 include_str!("../lua/reconcile_read.lua"),
             ),
             set_release: Script::new("set_release", include_str!("../lua/set_release.lua")),
+            watch: Script::new("watch_sale", include_str!("../lua/watch_sale.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 12] {
+    fn all(&self) -> [&Script; 13] {
         [
             &self.load_sale,
             &self.hold,
@@ -166,6 +168,7 @@ impl Scripts {
             &self.trim_stream,
             &self.reconcile_read,
             &self.set_release,
+            &self.watch,
         ]
     }
 
