@@ -50,6 +50,13 @@ pub const POSITION_EVERY: Duration = Duration::from_secs(2);
 /// After a failed read of the buyer's status, the next try.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(2);
 
+/// The shortest wait between two exact reads of a buyer whose stream is
+/// open (unless the idle limit needs them sooner): near the front a polling
+/// page asks every second, but a stream learns of admissions from the
+/// frontier; exact reads only add buyers ahead who left, and keep the
+/// buyer's last-seen mark fresh.
+const EXACT_EVERY_MIN_MS: u64 = 5_000;
+
 /// What a sale's watcher last read (`lua/watch_sale.lua`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Watched {
@@ -485,12 +492,14 @@ impl Follower {
     }
 }
 
-/// When a stream reads its buyer again: when a polling page would.
+/// When a stream reads its buyer again: when a polling page would, but
+/// not more often than every [`EXACT_EVERY_MIN_MS`], and always within
+/// `max_poll_after_ms` (well inside the idle limit).
 fn next_read(standing: &Standing, max_poll_after_ms: u64) -> Duration {
     let ms = standing
         .poll_after_ms(chrono::Utc::now(), max_poll_after_ms)
         .unwrap_or(max_poll_after_ms);
-    Duration::from_millis(ms)
+    Duration::from_millis(ms.max(EXACT_EVERY_MIN_MS).min(max_poll_after_ms))
 }
 
 #[cfg(test)]
