@@ -17,12 +17,17 @@
 //! 4. sends the API SIGTERM with every stream open: prints how long it took
 //!    to exit and how many streams ended cleanly.
 //!
-//!   cargo build --release --bin flashsale --example event_streams
-//!   target/release/examples/event_streams <streams> [admit]
+//!   cargo build --release --bin flashsale && cargo build --example event_streams
+//!   FLASHSALE_BIN=target/release/flashsale target/debug/examples/event_streams <streams> [admit]
 //!
 //! `FLASHSALE_BIN` names the API binary (default: `flashsale` beside this
 //! example's folder); `DATABASE_URL` a Postgres whose user may create
-//! databases (the one made is dropped at the end).
+//! databases (the one made is dropped at the end). `admit` (1,000 by
+//! default) is the sale's release rate, a tick a second. With
+//! `PLAIN_CONNECTIONS=1` it opens as many idle keep-alive connections (one
+//! `GET /health` each) instead of streams, for comparison. The client runs
+//! on the same machine: its own work competes with the API's for the CPU,
+//! and the latencies count both.
 
 #![allow(clippy::print_stdout, reason = "an example prints its figures")]
 #![allow(
@@ -110,15 +115,15 @@ async fn main() -> anyhow::Result<()> {
         leeway_seconds: 5,
     });
     let organizer = tokens.issue("organizer-1", Role::Organizer, 3600)?;
-    // `admit` buyers a tick, stock for all of them.
+    // `admit` buyers a tick (one a second), stock for all of them.
     let sale: serde_json::Value = http
         .post(format!("{base}/v1/sales"))
         .bearer_auth(&organizer)
         .json(&json!({
             "name": "Event streams",
             "zones": [{"code": "A", "name": "Floor", "capacity": 1_000_000, "price_cents": 100}],
-            "release_rate": admit * 10,
-            "release_interval_ms": 100,
+            "release_rate": admit,
+            "release_interval_ms": 1000,
             "per_user_limit": 4
         }))
         .send()
@@ -170,43 +175,22 @@ async fn main() -> anyhow::Result<()> {
     let clean_ends = Arc::new(AtomicUsize::new(0));
     let cut_ends = Arc::new(AtomicUsize::new(0));
     let opening = Instant::now();
-    let readers: Vec<tokio::task::JoinHandle<()>> = stream::iter(buyers.iter())
+    let mut opened = stream::iter(buyers.iter())
         .map(|b| {
             let token = tokens.issue(b, Role::Buyer, 3600).unwrap();
             let path = format!("/v1/sales/{sale_id}/queue/events");
-            let (admitted_at, clean_ends, cut_ends) =
-                (admitted_at.clone(), clean_ends.clone(), cut_ends.clone());
-            async move {
-                let mut conn = open(port, &path, &token, "\n\n").await.unwrap();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 1024];
-                    let mut told_admitted = false;
-                    loop {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                cut_ends.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                            Ok(n) => {
-                                let text = String::from_utf8_lossy(&buf[..n]);
-                                if !told_admitted && text.contains("\"state\":\"admitted\"") {
-                                    told_admitted = true;
-                                    admitted_at.lock().unwrap().push(Instant::now());
-                                }
-                                // The last chunk of a body that ended.
-                                if text.ends_with("0\r\n\r\n") {
-                                    clean_ends.fetch_add(1, Ordering::Relaxed);
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                })
-            }
+            async move { open(port, &path, &token, "\n\n").await.unwrap() }
         })
-        .buffer_unordered(OPENING)
-        .collect()
-        .await;
+        .buffer_unordered(OPENING);
+    let mut readers = tokio::task::JoinSet::new();
+    while let Some(conn) = opened.next().await {
+        readers.spawn(read_stream(
+            conn,
+            admitted_at.clone(),
+            clean_ends.clone(),
+            cut_ends.clone(),
+        ));
+    }
     let opened_in = opening.elapsed();
     // Let the streams' first exact reads and the allocator settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -267,9 +251,7 @@ async fn main() -> anyhow::Result<()> {
         .status()?;
     let status = api.wait()?;
     let exited_in = stopping.elapsed();
-    for r in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), readers.join_all()).await;
     println!(
         "SIGTERM with {} streams open (VmRSS {before_stop} KiB): exited ({status}) in {:.0} ms; {} streams ended cleanly, {} cut",
         streams - latencies.len(),
@@ -286,6 +268,37 @@ async fn main() -> anyhow::Result<()> {
     .execute(&admin)
     .await?;
     Ok(())
+}
+
+/// Reads a stream to its end: notes when it told `admitted`, and whether it
+/// ended cleanly (the last chunk of the body) or was cut.
+async fn read_stream(
+    mut conn: TcpStream,
+    admitted_at: Arc<Mutex<Vec<Instant>>>,
+    clean_ends: Arc<AtomicUsize>,
+    cut_ends: Arc<AtomicUsize>,
+) {
+    let mut buf = vec![0u8; 1024];
+    let mut told_admitted = false;
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                cut_ends.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if !told_admitted && text.contains("\"state\":\"admitted\"") {
+                    told_admitted = true;
+                    admitted_at.lock().unwrap().push(Instant::now());
+                }
+                if text.ends_with("0\r\n\r\n") {
+                    clean_ends.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Connects, sends `GET path` and reads until the body holds `until` (for

@@ -5,7 +5,12 @@
 //! streams open has one watcher task, which runs `lua/watch_sale.lua` every
 //! `PUSH_WATCH_INTERVAL_MS` and publishes what it read (the sale's state,
 //! its admissions so far and the admission frontier, the highest place
-//! admitted) on a `watch` channel, only when it changed. Each stream
+//! admitted) on a `watch` channel. Nor is every stream woken at every
+//! tick: the watcher wakes them all only when the sale's state changes
+//! (paused, waitlisted, sold out, closed, frozen, gone), and wakes only the
+//! streams whose place the frontier reached ([`Near`]); each stream looks at
+//! the published view for a new position on its own, every two to three
+//! seconds. Each stream
 //! ([`Follower`]) knows its buyer's place and position from its last exact
 //! read of the buyer's status, and works out the buyer's standing from the
 //! sale's view alone: every buyer admitted since that read was ahead of this
@@ -46,6 +51,24 @@ use crate::{
 /// a buyer far back sees the number fall every few seconds, not at every
 /// release tick.
 pub const POSITION_EVERY: Duration = Duration::from_secs(2);
+
+/// Streams look for a new position every [`POSITION_EVERY`] and a random
+/// moment up to this long: one release tick moves every stream of a sale at
+/// once, and spreading their looks leaves the moment of the tick to the
+/// buyers it admitted.
+const POSITION_SPREAD_MS: u64 = 1_000;
+
+/// Streams of one sale by place, for the watcher to wake those the
+/// admission frontier reaches. Keyed by (place, stream), since one buyer may
+/// follow the line from two tabs.
+type Near = Arc<Mutex<std::collections::BTreeMap<(u64, u64), Arc<tokio::sync::Notify>>>>;
+
+/// One watched sale: its view, and its streams by place.
+#[derive(Clone)]
+struct Watch {
+    tx: watch::Sender<View>,
+    near: Near,
+}
 
 /// After a failed read of the buyer's status, the next try.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(2);
@@ -136,7 +159,9 @@ pub struct Push {
     max_streams: usize,
     open: AtomicUsize,
     stop: CancellationToken,
-    sales: Mutex<HashMap<SaleId, watch::Sender<View>>>,
+    sales: Mutex<HashMap<SaleId, Watch>>,
+    /// Names streams in [`Near`].
+    next_stream: std::sync::atomic::AtomicU64,
 }
 
 impl Push {
@@ -157,6 +182,7 @@ impl Push {
             open: AtomicUsize::new(0),
             stop,
             sales: Mutex::new(HashMap::new()),
+            next_stream: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -188,16 +214,22 @@ impl Push {
         })
     }
 
-    /// The sale's view, starting its watcher if it has none.
-    fn subscribe(self: &Arc<Self>, sale: SaleId) -> watch::Receiver<View> {
+    /// The sale's view and its streams by place, starting its watcher if it
+    /// has none.
+    fn subscribe(self: &Arc<Self>, sale: SaleId) -> (watch::Receiver<View>, Near) {
         let mut sales = self.sales.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = sales.get(&sale) {
-            return tx.subscribe();
+        if let Some(w) = sales.get(&sale) {
+            return (w.tx.subscribe(), w.near.clone());
         }
         let (tx, rx) = watch::channel(None);
-        sales.insert(sale, tx.clone());
-        tokio::spawn(watch_loop(self.clone(), sale, tx));
-        rx
+        let w = Watch {
+            tx,
+            near: Arc::default(),
+        };
+        sales.insert(sale, w.clone());
+        let near = w.near.clone();
+        tokio::spawn(watch_loop(self.clone(), sale, w));
+        (rx, near)
     }
 
     /// Forgets the sale's watcher if nobody follows it any more. Under the
@@ -208,7 +240,7 @@ impl Push {
         if !stopping && tx.receiver_count() > 0 {
             return false;
         }
-        if sales.get(&sale).is_some_and(|t| t.same_channel(tx)) {
+        if sales.get(&sale).is_some_and(|w| w.tx.same_channel(tx)) {
             sales.remove(&sale);
         }
         true
@@ -216,8 +248,10 @@ impl Push {
 }
 
 /// One sale's watcher: reads the sale's view every interval while anyone
-/// follows it, and wakes the streams only when it changed.
-async fn watch_loop(push: Arc<Push>, sale: SaleId, tx: watch::Sender<View>) {
+/// follows it; wakes every stream when the sale's state changed, and the
+/// streams the admission frontier reached.
+async fn watch_loop(push: Arc<Push>, sale: SaleId, w: Watch) {
+    let Watch { tx, near } = w;
     metrics::gauge!("flashsale_queue_event_watchers").increment(1.0);
     let mut tick = tokio::time::interval(push.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,13 +265,26 @@ async fn watch_loop(push: Arc<Push>, sale: SaleId, tx: watch::Sender<View>) {
         }
         match watch_sale(&push.redis, &push.scripts, sale).await {
             Ok(seen) => {
+                let frontier = match &seen {
+                    Watched::Live(v) => v.frontier,
+                    Watched::Gone => None,
+                };
+                // A new value either way; a wake-up for all only when the
+                // state changed (the streams look at positions themselves).
                 tx.send_if_modified(|view| {
-                    if view.as_deref() == Some(&seen) {
-                        return false;
-                    }
+                    let wake_all = view
+                        .as_deref()
+                        .is_none_or(|old| state_of(old) != state_of(&seen));
                     *view = Some(Arc::new(seen));
-                    true
+                    wake_all
                 });
+                if let Some(frontier) = frontier {
+                    let mut streams = near.lock().unwrap_or_else(|e| e.into_inner());
+                    let behind = streams.split_off(&(frontier as u64 + 1, 0));
+                    for reached in std::mem::replace(&mut *streams, behind).values() {
+                        reached.notify_one();
+                    }
+                }
             }
             // The streams keep their last view and still refresh their own
             // buyer now and then, which reports the outage if it lasts.
@@ -245,6 +292,14 @@ async fn watch_loop(push: Arc<Push>, sale: SaleId, tx: watch::Sender<View>) {
         }
     }
     metrics::gauge!("flashsale_queue_event_watchers").decrement(1.0);
+}
+
+/// What every stream of a sale reacts to at once.
+fn state_of(w: &Watched) -> Option<[bool; 5]> {
+    match w {
+        Watched::Gone => None,
+        Watched::Live(v) => Some([v.frozen, v.sold_out, v.waitlist, v.paused, v.closed]),
+    }
 }
 
 /// An open stream, counted while it lives.
@@ -312,14 +367,20 @@ pub struct Follower {
     user: String,
     refresh: Refresh,
     view: watch::Receiver<View>,
+    near: Near,
+    /// This stream's key in [`Near`] (while registered) and its wake-up.
+    id: u64,
+    registered: Option<u64>,
+    reached: Arc<tokio::sync::Notify>,
+    /// The frontier this stream found already past its place, if any.
+    passed: Option<u64>,
+    /// When to look at the view for a new position.
+    look_at: Instant,
     /// The last exact read: waiting or waitlisted.
     base: Standing,
     in_line: Option<InLine>,
     /// When to read the buyer again regardless.
     refresh_at: Instant,
-    /// The frontier that last made this stream read its buyer: each new
-    /// frontier at or past the place does so once.
-    crossed: Option<f64>,
     told: Told,
     told_at: Instant,
     /// A position change waiting for [`POSITION_EVERY`] to pass.
@@ -338,8 +399,15 @@ impl Follower {
         in_line: Option<InLine>,
     ) -> Self {
         let now = Instant::now();
-        Self {
-            view: push.subscribe(sale),
+        let (view, near) = push.subscribe(sale);
+        let mut follower = Self {
+            view,
+            near,
+            id: push.next_stream.fetch_add(1, Ordering::Relaxed),
+            registered: None,
+            reached: Arc::default(),
+            passed: None,
+            look_at: now + look_every(),
             push: push.clone(),
             sale,
             user,
@@ -349,8 +417,42 @@ impl Follower {
             told_at: now,
             base: first,
             in_line,
-            crossed: None,
             pending_at: None,
+        };
+        follower.register();
+        follower
+    }
+
+    /// Puts the stream among those the watcher wakes when the frontier
+    /// reaches its place; if it already has, wakes itself.
+    fn register(&mut self) {
+        let Some(line) = self.in_line else {
+            return;
+        };
+        let place = line.place as u64;
+        let mut near = self.near.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = self.registered.take() {
+            near.remove(&(old, self.id));
+        }
+        // The watcher updates the view before it wakes the streams reached:
+        // a frontier that passed before this registration shows here.
+        let passed = match self.view.borrow().as_deref() {
+            Some(Watched::Live(SaleView {
+                frontier: Some(f), ..
+            })) if *f >= line.place => Some(*f as u64),
+            _ => None,
+        };
+        if let Some(frontier) = passed {
+            drop(near);
+            // Once per frontier: a buyer still in line behind it (a sale
+            // rebuilt by a restore) is left to the periodic reads.
+            if self.passed != Some(frontier) {
+                self.passed = Some(frontier);
+                self.reached.notify_one();
+            }
+        } else {
+            near.insert((place, self.id), self.reached.clone());
+            self.registered = Some(place);
         }
     }
 
@@ -362,19 +464,28 @@ impl Follower {
             return None;
         }
         loop {
-            let wake = self
-                .pending_at
-                .map_or(self.refresh_at, |p| p.min(self.refresh_at));
-            tokio::select! {
+            let wake = [self.pending_at, Some(self.look_at)]
+                .into_iter()
+                .flatten()
+                .fold(self.refresh_at, Instant::min);
+            let reached = tokio::select! {
                 biased;
                 _ = self.push.stop.cancelled() => return None,
-                changed = self.view.changed() => if changed.is_err() {
-                    return None;
+                changed = self.view.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    false
                 },
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.reached.notified() => true,
+                _ = tokio::time::sleep_until(wake) => false,
+            };
+            let now = Instant::now();
+            if now >= self.look_at {
+                self.look_at = now + look_every();
             }
             let view = self.view.borrow_and_update().clone();
-            let standing = self.standing(view.as_deref()).await;
+            let standing = self.standing(view.as_deref(), reached).await;
             if matches!(standing, Standing::NotInQueue) {
                 return None;
             }
@@ -385,19 +496,12 @@ impl Follower {
     }
 
     /// The buyer's standing now: estimated from the view, or read exactly
-    /// when the frontier reached the buyer or the periodic read is due.
-    async fn standing(&mut self, view: Option<&Watched>) -> Standing {
-        let now = Instant::now();
-        let mut exact = now >= self.refresh_at;
-        if let (Some(Watched::Live(v)), Some(line)) = (view, self.in_line) {
-            if let Some(frontier) = v.frontier.filter(|f| *f >= line.place) {
-                if self.crossed != Some(frontier) {
-                    self.crossed = Some(frontier);
-                    exact = true;
-                }
-            }
+    /// when the frontier `reached` the buyer or the periodic read is due.
+    async fn standing(&mut self, view: Option<&Watched>, reached: bool) -> Standing {
+        if reached {
+            self.registered = None;
         }
-        if exact {
+        if reached || Instant::now() >= self.refresh_at {
             // Boxed: the read is kilobytes, and the stream's resting state
             // (awaiting the next change) should not carry it.
             let read = Box::pin(queue::status_in_line(
@@ -415,6 +519,9 @@ impl Follower {
                     if !is_final(&standing) {
                         self.base = standing.clone();
                         self.in_line = in_line;
+                        if self.registered.is_none() {
+                            self.register();
+                        }
                     }
                     return standing;
                 }
@@ -489,6 +596,22 @@ impl Follower {
             self.base = standing.clone();
         }
         Some(standing)
+    }
+}
+
+/// The next look at the view for a new position: every
+/// [`POSITION_EVERY`] and a random moment of up to [`POSITION_SPREAD_MS`],
+/// so the streams of a sale do not all look at once.
+fn look_every() -> Duration {
+    POSITION_EVERY + Duration::from_millis(rand::random_range(0..POSITION_SPREAD_MS))
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(place) = self.registered {
+            let mut near = self.near.lock().unwrap_or_else(|e| e.into_inner());
+            near.remove(&(place, self.id));
+        }
     }
 }
 

@@ -40,7 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The buyer's queue status as a stream of `status` events (the body of
 /// `GET .../queue` each): at once, then whenever it changes (a new position
-/// at most every two seconds), admission within one release tick with its
+/// every two to three seconds), admission within one release tick with its
 /// queue pass. The stream ends after a final status (admitted, sold out,
 /// expired), when the buyer leaves the line, and when the server stops;
 /// keep-alive comments flow while nothing changes. Refusals come before
