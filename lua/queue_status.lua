@@ -10,7 +10,9 @@
 -- ARGV[1]  buyer id
 -- ARGV[2]  how stale a last-seen mark may get before it is refreshed (ms)
 -- Returns  {"waiting" | "waitlisted", position (1 = next), measured rate,
---           release_rate, paused, opens_at_ms}, {"admitted", pass deadline
+--           release_rate, paused, opens_at_ms, place, admitted_total} (the
+--           last two let an event stream follow the line from the sale's
+--           admissions alone: lua/watch_sale.lua), {"admitted", pass deadline
 --           ms, pass_ttl_seconds}, {"sold_out"} (every ticket sold, or the
 --           sale closed: final), {"expired"}, {"not_in_queue"}
 --          or {"err", "sale_not_found"}, {"err", "sale_frozen"} (a waiting
@@ -36,7 +38,7 @@ end
 
 local score = redis.call('ZSCORE', KEYS[2], user)
 local m = redis.call('HMGET', KEYS[1], 'sold_out', 'measured_rate', 'release_rate', 'paused',
-  'opens_at_ms', 'frozen', 'waitlist', 'closes_at_ms')
+  'opens_at_ms', 'frozen', 'waitlist', 'closes_at_ms', 'admitted_total')
 local closes = tonumber(m[8] or '0')
 local closed = closes > 0 and now >= closes
 if not score then
@@ -68,4 +70,5 @@ local state = 'waiting'
 if m[7] == '1' then
   state = 'waitlisted'
 end
-return {state, string.format('%d', rank + 1), m[2] or '0', m[3], m[4], m[5]}
+return {state, string.format('%d', rank + 1), m[2] or '0', m[3], m[4], m[5],
+  score_text(place_of(score)), m[9] or '0'}

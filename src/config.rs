@@ -89,6 +89,13 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// The HTTP server's listen queue, timeouts and connection cap.
     pub server: crate::server::ServerSettings,
+    /// How often each sale followed on an event stream is read for changes
+    /// (`PUSH_WATCH_INTERVAL_MS`): one Redis call per sale per interval,
+    /// however many streams follow it.
+    pub push_watch_interval: Duration,
+    /// Event streams one API process keeps open at once
+    /// (`MAX_EVENT_STREAMS`); past it, `503` and the page polls instead.
+    pub max_event_streams: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +216,11 @@ impl Config {
                     .context("CORS_ALLOWED_ORIGINS is malformed")?,
             },
             server,
+            push_watch_interval: Duration::from_millis(
+                vars.parse_or("PUSH_WATCH_INTERVAL_MS", 250u64)?
+                    .clamp(50, 5_000),
+            ),
+            max_event_streams: vars.parse_or("MAX_EVENT_STREAMS", 20_000usize)?,
         })
     }
 

@@ -36,6 +36,8 @@ pub mod live_sales;
 pub mod outbox;
 /// Queue passes: EdDSA JWTs bound to a buyer and a sale, with a JWKS.
 pub mod passes;
+/// Push: buyers' event streams, and one watcher per followed sale.
+pub mod push;
 /// The virtual queue: join, status, leave, release ticks, pre-queue draws.
 pub mod queue;
 /// Rebuilding a sale's Redis state from Postgres.

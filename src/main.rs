@@ -213,12 +213,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let state = flashsale::http::AppState::build(&config).await?;
     flashsale::redis::check_eviction_policy(&state.redis).await;
+    // Event streams never finish on their own: they end when this is cancelled.
+    let streams = state.shutdown.clone();
     let app = flashsale::http::router(state);
     let listener = flashsale::server::bind(config.listen_addr, config.server.backlog)
         .with_context(|| format!("bind {}", config.listen_addr))?;
     let addr = listener.local_addr().context("read the bound address")?;
     tracing::info!(addr = %addr, "flashsale API listening");
-    flashsale::server::serve(listener, app, config.server, flashsale::shutdown_signal()).await;
+    let stopping = async move {
+        flashsale::shutdown_signal().await;
+        streams.cancel();
+    };
+    flashsale::server::serve(listener, app, config.server, stopping).await;
     tracing::info!("flashsale API stopped");
     Ok(())
 }

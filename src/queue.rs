@@ -215,6 +215,31 @@ pub async fn status(
     user: &str,
     seen_refresh_ms: u64,
 ) -> Result<Standing, QueueError> {
+    Ok(status_in_line(redis, scripts, sale, user, seen_refresh_ms)
+        .await?
+        .0)
+}
+
+/// Where a buyer in line is, beyond the position: enough for an event
+/// stream to follow the line from the sale's admissions alone
+/// ([`crate::push`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InLine {
+    /// The buyer's place (fixed at join; admission is in place order).
+    pub place: f64,
+    /// The sale's admissions so far, when the position was read.
+    pub admitted_total: u64,
+}
+
+/// [`status`], with the buyer's place and the sale's admission count when
+/// the buyer is waiting or waitlisted.
+pub async fn status_in_line(
+    redis: &Pool,
+    scripts: &Scripts,
+    sale: SaleId,
+    user: &str,
+    seen_refresh_ms: u64,
+) -> Result<(Standing, Option<InLine>), QueueError> {
     let k = SaleKeys::new(sale);
     let reply: Vec<Option<String>> = scripts
         .status
@@ -224,7 +249,24 @@ pub async fn status(
             vec![Value::from(user), Value::from(seen_refresh_ms as i64)],
         )
         .await?;
-    decode(&reply)
+    let standing = decode(&reply)?;
+    let in_line = match standing {
+        Standing::Waiting { .. } | Standing::Waitlisted { .. } => {
+            let field = |i: usize| reply.get(i).cloned().flatten();
+            match (
+                field(6).and_then(|p| p.parse::<f64>().ok()),
+                field(7).and_then(|n| n.parse::<u64>().ok()),
+            ) {
+                (Some(place), Some(admitted_total)) => Some(InLine {
+                    place,
+                    admitted_total,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Ok((standing, in_line))
 }
 
 /// Gives up the buyer's place or pass. True if there was one.

@@ -89,6 +89,7 @@ pub struct Scripts {
     pub reconcile_read: Script,
     pub set_release: Script,
     pub check_rate_limit: Script,
+    pub watch: Script,
 }
 
 impl Default for Scripts {
@@ -156,10 +157,11 @@ impl Scripts {
                 "check_rate_limit",
                 include_str!("../lua/check_rate_limit.lua"),
             ),
+            watch: Script::new("watch_sale", include_str!("../lua/watch_sale.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 14] {
+    fn all(&self) -> [&Script; 15] {
         [
             &self.load_sale,
             &self.hold,
@@ -175,6 +177,7 @@ impl Scripts {
             &self.reconcile_read,
             &self.set_release,
             &self.check_rate_limit,
+            &self.watch,
         ]
     }
 

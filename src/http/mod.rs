@@ -10,6 +10,7 @@
 
 mod auth;
 mod docs;
+mod events;
 mod extract;
 mod ops;
 mod pages;
@@ -135,10 +136,20 @@ impl AppState {
                 }
             });
         }
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let push = crate::push::Push::new(
+            redis.clone(),
+            scripts.clone(),
+            config.push_watch_interval,
+            config.max_event_streams,
+            shutdown.clone(),
+        );
         Ok(Self::from(AppInner {
             db,
             redis,
             scripts,
+            push,
+            shutdown,
             tokens: Arc::new(AccessTokens::new(&config.jwt)),
             passes,
             limits,
@@ -164,6 +175,11 @@ pub struct AppInner {
     pub db: PgPool,
     pub redis: Pool,
     pub scripts: Arc<Scripts>,
+    /// Buyers' event streams and the watchers of the sales they follow.
+    pub push: Arc<crate::push::Push>,
+    /// Cancelled when the server begins to stop: open event streams end at
+    /// once instead of holding the graceful shutdown up.
+    pub shutdown: tokio_util::sync::CancellationToken,
     pub tokens: Arc<AccessTokens>,
     pub passes: Arc<PassKeys>,
     pub limits: Arc<Limits>,
@@ -274,6 +290,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(sales::router())
         .merge(queue::router())
+        .merge(events::router())
         .merge(reservations::router())
 }
 

@@ -33,7 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Where a buyer stands in a sale's queue.
 #[derive(Serialize, ToSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
-enum QueueStatus {
+pub(super) enum QueueStatus {
     Waiting {
         position: u64,
         eta_seconds: Option<u64>,
@@ -60,7 +60,7 @@ enum QueueStatus {
     Expired,
 }
 
-fn render(
+pub(super) fn render(
     state: &AppState,
     sale: SaleId,
     who: &Identity,

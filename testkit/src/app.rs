@@ -34,6 +34,8 @@ pub struct TestApp {
     pub scripts: Arc<Scripts>,
     pub tokens: Arc<AccessTokens>,
     pub passes: Arc<PassKeys>,
+    /// The API's shared state (its event streams, its shutdown token).
+    pub state: AppState,
     /// Queue passes already obtained, by (sale, buyer).
     held_passes: std::sync::Mutex<std::collections::HashMap<(SaleId, String), String>>,
 }
@@ -126,6 +128,7 @@ impl TestApp {
             scripts: state.scripts.clone(),
             tokens: state.tokens.clone(),
             passes: state.passes.clone(),
+            state,
             held_passes: Default::default(),
         }
     }

@@ -279,6 +279,32 @@ def test_a_buyer_can_leave_the_line_after_saying_so_twice(page, service):
     expect(page.get_by_test_id("queue-state")).to_have_count(0)
 
 
+def test_the_page_follows_the_line_on_the_event_stream_and_is_admitted_by_it(page, service):
+    token = organizer(service)
+    sale = make_sale(service, token=token)
+    status, _ = service.call("PATCH", f"/v1/sales/{sale['id']}", {"paused": True}, token=token)
+    assert status == 200
+    email, password = service.account()
+    sign_in(page, email, password, f"/sales/{sale['id']}")
+    queue_path = f"/v1/sales/{sale['id']}/queue"
+    reads = []
+    page.on("request", lambda req: reads.append(req.url.split(service.base, 1)[-1])
+            if req.method == "GET" else None)
+    with page.expect_request(lambda req: req.url.endswith(f"{queue_path}/events")):
+        page.get_by_test_id("join").click()
+    expect(page.get_by_test_id("queue-state")).to_have_text("Paused")
+
+    # The organizer resumes: the releaser admits the buyer, and the page
+    # hears of it on the stream, without polling.
+    status, _ = service.call("PATCH", f"/v1/sales/{sale['id']}", {"paused": False}, token=token)
+    assert status == 200
+    expect(page.get_by_test_id("zone-FLOOR")).to_be_visible(timeout=15_000)
+    # Since joining: the one stream, and not a single poll.
+    since = reads[reads.index(f"{queue_path}/events"):]
+    assert since.count(f"{queue_path}/events") == 1, since
+    assert since.count(queue_path) == 0, f"the page polled: {since}"
+
+
 def test_a_lost_connection_is_shown_and_the_line_resumes_when_it_returns(page, service):
     token = organizer(service)
     sale = make_sale(service, token=token, opens_in=600)
