@@ -10,6 +10,7 @@
 #                                                # holds a read, as the API's
 #                                                # pipelined connection sends
 #   CLUSTER=0 load/cluster_bound.sh              # one Redis only
+#   BIN=path/to/flashsale load/cluster_bound.sh  # another build of the API
 #   RENICE=0 load/cluster_bound.sh               # Redis and its clients at the
 #                                                # usual priority (default -10)
 #
@@ -91,7 +92,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [[ $HTTP == 1 ]]; then
+if [[ -n ${BIN:-} ]]; then
+    bin=$BIN
+elif [[ $HTTP == 1 ]]; then
     cargo build --release --quiet -p flashsale
     bin=target/release/flashsale
 else
