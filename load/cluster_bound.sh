@@ -10,6 +10,7 @@
 #                                                # holds a read, as the API's
 #                                                # pipelined connection sends
 #   CLUSTER=0 load/cluster_bound.sh              # one Redis only
+#   CALLGRIND=0 load/cluster_bound.sh            # without Redis's instructions
 #   BIN=path/to/flashsale load/cluster_bound.sh  # another build of the API
 #   RENICE=0 load/cluster_bound.sh               # Redis and its clients at the
 #                                                # usual priority (default -10)
@@ -25,7 +26,11 @@
 # 2. (HTTP=1) the same sale's holds through the API over HTTP: release build,
 #    wrk with load/wrk/hot.lua, HOLDERS admitted buyers with passes made by
 #    `flashsale prepare-buyers`, as bench_hot.sh's hold run;
-# 3. SALES sales over a local cluster of three primaries (SALES/3 on each
+# 3. (CALLGRIND=1) Redis's instructions a hold, counted by callgrind: a
+#    redis-server under valgrind with the sale's settings and stock, and
+#    CALLGRIND_HOLDS (20,000) holds of redis-benchmark, 8 connections; a
+#    figure the other work on the machine does not move;
+# 4. SALES sales over a local cluster of three primaries (SALES/3 on each
 #    shard, each sale's script on its own shard): one redis-benchmark a sale,
 #    CONNS/SALES*3 connections each, straight at the sale's shard.
 #
@@ -57,7 +62,9 @@ ensure_services
 ensure_rust
 HTTP=${HTTP:-1}
 CLUSTER=${CLUSTER:-1}
-for tool in redis-server redis-cli redis-benchmark python3; do
+CALLGRIND=${CALLGRIND:-1}
+CALLGRIND_HOLDS=${CALLGRIND_HOLDS:-20000}
+for tool in redis-server redis-cli redis-benchmark python3 $([[ $CALLGRIND == 1 ]] && echo valgrind callgrind_control); do
     command -v "$tool" >/dev/null ||
         { echo "bound: $tool is missing (apt-get install redis-server redis-tools python3)" >&2; exit 1; }
 done
@@ -307,12 +314,48 @@ if [[ $HTTP == 1 ]]; then
     fi
     stop_api
 fi
+
+# 3. Redis's instructions a hold: a redis-server under callgrind, the sale's
+# settings and stock copied into it, CALLGRIND_HOLDS holds of redis-benchmark
+# counted (user space: Redis reading, running and answering; not the kernel).
+if [[ $CALLGRIND == 1 ]]; then
+    cg=$work/callgrind
+    mkdir -p "$cg"
+    cport=$(free_port)
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$cg/callgrind.out" \
+        redis-server --bind 127.0.0.1 --port "$cport" --dir "$cg" --save '' --appendonly no \
+        --logfile "$cg/redis.log" 2>"$cg/valgrind.log" &
+    cgpid=$!
+    pids+=("$cgpid")
+    for _ in $(seq 1 300); do redis-cli -p "$cport" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    redis-cli -p "$oport" migrate 127.0.0.1 "$cport" "" 0 5000 COPY KEYS "{sale:$sale}:meta" "{sale:$sale}:zones" >/dev/null
+    admit_rb "$cport" "$sale"
+    sha=$(redis-cli -p "$cport" script load "$(cat lua/hold_tickets.lua)")
+    tally0=$(tally "$cport $cgpid $sale")
+    callgrind_control -z "$cgpid" >/dev/null 2>&1
+    callgrind_control -i on "$cgpid" >/dev/null 2>&1
+    echo "bound: Redis's instructions a hold, callgrind, $CALLGRIND_HOLDS holds" >&2
+    h="{sale:$sale}"
+    redis-benchmark -p "$cport" -c 8 -n "$CALLGRIND_HOLDS" -r 100000 -q \
+        evalsha "$sha" 7 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
+        "$h:deadlines" "$h:admitted" "$h:turns" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" >/dev/null
+    callgrind_control -i off "$cgpid" >/dev/null 2>&1
+    check callgrind "$tally0" "$(tally "$cport $cgpid $sale")"
+    callgrind_control -d "$cgpid" >/dev/null 2>&1
+    for _ in $(seq 1 100); do grep -qs '^totals:' "$cg"/callgrind.out* && break; sleep 0.2; done
+    total=$(awk '/^totals:/ {s += $2} END {print s + 0}' "$cg"/callgrind.out*)
+    ((total > 0)) || { echo "bound: callgrind counted nothing (see $cg/valgrind.log)" >&2; exit 1; }
+    echo "INSTRUCTIONS redis $((total / CALLGRIND_HOLDS)) a hold ($CALLGRIND_HOLDS holds, $total instructions)" |
+        tee -a "$work/results"
+    kill "$cgpid" 2>/dev/null || true
+    wait "$cgpid" 2>/dev/null || true
+fi
 kill "$opid" 2>/dev/null || true
 wait "$opid" 2>/dev/null || true
 
 [[ $CLUSTER == 1 ]] || exit 0
 
-# 3. SALES sales over a cluster of three primaries.
+# 4. SALES sales over a cluster of three primaries.
 ports=() cpids=()
 for ((i = 0; i < SHARDS; i++)); do
     p=$(cluster_port)
