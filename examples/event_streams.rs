@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         });
     let mut api = Command::new(&bin)
         .arg("serve")
+        .env("FLASHSALE_ENV", "development")
         .env("DATABASE_URL", &db_url)
         .env("REDIS_URL", redis_server.url())
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))

@@ -51,6 +51,8 @@
 # on loopback ports of its own and is stopped at exit; the sales it makes are
 # in the Postgres at DATABASE_URL, as bench_hot.sh's are.
 set -euo pipefail
+# The API is started with the development secrets of a run on this machine.
+export FLASHSALE_ENV=development
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
