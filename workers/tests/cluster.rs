@@ -38,14 +38,7 @@ async fn sales_over_three_shards_keep_order_never_oversell_reach_postgres_and_re
     let mut sales = Vec::new();
     while on_shard.len() < 3 || on_shard.values().any(|s| s.len() < PER_SHARD) {
         assert!(sales.len() < 100, "sales did not spread: {on_shard:?}");
-        let sale = api
-            .sale_id(json!({
-                "zones": [{"code": "A", "capacity": CAPACITY}],
-                "release_rate": 200,
-                "release_interval_ms": 100,
-                "per_user_limit": 2
-            }))
-            .await;
+        let sale = api.sale_id(crowd_sale()).await;
         let port = cluster.primary_for(&SaleKeys::new(sale).meta());
         on_shard.entry(port).or_default().push(sale);
         sales.push(sale);
@@ -146,6 +139,17 @@ async fn sales_over_three_shards_keep_order_never_oversell_reach_postgres_and_re
             "sale {sale} restored"
         );
     }
+}
+
+/// A sale for a crowd: thirty tickets in zone A, twenty buyers admitted a
+/// tick, two tickets a buyer.
+fn crowd_sale() -> Value {
+    json!({
+        "zones": [{"code": "A", "capacity": CAPACITY}],
+        "release_rate": 200,
+        "release_interval_ms": 100,
+        "per_user_limit": 2
+    })
 }
 
 /// One sale's crowd: places in arrival order, the first twenty admitted by
@@ -357,14 +361,7 @@ async fn two_api_processes_share_one_sales_buyers_on_a_cluster() {
         Api::start(config.clone(), axum::Router::new()).await,
         Api::start(config, axum::Router::new()).await,
     ];
-    let sale = apis[0]
-        .sale_id(json!({
-            "zones": [{"code": "A", "capacity": CAPACITY}],
-            "release_rate": 200,
-            "release_interval_ms": 100,
-            "per_user_limit": 2
-        }))
-        .await;
+    let sale = apis[0].sale_id(crowd_sale()).await;
     let apis = &apis;
     let one = |i: usize| &apis[i % 2];
     let other = |i: usize| &apis[(i + 1) % 2];
