@@ -42,6 +42,8 @@ pub mod fields {
     pub const PAYMENT_REF: &str = "payment_ref";
     /// The sale's stream sequence number.
     pub const SEQ: &str = "seq";
+    /// A seated zone's seats, `A-7,A-8` ("" or absent: general admission).
+    pub const SEATS: &str = "seats";
 }
 
 /// Where a sale's stream and counters stand, read in one atomic step.

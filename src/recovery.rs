@@ -162,7 +162,8 @@ pub async fn restore(
         anyhow::bail!("sale {sale} was archived at {at}: Postgres answers for it, there is nothing to restore");
     }
     let zones = sqlx::query!(
-        "SELECT code, name, capacity, price_cents FROM zones WHERE sale_id = $1 ORDER BY position",
+        "SELECT code, name, capacity, price_cents, seating::text AS seating FROM zones
+         WHERE sale_id = $1 ORDER BY position",
         sale.0,
     )
     .fetch_all(&mut *tx)
@@ -183,13 +184,21 @@ pub async fn restore(
         opens_at: row.opens_at,
         zones: zones
             .iter()
-            .map(|z| ZoneDef {
-                code: z.code.clone(),
-                name: z.name.clone(),
-                capacity: z.capacity as u32,
-                price_cents: z.price_cents,
+            .map(|z| -> anyhow::Result<ZoneDef> {
+                Ok(ZoneDef {
+                    code: z.code.clone(),
+                    name: z.name.clone(),
+                    capacity: z.capacity as u32,
+                    price_cents: z.price_cents,
+                    seating: z
+                        .seating
+                        .as_deref()
+                        .map(serde_json::from_str)
+                        .transpose()
+                        .context("read a zone's seating")?,
+                })
             })
-            .collect(),
+            .collect::<anyhow::Result<_>>()?,
         pass_ttl_seconds: row.pass_ttl_seconds as u32,
         hold_ttl_seconds: row.hold_ttl_seconds as u32,
         per_user_limit: row.per_user_limit as u32,
