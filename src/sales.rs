@@ -208,11 +208,46 @@ impl Seating {
         Some(Seating { rows })
     }
 
+    /// The position of seat `id` (`A-7`) in the seat map, from 0.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        let (row, number) = id.split_once('-')?;
+        let number: u32 = number.parse().ok()?;
+        let mut offset = 0usize;
+        for r in &self.rows {
+            if r.row == row {
+                return (1..=r.seats)
+                    .contains(&number)
+                    .then(|| offset + number as usize - 1);
+            }
+            offset += r.seats as usize;
+        }
+        None
+    }
+
     /// Seat ids in layout order (the order of the seat map).
     pub fn seat_ids(&self) -> impl Iterator<Item = String> + '_ {
         self.rows
             .iter()
             .flat_map(|r| (1..=r.seats).map(move |n| format!("{}-{n}", r.row)))
+    }
+}
+
+#[cfg(test)]
+mod seating_tests {
+    use super::*;
+
+    #[test]
+    fn seats_are_found_by_id_in_the_maps_order() {
+        let seating = Seating::from_layout("A:3,BB:2").unwrap();
+        assert_eq!(seating.layout(), "A:3,BB:2");
+        let ids: Vec<String> = seating.seat_ids().collect();
+        assert_eq!(ids, ["A-1", "A-2", "A-3", "BB-1", "BB-2"]);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(seating.index_of(id), Some(i));
+        }
+        for bad in ["A-0", "A-4", "C-1", "A1", "BB-3"] {
+            assert_eq!(seating.index_of(bad), None, "{bad}");
+        }
     }
 }
 
