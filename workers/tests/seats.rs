@@ -1,5 +1,6 @@
 //! Sold seats in Postgres: the sink records each once, with its
-//! reservation; no seat is sold twice there; a restore rebuilds the seat map.
+//! reservation; no seat is sold twice there; the reconciler checks seats
+//! against tickets; a restore rebuilds the seat map.
 
 #![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
 
@@ -8,8 +9,9 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use common::*;
-use flashsale::{ids::SaleId, recovery};
-use flashsale_workers::sink::Sink;
+use flashsale::{ids::SaleId, keys::SaleKeys, recovery};
+use flashsale_workers::{reconciler::Reconciler, sink::Sink};
+use fred::interfaces::HashesInterface;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -71,7 +73,7 @@ async fn statuses(api: &TestApp, sale: SaleId) -> HashMap<String, String> {
 }
 
 #[tokio::test]
-async fn sold_seats_reach_postgres_once_and_a_restore_rebuilds_the_seat_map() {
+async fn sold_seats_reach_postgres_once_are_reconciled_and_a_restore_rebuilds_the_seat_map() {
     let api = TestApp::spawn().await;
     let sale: SaleId = api
         .sale_id(json!({"zones": [{"code": "ST", "seating": {"rows": [
@@ -105,6 +107,31 @@ async fn sold_seats_reach_postgres_once_and_a_restore_rebuilds_the_seat_map() {
         ]
     );
 
+    // The reconciler finds seats and tickets in agreement...
+    let zone_report = |r: flashsale_workers::reconciler::SaleReport| {
+        r.zones.into_iter().find(|z| z.zone == "ST").unwrap()
+    };
+    let checked = zone_report(
+        Reconciler::default()
+            .check(&api.redis, &api.scripts, &api.db, sale)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((checked.drift, checked.seat_gap), (0, 0), "{checked:?}");
+    // ...and a seat sold in the map without a ticket behind it.
+    let _: () = api
+        .redis
+        .hset(SaleKeys::new(sale).seats(), ("ST:map", "sss.hs...."))
+        .await
+        .unwrap();
+    let checked = zone_report(
+        Reconciler::default()
+            .check(&api.redis, &api.scripts, &api.db, sale)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((checked.drift, checked.seat_gap), (0, 1), "{checked:?}");
+
     // Postgres itself refuses a seat sold twice, whatever sends it.
     let mut tx = api.db.begin().await.unwrap();
     sqlx::query(
@@ -130,13 +157,15 @@ async fn sold_seats_reach_postgres_once_and_a_restore_rebuilds_the_seat_map() {
     assert_eq!(constraint.as_deref(), Some("reservation_seats_sold_once"));
     tx.rollback().await.unwrap();
 
-    // A restore from Postgres: the sold seats are sold, the hold is gone.
+    // A restore from Postgres: the sold seats are sold, the hold is gone
+    // (and the seat sold in the map alone is free again).
     let expected: HashMap<String, String> = [("A-2", "sold"), ("A-3", "sold"), ("B-1", "sold")]
         .into_iter()
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
         .collect();
     let mut before = expected.clone();
     before.insert("A-5".into(), "held".into());
+    before.insert("A-1".into(), "sold".into());
     assert_eq!(statuses(&api, sale).await, before);
     recovery::restore(
         &api.db,
