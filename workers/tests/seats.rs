@@ -1,6 +1,7 @@
 //! Sold seats in Postgres: the sink records each once, with its
 //! reservation; no seat is sold twice there; the reconciler checks seats
-//! against tickets; a restore rebuilds the seat map.
+//! against tickets; a restore rebuilds the seat map; an archived sale's seat
+//! map comes from Postgres.
 
 #![allow(clippy::unwrap_used, reason = "a test reports failure by panicking")]
 
@@ -10,7 +11,11 @@ use std::{collections::HashMap, time::Duration};
 
 use common::*;
 use flashsale::{ids::SaleId, keys::SaleKeys, recovery};
-use flashsale_workers::{reconciler::Reconciler, sink::Sink};
+use flashsale_workers::{
+    archiver::{self, Step},
+    reconciler::Reconciler,
+    sink::Sink,
+};
 use fred::interfaces::HashesInterface;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -204,5 +209,38 @@ async fn sold_seats_reach_postgres_once_are_reconciled_and_a_restore_rebuilds_th
         .unwrap();
     let body = assert_problem(res, StatusCode::CONFLICT, "seats_taken").await;
     assert_eq!(body["seats"], json!(["A-2"]));
-    held(&api, sale, "pg-seat-5", &["A-4"]).await;
+    let last = held(&api, sale, "pg-seat-5", &["A-4"]).await;
+
+    // Closed, its hold cancelled, recorded and archived: Postgres answers
+    // the seat map.
+    assert_eq!(
+        api.cancel(&last, "pg-seat-5").await.status(),
+        StatusCode::OK
+    );
+    let org = api.organizer("org-1");
+    let res = api
+        .patch(
+            &format!("/v1/sales/{sale}"),
+            Some(&org),
+            json!({"state": "closed"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    sink.drain(&api.redis, &api.scripts, &api.db, sale)
+        .await
+        .unwrap();
+    let mut archived = false;
+    for _ in 0..50 {
+        if archiver::archive(&api.redis, &api.scripts, &api.db, sale)
+            .await
+            .unwrap()
+            == Step::Archived
+        {
+            archived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(archived, "the sale was not archived");
+    assert_eq!(statuses(&api, sale).await, expected);
 }
