@@ -171,25 +171,38 @@ if layout then
     end
   elseif pick == 't' then
     -- The first row with a free block of qty seats; in it, the block whose
-    -- middle is nearest the row's (the lower on a tie).
+    -- middle is nearest the row's (the lower on a tie). Full rows are
+    -- skipped by one search of the whole map, not visited one by one.
     local block = string.rep('.', qty)
-    for _, row in ipairs(rows) do
-      local seats = string.sub(map, row.offset + 1, row.offset + row.seats)
-      local best, best_d
-      local from = string.find(seats, block, 1, true)
-      while from do
-        local d = math.abs(2 * from + qty - 1 - (row.seats + 1))
-        if not best_d or d < best_d then
-          best, best_d = from, d
-        end
-        from = string.find(seats, block, from + 1, true)
+    local pos, r = 1, 1
+    while not chosen do
+      local at = string.find(map, block, pos, true)
+      if not at then
+        break
       end
-      if best then
+      while rows[r].offset + rows[r].seats < at do
+        r = r + 1
+      end
+      local row = rows[r]
+      local row_end = row.offset + row.seats
+      if at + qty - 1 > row_end then
+        -- The block runs into the next row: look again from there.
+        pos = row_end + 1
+      else
+        local seats = string.sub(map, row.offset + 1, row_end)
+        local best, best_d
+        local from = at - row.offset
+        while from do
+          local d = math.abs(2 * from + qty - 1 - (row.seats + 1))
+          if not best_d or d < best_d then
+            best, best_d = from, d
+          end
+          from = string.find(seats, block, from + 1, true)
+        end
         chosen = {}
         for n = best, best + qty - 1 do
           chosen[#chosen + 1] = {id = row.name .. '-' .. int(n), index = row.offset + n}
         end
-        break
       end
     end
     if not chosen then
@@ -197,12 +210,22 @@ if layout then
     end
   else
     -- The free seats row by row from the front, each row's from its middle
-    -- out (the lower seat first on a tie).
+    -- out (the lower seat first on a tie). Full rows are skipped by a
+    -- search of the map for the next free seat.
     chosen = {}
-    for _, row in ipairs(rows) do
+    local pos, r = 1, 1
+    while #chosen < qty do
+      local at = string.find(map, '.', pos, true)
+      if not at then
+        break
+      end
+      while rows[r].offset + rows[r].seats < at do
+        r = r + 1
+      end
+      local row = rows[r]
       local free = {}
       local seats = string.sub(map, row.offset + 1, row.offset + row.seats)
-      for n = 1, row.seats do
+      for n = at - row.offset, row.seats do
         if string.byte(seats, n) == 46 then
           free[#free + 1] = n
         end
@@ -220,9 +243,7 @@ if layout then
         end
         chosen[#chosen + 1] = {id = row.name .. '-' .. int(n), index = row.offset + n}
       end
-      if #chosen == qty then
-        break
-      end
+      pos = row.offset + row.seats + 1
     end
     if #chosen < qty then
       -- The counters and the map disagree: refuse rather than hold fewer.
