@@ -157,7 +157,12 @@ fn fingerprint(zone: &str, quantity: u32, pick: &Pick) -> String {
         // As before seats: a key's fingerprint does not change.
         Pick::Any => Sha256::digest(format!("{zone}\0{quantity}")),
         Pick::Together => Sha256::digest(format!("{zone}\0{quantity}\0together")),
-        Pick::Exact(seats) => Sha256::digest(format!("{zone}\0{quantity}\0{}", seats.join(","))),
+        Pick::Exact(seats) => {
+            // The same seats in another order are the same request.
+            let mut seats = seats.clone();
+            seats.sort();
+            Sha256::digest(format!("{zone}\0{quantity}\0{}", seats.join(",")))
+        }
     };
     hex::encode(&digest[..16])
 }
