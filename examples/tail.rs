@@ -165,6 +165,7 @@ async fn buyer(
             quantity: 1,
             id: id.clone(),
             fingerprint: None,
+            pick: flashsale::inventory::Pick::Any,
         };
         match inventory::hold(redis, scripts, hold).await {
             Ok(Ok(_)) => {

@@ -66,9 +66,11 @@ trap 'kill $api $bare $redis_pid 2>/dev/null || true; wait $api $bare $redis_pid
 for p in "$PORT" "$BARE_PORT"; do
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
 done
-rb() { # name script numkeys keys-and-args...: redis-benchmark EVALSHA of a script
-    local name=$1 sha
-    sha=$(redis-cli -h "$rhost" -p "$rport" script load "$(cat "lua/$2")")
+rb() { # name "files" numkeys keys-and-args...: redis-benchmark EVALSHA of a script
+    # "files": the script's files under lua/, its libraries first, as src/scripts.rs joins them
+    local name=$1 sha files
+    read -ra files <<<"$2"
+    sha=$(redis-cli -h "$rhost" -p "$rport" script load "$(cd lua && cat "${files[@]}")")
     shift 2
     redis-benchmark -h "$rhost" -p "$rport" -c "$CONNS" -n "${RB_REQUESTS:-300000}" -r "${RB_RAND:-100000000}" --csv \
         evalsha "$sha" "$@" | tail -1 |
@@ -93,7 +95,7 @@ queue_sale=$(new_sale '{"name":"queue benchmark","zones":[{"code":"A","capacity"
 "$bin" token --sub "joiner-$queue_sale" --count "$JOINERS" > "$work/joiners"
 run join "$queue_sale" "$work/joiners"
 q="{sale:$queue_sale}"
-rb join join_queue.lua 8 "$q:meta" "$q:waiting" "$q:arrivals" "$q:seen" "$q:joined" "$q:early" "$q:admitted" "$q:expired" \
+rb join "lib/queue_place.lua join_queue.lua" 8 "$q:meta" "$q:waiting" "$q:arrivals" "$q:seen" "$q:joined" "$q:early" "$q:admitted" "$q:expired" \
     "rb-__rand_int__" 0.5
 # Pollers: buyers known to be waiting (the join run may not have reached
 # every line of the file).
@@ -101,7 +103,7 @@ head -n 50000 "$work/joiners" > "$work/pollers"
 MODE=join SALE=$queue_sale BUYERS=$work/pollers wrk -t1 -c"$CONNS" -d5s -s load/wrk/hot.lua "http://$LISTEN_ADDR" >/dev/null
 run poll "$queue_sale" "$work/pollers"
 waiter=$(redis-cli -h "$rhost" -p "$rport" zrange "$q:waiting" 1000 1000)
-rb poll queue_status.lua 5 "$q:meta" "$q:waiting" "$q:seen" "$q:admitted" "$q:expired" "$waiter" 5000
+rb poll "lib/queue_place.lua queue_status.lua" 5 "$q:meta" "$q:waiting" "$q:seen" "$q:admitted" "$q:expired" "$waiter" 5000
 
 # Hold: admitted buyers with passes, stock and limits that never run out.
 hold_sale=$(new_sale '{"name":"hold benchmark","zones":[{"code":"A","capacity":10000000}],"per_user_limit":100,"hold_ttl_seconds":3600,"pass_ttl_seconds":3600,"release_rate":100000,"release_interval_ms":100}')
@@ -113,8 +115,8 @@ run hold "$hold_sale" "$work/holders"
 h="{sale:$hold_sale}"
 redis-cli -h "$rhost" -p "$rport" eval "local d = redis.call('TIME')[1] * 1000 + 3600000
 for i = 0, 99999 do redis.call('ZADD', KEYS[1], d, string.format('rb-%012d', i)) end" 1 "$h:admitted" >/dev/null
-RB_RAND=100000 rb hold hold_tickets.lua 7 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
-    "$h:deadlines" "$h:admitted" "$h:turns" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" ""
+RB_RAND=100000 rb hold "lib/seats.lua hold_tickets.lua" 8 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
+    "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" ""
 echo "bench: bare axum + one EVALSHA (return 1) through fred, wrk -t$THREADS -c$CONNS -d${DURATION}s" >&2
 wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$BARE_PORT/" > "$work/bare.out"
 awk '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} END {printf "BARE axum+EVALSHA %.0f req/s p50 %s p99 %s\n", r, p50, p99}' "$work/bare.out" | tee -a "$work/results"

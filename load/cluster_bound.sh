@@ -161,8 +161,8 @@ for i = 0, 99999 do redis.call('ZADD', KEYS[1], d, string.format('rb-%012d', i))
 start_rb() {
     local h="{sale:$2}"
     redis-benchmark -p "$1" -c "$3" -P "$PIPELINE" -n 2000000000 -r 100000 -q \
-        evalsha "$4" 7 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
-        "$h:deadlines" "$h:admitted" "$h:turns" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" \
+        evalsha "$4" 8 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
+        "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" "" \
         >/dev/null 2>&1 &
     rbs+=($!)
     pids+=($!)
@@ -283,7 +283,7 @@ start_api "redis://127.0.0.1:$oport"
 sale=$(new_sale)
 stop_api
 admit_rb "$oport" "$sale"
-sha=$(redis-cli -p "$oport" script load "$(cat lua/hold_tickets.lua)")
+sha=$(redis-cli -p "$oport" script load "$(cat lua/lib/seats.lua lua/hold_tickets.lua)")
 echo "bound: one sale on one Redis, redis-benchmark -c $CONNS, ${DURATION}s" >&2
 tally0=$(tally "$oport $opid $sale")
 start_rb "$oport" "$sale" "$CONNS" "$sha"
@@ -332,15 +332,15 @@ if [[ $CALLGRIND == 1 ]]; then
     for _ in $(seq 1 300); do redis-cli -p "$cport" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
     redis-cli -p "$oport" migrate 127.0.0.1 "$cport" "" 0 5000 COPY KEYS "{sale:$sale}:meta" "{sale:$sale}:zones" >/dev/null
     admit_rb "$cport" "$sale"
-    sha=$(redis-cli -p "$cport" script load "$(cat lua/hold_tickets.lua)")
+    sha=$(redis-cli -p "$cport" script load "$(cat lua/lib/seats.lua lua/hold_tickets.lua)")
     tally0=$(tally "$cport $cgpid $sale")
     callgrind_control -z "$cgpid" >/dev/null 2>&1
     callgrind_control -i on "$cgpid" >/dev/null 2>&1
     echo "bound: Redis's instructions a hold, callgrind, $CALLGRIND_HOLDS holds" >&2
     h="{sale:$sale}"
     redis-benchmark -p "$cport" -c 8 -n "$CALLGRIND_HOLDS" -r 100000 -q \
-        evalsha "$sha" 7 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
-        "$h:deadlines" "$h:admitted" "$h:turns" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" >/dev/null
+        evalsha "$sha" 8 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
+        "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" "" >/dev/null
     callgrind_control -i off "$cgpid" >/dev/null 2>&1
     check callgrind "$tally0" "$(tally "$cport $cgpid $sale")"
     callgrind_control -d "$cgpid" >/dev/null 2>&1
@@ -411,7 +411,7 @@ done
 tally0=$(tally "${sales_at[@]}")
 for ((i = 0; i < SHARDS; i++)); do
     p=${ports[i]}
-    sha=$(redis-cli -p "$p" script load "$(cat lua/hold_tickets.lua)")
+    sha=$(redis-cli -p "$p" script load "$(cat lua/lib/seats.lua lua/hold_tickets.lua)")
     for s in ${on_shard[$i]}; do
         admit_rb "$p" "$s"
         start_rb "$p" "$s" "$per_sale" "$sha"

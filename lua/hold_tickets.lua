@@ -25,24 +25,37 @@
 -- KEYS[7]  {sale:<id>}:turns       zset admitted buyer yet to hold: a hold
 --                                  takes the buyer out of it (the turn is
 --                                  used)
+-- KEYS[8]  {sale:<id>}:seats       the seated zones' layouts and seat maps
+--                                  (lib/seats)
 -- ARGV[1]  user id
 -- ARGV[2]  zone code
 -- ARGV[3]  quantity, a whole number >= 1 written plainly ("2", not "2.0")
 -- ARGV[4]  reservation id
 -- ARGV[5]  request fingerprint when an idempotency key was given, else ""
--- Returns  {"new", expires_ms, created_ms} for a fresh hold (the caller knows
---           the rest: id, zone, quantity, status held),
+-- ARGV[6]  which seats: "" any (in a seated zone: the best free seats),
+--          "t" the best free seats side by side in one row, or
+--          "x:A-7,A-8" exactly these (distinct; ARGV[3] is their number)
+-- Returns  {"new", expires_ms, created_ms, seats} for a fresh hold (the
+--           caller knows the rest: id, zone, quantity, status held; seats is
+--           "" in a general-admission zone, else "A-7,A-8"),
 --       or {"ok", rid, zone, qty, status, expires_ms, created_ms,
---           confirmed_ms, cancelled_ms, replayed(0|1)} for a replay,
+--           confirmed_ms, cancelled_ms, replayed(0|1), seats} for a replay,
 --       or {"err", code, number}: sale_not_found, sale_not_open (1 = not yet
 --           open, 2 = closed), zone_not_found, invalid_quantity,
 --           limit_exceeded (tickets the user may still hold),
 --           sold_out (tickets left in the zone), idempotency_key_reused,
 --           pass_revoked (not admitted: left the queue or was dropped),
 --           pass_expired, sale_frozen (its Redis state is being restored),
---           id_taken (the keyed id belongs to another user)
+--           id_taken (the keyed id belongs to another user),
+--           zone_not_seated (seats asked for in a general-admission zone),
+--           unknown_seat (the first seat id with no such seat: its id in
+--           place of the number), seats_taken (the seats asked for that are
+--           not free, "A-7,A-8", in place of the number)
+--
+-- Seats are chosen here, in the same step as the counters: nearest the
+-- front first (the rows' order), then nearest the middle of the row.
 
-local uid, zone, rid, fp = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local uid, zone, rid, fp, pick = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6] or ''
 -- Whole numbers become text through '%d': an integer printf. A number handed
 -- to redis.call or tostring as it is goes through '%.14g', glibc's
 -- floating-point printf, several times dearer.
@@ -65,7 +78,7 @@ end
 
 if fp ~= '' then
   local existing = redis.call('HMGET', KEYS[3], 'user', 'zone', 'qty', 'status',
-    'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms', 'fp')
+    'expires_ms', 'created_ms', 'confirmed_ms', 'cancelled_ms', 'fp', 'seats')
   if existing[1] then
     if existing[1] ~= uid then
       return {'err', 'id_taken', '0'}
@@ -74,7 +87,8 @@ if fp ~= '' then
       return {'err', 'idempotency_key_reused', '0'}
     end
     -- The first response was the fresh hold: replay it as it was.
-    return {'ok', rid, existing[2], existing[3], 'held', existing[5], existing[6], '0', '0', '1'}
+    return {'ok', rid, existing[2], existing[3], 'held', existing[5], existing[6], '0', '0', '1',
+      existing[10] or ''}
   end
 end
 
@@ -112,6 +126,28 @@ if not string.find(qtext, '^[1-9]%d*$') then
 end
 local qty = tonumber(qtext)
 
+local layout = redis.call('HGET', KEYS[8], zone .. ':rows')
+if pick ~= '' and not layout then
+  return {'err', 'zone_not_seated', '0'}
+end
+local rows, by_name, chosen
+if layout then
+  rows, by_name = seat_rows(layout)
+  if string.sub(pick, 1, 2) == 'x:' then
+    chosen = {}
+    for id in string.gmatch(string.sub(pick, 3), '[^,]+') do
+      local i = seat_index(by_name, id)
+      if not i then
+        return {'err', 'unknown_seat', id}
+      end
+      chosen[#chosen + 1] = {id = id, index = i}
+    end
+    if #chosen ~= qty then
+      return {'err', 'invalid_quantity', '0'}
+    end
+  end
+end
+
 local used = tonumber(redis.call('HGET', KEYS[4], 'tickets') or '0')
 if used + qty > limit then
   return {'err', 'limit_exceeded', int(limit - used)}
@@ -120,12 +156,118 @@ if avail < qty then
   return {'err', 'sold_out', int(avail)}
 end
 
+local map
+if layout then
+  map = redis.call('HGET', KEYS[8], zone .. ':map')
+  if chosen then
+    local taken = {}
+    for _, seat in ipairs(chosen) do
+      if string.byte(map, seat.index) ~= 46 then -- '.'
+        taken[#taken + 1] = seat.id
+      end
+    end
+    if #taken > 0 then
+      return {'err', 'seats_taken', table.concat(taken, ',')}
+    end
+  elseif pick == 't' then
+    -- The first row with a free block of qty seats; in it, the block whose
+    -- middle is nearest the row's (the lower on a tie). Full rows are
+    -- skipped by one search of the whole map, not visited one by one.
+    local block = string.rep('.', qty)
+    local pos, r = 1, 1
+    while not chosen do
+      local at = string.find(map, block, pos, true)
+      if not at then
+        break
+      end
+      while rows[r].offset + rows[r].seats < at do
+        r = r + 1
+      end
+      local row = rows[r]
+      local row_end = row.offset + row.seats
+      if at + qty - 1 > row_end then
+        -- The block runs into the next row: look again from there.
+        pos = row_end + 1
+      else
+        local seats = string.sub(map, row.offset + 1, row_end)
+        local best, best_d
+        local from = at - row.offset
+        while from do
+          local d = math.abs(2 * from + qty - 1 - (row.seats + 1))
+          if not best_d or d < best_d then
+            best, best_d = from, d
+          end
+          from = string.find(seats, block, from + 1, true)
+        end
+        chosen = {}
+        for n = best, best + qty - 1 do
+          chosen[#chosen + 1] = {id = row.name .. '-' .. int(n), index = row.offset + n}
+        end
+      end
+    end
+    if not chosen then
+      return {'err', 'sold_out', int(avail)}
+    end
+  else
+    -- The free seats row by row from the front, each row's from its middle
+    -- out (the lower seat first on a tie). Full rows are skipped by a
+    -- search of the map for the next free seat.
+    chosen = {}
+    local pos, r = 1, 1
+    while #chosen < qty do
+      local at = string.find(map, '.', pos, true)
+      if not at then
+        break
+      end
+      while rows[r].offset + rows[r].seats < at do
+        r = r + 1
+      end
+      local row = rows[r]
+      local free = {}
+      local seats = string.sub(map, row.offset + 1, row.offset + row.seats)
+      for n = at - row.offset, row.seats do
+        if string.byte(seats, n) == 46 then
+          free[#free + 1] = n
+        end
+      end
+      table.sort(free, function(a, b)
+        local da, db = math.abs(2 * a - row.seats - 1), math.abs(2 * b - row.seats - 1)
+        if da ~= db then
+          return da < db
+        end
+        return a < b
+      end)
+      for _, n in ipairs(free) do
+        if #chosen == qty then
+          break
+        end
+        chosen[#chosen + 1] = {id = row.name .. '-' .. int(n), index = row.offset + n}
+      end
+      pos = row.offset + row.seats + 1
+    end
+    if #chosen < qty then
+      -- The counters and the map disagree: refuse rather than hold fewer.
+      return {'err', 'sold_out', int(#chosen)}
+    end
+  end
+end
+
 -- All checks passed: write.
+local seat_list = ''
+if chosen then
+  table.sort(chosen, function(a, b) return a.index < b.index end)
+  local ids, indexes = {}, {}
+  for k, seat in ipairs(chosen) do
+    ids[k], indexes[k] = seat.id, seat.index
+  end
+  seat_list = table.concat(ids, ',')
+  redis.call('HSET', KEYS[8], zone .. ':map', paint_seats(map, indexes, 'h'))
+end
 local expires = int(now + ttl)
 redis.call('HSET', KEYS[2], zone .. ':avail', int(avail - qty), zone .. ':held', int(held + qty))
 redis.call('HSET', KEYS[4], 'tickets', int(used + qty), rid, '1')
 redis.call('HSET', KEYS[3], 'user', uid, 'zone', zone, 'qty', qtext, 'status', 'held',
-  'expires_ms', expires, 'created_ms', nowtext, 'fp', fp)
+  'expires_ms', expires, 'created_ms', nowtext, 'fp', fp, 'seats', seat_list)
 redis.call('ZADD', KEYS[5], expires, rid)
 redis.call('ZREM', KEYS[7], uid)
-return {'new', expires, nowtext}
+return {'new', expires, nowtext, seat_list}

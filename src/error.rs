@@ -57,6 +57,14 @@ pub enum ApiError {
     SaleClosed(String),
     #[error("not enough tickets left in zone {zone}: {left} left")]
     SoldOut { zone: String, left: i64 },
+    #[error("these seats are not free: {}", seats.join(", "))]
+    SeatsTaken { seats: Vec<String> },
+    #[error("zone `{0}` is general admission: it has no seats to choose")]
+    ZoneNotSeated(String),
+    #[error("seat `{0}` is not part of this zone")]
+    UnknownSeat(String),
+    #[error("{0}")]
+    InvalidSeats(String),
     #[error("the per-user limit allows {remaining} more ticket(s) in this sale")]
     LimitExceeded { remaining: i64 },
     #[error("the hold expired before it was confirmed; its tickets went back on sale")]
@@ -118,6 +126,9 @@ pub struct Problem {
     /// The stable machine code.
     #[schema(example = "sold_out")]
     pub code: String,
+    /// `seats_taken`: the seats asked for that are not free.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seats: Option<Vec<String>>,
 }
 
 /// Seconds a client should wait before retrying while a store is down.
@@ -142,12 +153,16 @@ impl ApiError {
             SaleNotOpen(_)
             | SaleClosed(_)
             | SoldOut { .. }
+            | SeatsTaken { .. }
             | LimitExceeded { .. }
             | ReservationCancelled => StatusCode::CONFLICT,
             HoldExpired => StatusCode::GONE,
             IdempotencyKeyReused
             | InvalidIdempotencyKey(_)
             | InvalidQuantity(_)
+            | ZoneNotSeated(_)
+            | UnknownSeat(_)
+            | InvalidSeats(_)
             | Validation(_)
             | InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             MalformedJson(_) | InvalidCursor(_) => StatusCode::BAD_REQUEST,
@@ -185,6 +200,10 @@ impl ApiError {
             SaleNotOpen(_) => "sale_not_open",
             SaleClosed(_) => "sale_closed",
             SoldOut { .. } => "sold_out",
+            SeatsTaken { .. } => "seats_taken",
+            ZoneNotSeated(_) => "zone_not_seated",
+            UnknownSeat(_) => "unknown_seat",
+            InvalidSeats(_) => "invalid_seats",
             LimitExceeded { .. } => "limit_exceeded",
             HoldExpired => "hold_expired",
             ReservationCancelled => "reservation_cancelled",
@@ -234,6 +253,10 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             code: code.to_owned(),
+            seats: match &self {
+                ApiError::SeatsTaken { seats } => Some(seats.clone()),
+                _ => None,
+            },
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut res = (status, body).into_response();

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, inventory::Pick};
 
 /// Most tickets one request may ask for; the sale's per-user limit is
 /// usually far lower and is checked in the hold script.
@@ -83,13 +83,61 @@ pub struct RawHold {
     zone: serde_json::Value,
     #[serde(default)]
     quantity: serde_json::Value,
+    #[serde(default)]
+    seats: serde_json::Value,
+    #[serde(default)]
+    together: serde_json::Value,
 }
 
-/// A hold request, parsed: which zone, how many.
+/// A hold request, parsed: which zone, how many, and in a seated zone which
+/// seats.
 #[derive(Clone, Debug)]
 pub struct Hold {
     pub zone: ZoneCode,
     pub quantity: Quantity,
+    pub pick: Pick,
+}
+
+/// A seat id, `<row>-<number>`: a row of 1 to 4 letters or digits and a
+/// number from 1 to 9999 written plainly (`A-7`, `AA-12`). Whether the zone
+/// has the seat is the hold script's to say.
+pub fn parse_seat_id(raw: &str) -> Option<&str> {
+    let (row, number) = raw.split_once('-')?;
+    let row_ok = (1..=4).contains(&row.len()) && row.bytes().all(|b| b.is_ascii_alphanumeric());
+    let number_ok = (1..=4).contains(&number.len())
+        && !number.starts_with('0')
+        && number.bytes().all(|b| b.is_ascii_digit());
+    (row_ok && number_ok).then_some(raw)
+}
+
+/// The seats of a hold: distinct seat ids, 1 to [`MAX_QUANTITY`].
+fn parse_seats(v: &serde_json::Value) -> Result<Vec<String>, ApiError> {
+    let serde_json::Value::Array(items) = v else {
+        return Err(ApiError::InvalidBody(
+            "seats must be a list of seat ids (`[\"A-7\", \"A-8\"]`)".into(),
+        ));
+    };
+    if items.is_empty() || items.len() > MAX_QUANTITY as usize {
+        return Err(ApiError::InvalidQuantity(format!(
+            "seats must list 1 to {MAX_QUANTITY} seats, got {}",
+            items.len()
+        )));
+    }
+    let mut seats: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let serde_json::Value::String(raw) = item else {
+            return Err(ApiError::InvalidBody(
+                "seats must be a list of seat ids (strings such as `A-7`)".into(),
+            ));
+        };
+        let id = parse_seat_id(raw)
+            .ok_or_else(|| ApiError::UnknownSeat(raw.chars().take(16).collect()))?;
+        if seats.iter().any(|seen| seen == id) {
+            return Err(ApiError::InvalidSeats(format!("seat {id} is listed twice")));
+        }
+        seats.push(id.to_owned());
+    }
+    Ok(seats)
 }
 
 impl TryFrom<RawHold> for Hold {
@@ -101,10 +149,39 @@ impl TryFrom<RawHold> for Hold {
                 "zone must be a zone code (a string)".into(),
             ));
         };
-        let quantity = Quantity::parse(&raw.quantity)?;
+        let together = match raw.together {
+            serde_json::Value::Null => false,
+            serde_json::Value::Bool(b) => b,
+            _ => {
+                return Err(ApiError::InvalidBody(
+                    "together must be true or false".into(),
+                ))
+            }
+        };
+        let (quantity, pick) = if raw.seats.is_null() {
+            let pick = if together { Pick::Together } else { Pick::Any };
+            (Quantity::parse(&raw.quantity)?, pick)
+        } else {
+            if !raw.quantity.is_null() {
+                return Err(ApiError::InvalidBody(
+                    "give either `seats` or `quantity`, not both".into(),
+                ));
+            }
+            if together {
+                return Err(ApiError::InvalidBody(
+                    "`together` goes with `quantity`: listed seats are held as listed".into(),
+                ));
+            }
+            let seats = parse_seats(&raw.seats)?;
+            (Quantity(seats.len() as u32), Pick::Exact(seats))
+        };
         let zone = ZoneCode::parse(&zone)
             .ok_or_else(|| ApiError::ZoneNotFound(zone.chars().take(32).collect()))?;
-        Ok(Hold { zone, quantity })
+        Ok(Hold {
+            zone,
+            quantity,
+            pick,
+        })
     }
 }
 
@@ -121,6 +198,49 @@ mod tests {
         for bad in ["", "A:avail", "a b", "Ä", &"a".repeat(33), "{sale}"] {
             assert!(ZoneCode::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn seat_ids_are_a_short_row_and_a_plain_number() {
+        for good in ["A-7", "AA-12", "1-1", "ZZZZ-9999"] {
+            assert_eq!(parse_seat_id(good), Some(good));
+        }
+        for bad in [
+            "A7", "A-0", "A-07", "-7", "A-", "ABCDE-1", "A-10000", "A-7-8", "Ä-1", "A-1,B-2",
+        ] {
+            assert_eq!(parse_seat_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_hold_names_seats_or_a_quantity_never_both() {
+        let parse =
+            |v: serde_json::Value| Hold::try_from(serde_json::from_value::<RawHold>(v).unwrap());
+        let hold = parse(json!({"zone": "ST", "seats": ["A-7", "A-8"]})).unwrap();
+        assert_eq!(hold.quantity.get(), 2);
+        assert_eq!(hold.pick, Pick::Exact(vec!["A-7".into(), "A-8".into()]));
+        let hold = parse(json!({"zone": "ST", "quantity": 3, "together": true})).unwrap();
+        assert_eq!((hold.quantity.get(), hold.pick), (3, Pick::Together));
+        assert!(matches!(
+            parse(json!({"zone": "ST", "seats": ["A-7"], "quantity": 1})),
+            Err(ApiError::InvalidBody(_))
+        ));
+        assert!(matches!(
+            parse(json!({"zone": "ST", "seats": ["A-7", "A-7"]})),
+            Err(ApiError::InvalidSeats(_))
+        ));
+        assert!(matches!(
+            parse(json!({"zone": "ST", "seats": ["A7"]})),
+            Err(ApiError::UnknownSeat(_))
+        ));
+        assert!(matches!(
+            parse(json!({"zone": "ST", "seats": []})),
+            Err(ApiError::InvalidQuantity(_))
+        ));
+        assert!(matches!(
+            parse(json!({"zone": "ST", "quantity": 2, "together": "yes"})),
+            Err(ApiError::InvalidBody(_))
+        ));
     }
 
     #[test]

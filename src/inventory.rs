@@ -64,6 +64,10 @@ pub struct Reservation {
         serialize_with = "crate::json::opt_rfc3339"
     )]
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// The seats of a reservation in a seated zone (`A-7`), in the zone's
+    /// order; none in a general-admission zone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seats: Vec<String>,
 }
 
 /// Why a script refused to act. Each maps to one API error.
@@ -98,6 +102,16 @@ pub enum Refusal {
         expired_now: bool,
     },
     Cancelled,
+    /// Seats were asked for in a general-admission zone.
+    ZoneNotSeated,
+    /// A seat the zone does not have.
+    UnknownSeat {
+        seat: String,
+    },
+    /// Some of the seats asked for are held or sold: these.
+    SeatsTaken {
+        seats: Vec<String>,
+    },
 }
 
 /// A reservation a script acted on, and whether the call was a replay.
@@ -117,8 +131,33 @@ pub struct HoldRequest<'a> {
     pub quantity: u32,
     /// The id to create, derived from the idempotency key when there is one.
     pub id: ReservationId,
-    /// Fingerprint of (zone, quantity) when an idempotency key was given.
+    /// Fingerprint of (zone, quantity, seats) when an idempotency key was
+    /// given.
     pub fingerprint: Option<String>,
+    /// Which seats, in a seated zone.
+    pub pick: Pick,
+}
+
+/// Which seats a hold takes in a seated zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// The best free seats (any tickets, in a general-admission zone).
+    Any,
+    /// The best free seats side by side in one row.
+    Together,
+    /// Exactly these seats (`A-7`), distinct; all or none.
+    Exact(Vec<String>),
+}
+
+impl Pick {
+    /// As `hold_tickets.lua` reads it (ARGV[6]).
+    fn arg(&self) -> String {
+        match self {
+            Pick::Any => String::new(),
+            Pick::Together => "t".to_owned(),
+            Pick::Exact(seats) => format!("x:{}", seats.join(",")),
+        }
+    }
 }
 
 pub async fn hold(
@@ -139,6 +178,7 @@ pub async fn hold(
                 keys.deadlines(),
                 keys.admitted(),
                 keys.turns(),
+                keys.seats(),
             ],
             vec![
                 Value::from(req.user),
@@ -146,12 +186,13 @@ pub async fn hold(
                 Value::from(i64::from(req.quantity)),
                 Value::from(req.id.to_string()),
                 Value::from(req.fingerprint.unwrap_or_default()),
+                Value::from(req.pick.arg()),
             ],
         )
         .await?;
     let outcome = match reply.first().map(String::as_str) {
         // A fresh hold: the script returns only what the caller cannot know.
-        Some("new") if reply.len() == 3 => reservation(
+        Some("new") if reply.len() == 4 => reservation(
             req.id,
             req.zone,
             &req.quantity.to_string(),
@@ -160,6 +201,7 @@ pub async fn hold(
             &reply[2],
             "0",
             "0",
+            &reply[3],
         )
         .map(|reservation| {
             Ok(Acted {
@@ -197,6 +239,7 @@ pub async fn confirm(
     let mut confirm_keys = change_keys(&keys, id, user);
     confirm_keys.push(keys.admitted());
     confirm_keys.push(keys.meta());
+    confirm_keys.push(keys.seats());
     let reply: Vec<String> = scripts
         .confirm
         .run_on(
@@ -226,6 +269,7 @@ pub async fn cancel(
     let mut cancel_keys = change_keys(&keys, id, user);
     cancel_keys.push(keys.meta());
     cancel_keys.push(keys.admitted());
+    cancel_keys.push(keys.seats());
     let reply: Vec<String> = scripts
         .cancel
         .run_on(
@@ -289,8 +333,8 @@ pub async fn expire_due(
         let _: () = pipe.hget(key.as_str(), "user").await?;
     }
     let users: Vec<Option<String>> = pipe.all().await?;
-    let mut script_keys = Vec::with_capacity(3 + 2 * due.len());
-    script_keys.extend([keys.deadlines(), keys.zones(), keys.meta()]);
+    let mut script_keys = Vec::with_capacity(4 + 2 * due.len());
+    script_keys.extend([keys.deadlines(), keys.zones(), keys.meta(), keys.seats()]);
     for (key, user) in res_keys.into_iter().zip(&users) {
         script_keys.push(key);
         script_keys.push(keys.buyer(user.as_deref().unwrap_or_default()));
@@ -329,6 +373,7 @@ pub async fn get(
                 "created_ms",
                 "confirmed_ms",
                 "cancelled_ms",
+                "seats",
             ],
         )
         .await?;
@@ -347,6 +392,7 @@ pub async fn get(
             &text(5),
             &text(6),
             &text(7),
+            &text(8),
         )
         .map_err(StoreError::corrupt)?,
     ))
@@ -374,11 +420,12 @@ fn count_change(outcome: &Outcome, counter: &'static str) {
 
 /// Decodes the reply shared by hold, confirm and cancel:
 /// `{"ok", rid, zone, qty, status, expires_ms, created_ms, confirmed_ms,
-/// cancelled_ms, replayed}` or `{"err", code, number}`.
+/// cancelled_ms, replayed, seats}` or `{"err", code, number}` (for
+/// `unknown_seat` and `seats_taken`, seat ids in place of the number).
 fn decode(sale: SaleId, reply: &[String]) -> anyhow::Result<Outcome> {
     let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or("");
     match field(0) {
-        "ok" if reply.len() == 10 => {
+        "ok" if reply.len() == 11 => {
             let id: ReservationId = field(1)
                 .parse()
                 .map_err(|_| anyhow::anyhow!("script returned a bad reservation id"))?;
@@ -396,6 +443,7 @@ fn decode(sale: SaleId, reply: &[String]) -> anyhow::Result<Outcome> {
                     field(6),
                     field(7),
                     field(8),
+                    field(10),
                 )?,
                 replayed: field(9) == "1",
             }))
@@ -422,11 +470,26 @@ fn decode(sale: SaleId, reply: &[String]) -> anyhow::Result<Outcome> {
                     expired_now: n == 1,
                 },
                 "reservation_cancelled" => Refusal::Cancelled,
+                "zone_not_seated" => Refusal::ZoneNotSeated,
+                "unknown_seat" => Refusal::UnknownSeat {
+                    seat: field(2).to_owned(),
+                },
+                "seats_taken" => Refusal::SeatsTaken {
+                    seats: seat_list(field(2)),
+                },
                 other => anyhow::bail!("script returned unknown refusal `{other}`"),
             }))
         }
         _ => anyhow::bail!("script returned an unexpected reply: {reply:?}"),
     }
+}
+
+/// The seats of a list as the scripts write it (`A-7,A-8`; "" for none).
+fn seat_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments, reason = "one per field of the hash")]
@@ -439,6 +502,7 @@ fn reservation(
     created_ms: &str,
     confirmed_ms: &str,
     cancelled_ms: &str,
+    seats: &str,
 ) -> anyhow::Result<Reservation> {
     let millis = |s: &str| -> Option<DateTime<Utc>> {
         s.parse::<i64>()
@@ -461,5 +525,6 @@ fn reservation(
             .ok_or_else(|| anyhow::anyhow!("reservation has no creation time"))?,
         confirmed_at: millis(confirmed_ms),
         cancelled_at: millis(cancelled_ms),
+        seats: seat_list(seats),
     })
 }

@@ -141,6 +141,13 @@ impl SaleKeys {
     pub fn zones(&self) -> String {
         self.key("zones")
     }
+    /// Hash of the seated zones' seats: `<code>:rows`, the layout
+    /// (`A:20,B:22`), and `<code>:map`, one character per seat in layout
+    /// order, `.` free, `h` held, `s` sold (`lua/lib/seats.lua`). One field
+    /// answers a zone's seat map in one read.
+    pub fn seats(&self) -> String {
+        self.key("seats")
+    }
     /// Sorted set of held reservation ids by deadline (ms since the epoch).
     pub fn deadlines(&self) -> String {
         self.key("deadlines")

@@ -42,6 +42,8 @@ pub mod fields {
     pub const PAYMENT_REF: &str = "payment_ref";
     /// The sale's stream sequence number.
     pub const SEQ: &str = "seq";
+    /// A seated zone's seats, `A-7,A-8` ("" or absent: general admission).
+    pub const SEATS: &str = "seats";
 }
 
 /// Where a sale's stream and counters stand, read in one atomic step.
@@ -62,6 +64,9 @@ pub struct Position {
     pub frozen: Option<String>,
     /// The sale's epoch in Redis; `None` when Redis does not have the sale.
     pub epoch: Option<i32>,
+    /// Each seated zone's seat map, as of the counters: zone -> (sold
+    /// seats, held seats).
+    pub seats: HashMap<String, (i64, i64)>,
 }
 
 impl Position {
@@ -79,7 +84,7 @@ pub async fn position(redis: &Pool, scripts: &Scripts, sale: SaleId) -> anyhow::
         .reconcile_read
         .run(
             redis,
-            vec![k.zones(), k.stream(), k.meta()],
+            vec![k.zones(), k.stream(), k.meta(), k.seats()],
             vec![Value::from(SINK_GROUP)],
         )
         .await?;
@@ -104,6 +109,19 @@ pub async fn position(redis: &Pool, scripts: &Scripts, sale: SaleId) -> anyhow::
     let frozen = text();
     let reason = text();
     let epoch = text().parse().ok();
+    let seats = parts
+        .next()
+        .unwrap_or(Value::Null)
+        .into_array()
+        .chunks(3)
+        .filter_map(|z| {
+            let number = |v: Option<&Value>| v?.as_i64();
+            Some((
+                z.first()?.as_string()?,
+                (number(z.get(1))?, number(z.get(2))?),
+            ))
+        })
+        .collect();
     Ok(Position {
         counters,
         seq,
@@ -112,6 +130,7 @@ pub async fn position(redis: &Pool, scripts: &Scripts, sale: SaleId) -> anyhow::
         delivered,
         frozen: (frozen == "1").then_some(reason),
         epoch,
+        seats,
     })
 }
 

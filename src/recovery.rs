@@ -75,6 +75,8 @@ struct ConfirmedRow {
     quantity: i32,
     confirmed_at: DateTime<Utc>,
     payment_ref: Option<String>,
+    /// A seated zone's seats, as Postgres records them.
+    seats: Vec<String>,
 }
 
 /// How a restore is to go.
@@ -162,15 +164,18 @@ pub async fn restore(
         anyhow::bail!("sale {sale} was archived at {at}: Postgres answers for it, there is nothing to restore");
     }
     let zones = sqlx::query!(
-        "SELECT code, name, capacity, price_cents FROM zones WHERE sale_id = $1 ORDER BY position",
+        "SELECT code, name, capacity, price_cents, seating::text AS seating FROM zones
+         WHERE sale_id = $1 ORDER BY position",
         sale.0,
     )
     .fetch_all(&mut *tx)
     .await?;
     let confirmed = sqlx::query_as!(
         ConfirmedRow,
-        "SELECT id, zone_code, user_id, quantity, confirmed_at, payment_ref FROM reservations
-         WHERE sale_id = $1 AND status = 'confirmed'",
+        r#"SELECT id, zone_code, user_id, quantity, confirmed_at, payment_ref,
+                  ARRAY(SELECT seat FROM reservation_seats s WHERE s.reservation_id = r.id) AS "seats!"
+           FROM reservations r
+           WHERE sale_id = $1 AND status = 'confirmed'"#,
         sale.0,
     )
     .fetch_all(&mut *tx)
@@ -183,13 +188,21 @@ pub async fn restore(
         opens_at: row.opens_at,
         zones: zones
             .iter()
-            .map(|z| ZoneDef {
-                code: z.code.clone(),
-                name: z.name.clone(),
-                capacity: z.capacity as u32,
-                price_cents: z.price_cents,
+            .map(|z| -> anyhow::Result<ZoneDef> {
+                Ok(ZoneDef {
+                    code: z.code.clone(),
+                    name: z.name.clone(),
+                    capacity: z.capacity as u32,
+                    price_cents: z.price_cents,
+                    seating: z
+                        .seating
+                        .as_deref()
+                        .map(serde_json::from_str)
+                        .transpose()
+                        .context("read a zone's seating")?,
+                })
             })
-            .collect(),
+            .collect::<anyhow::Result<_>>()?,
         pass_ttl_seconds: row.pass_ttl_seconds as u32,
         hold_ttl_seconds: row.hold_ttl_seconds as u32,
         per_user_limit: row.per_user_limit as u32,
@@ -227,6 +240,18 @@ pub async fn restore(
 
     let mut sold: std::collections::HashMap<&str, i64> = Default::default();
     let mut per_user: std::collections::HashMap<&str, i64> = Default::default();
+    // Each seated zone's map, every seat free, then each sold seat marked.
+    let mut maps: std::collections::HashMap<&str, (&sales::Seating, Vec<u8>)> = def
+        .zones
+        .iter()
+        .filter_map(|z| {
+            let seating = z.seating.as_ref()?;
+            Some((
+                z.code.as_str(),
+                (seating, vec![b'.'; seating.count() as usize]),
+            ))
+        })
+        .collect();
     let pipe = redis.next().pipeline();
     for ConfirmedRow {
         id,
@@ -235,12 +260,32 @@ pub async fn restore(
         quantity: qty,
         confirmed_at: at,
         payment_ref: payment,
+        seats,
     } in &confirmed
     {
         let rid: ReservationId = id
             .parse()
             .map_err(|_| anyhow::anyhow!("reservation id {id} in Postgres is malformed"))?;
         let at_ms = at.timestamp_millis();
+        // The seats in the zone's order, as the hold listed them.
+        let mut indexed: Vec<(usize, &String)> = Vec::with_capacity(seats.len());
+        if let Some((seating, map)) = maps.get_mut(zone.as_str()) {
+            for seat in seats {
+                let i = seating.index_of(seat).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "reservation {id} in Postgres has seat {seat}, not in zone {zone}"
+                    )
+                })?;
+                map[i] = b's';
+                indexed.push((i, seat));
+            }
+        }
+        indexed.sort();
+        let seat_list = indexed
+            .iter()
+            .map(|(_, s)| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let _: () = pipe
             .hset(
                 k.reservation(&rid),
@@ -254,6 +299,7 @@ pub async fn restore(
                     ("confirmed_ms", at_ms.to_string()),
                     ("payment_ref", payment.clone().unwrap_or_default()),
                     ("fp", String::new()),
+                    ("seats", seat_list),
                 ],
             )
             .await?;
@@ -281,6 +327,10 @@ pub async fn restore(
         let _: () = pipe
             .hset(k.buyer(user), (keys::BUYER_TICKETS, tickets.to_string()))
             .await?;
+    }
+    for (zone, (_, map)) in &maps {
+        let map = String::from_utf8_lossy(map).into_owned();
+        let _: () = pipe.hset(k.seats(), (format!("{zone}:map"), map)).await?;
     }
     let _: () = pipe.hset(k.meta(), ("seq", seq.to_string())).await?;
     let _: Vec<Value> = pipe.all().await?;

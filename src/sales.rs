@@ -42,6 +42,13 @@ pub mod bounds {
     pub const PER_USER_LIMIT: (i64, i64) = (1, 100);
     pub const ADMIT_IDLE_SECONDS: (i64, i64) = (5, 3_600);
     pub const ADMIT_HEADROOM_PERCENT: (i64, i64) = (0, 1_000);
+    /// Rows of a seated zone.
+    pub const SEAT_ROWS: usize = 200;
+    /// Seats in one row.
+    pub const SEATS_PER_ROW: (i64, i64) = (1, 1_000);
+    /// Seats in a seated zone: its seat map is one Redis string, read whole
+    /// by every look at the map and every hold in the zone.
+    pub const ZONE_SEATS: u32 = 20_000;
 }
 
 /// An admitted buyer who holds nothing for this long loses the turn, unless
@@ -126,12 +133,165 @@ pub struct NewZone {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: Option<String>,
-    #[serde(deserialize_with = "crate::json::req_whole")]
+    /// Required unless the zone is seated; a seated zone's is its number
+    /// of seats.
+    #[serde(default, deserialize_with = "crate::json::opt_whole")]
     #[schema(minimum = 1, maximum = 10000000, example = 5000)]
-    pub capacity: i64,
+    pub capacity: Option<i64>,
     #[serde(default, deserialize_with = "crate::json::opt_whole")]
     #[schema(minimum = 0, maximum = 10000000000_i64)]
     pub price_cents: Option<i64>,
+    /// Makes the zone seated: buyers hold seats `<row>-<number>`.
+    #[serde(default)]
+    pub seating: Option<NewSeating>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSeating {
+    /// Front to back.
+    #[schema(min_items = 1, max_items = 200)]
+    pub rows: Vec<NewSeatRow>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSeatRow {
+    /// Unique within the zone.
+    #[schema(pattern = "^[A-Za-z0-9]{1,4}$", example = "A")]
+    pub row: String,
+    /// Seats numbered 1 to this.
+    #[serde(deserialize_with = "crate::json::req_whole")]
+    #[schema(minimum = 1, maximum = 1000, example = 20)]
+    pub seats: i64,
+}
+
+/// The seats of a seated zone: rows front to back, each numbered from 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Seating {
+    pub rows: Vec<SeatRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SeatRow {
+    pub row: String,
+    pub seats: u32,
+}
+
+impl Seating {
+    /// Every seat.
+    pub fn count(&self) -> u32 {
+        self.rows.iter().map(|r| r.seats).sum()
+    }
+
+    /// The layout as the scripts keep it: `A:20,B:22`.
+    pub fn layout(&self) -> String {
+        self.rows
+            .iter()
+            .map(|r| format!("{}:{}", r.row, r.seats))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// From the layout the scripts keep (`A:20,B:22`).
+    pub fn from_layout(layout: &str) -> Option<Self> {
+        let rows = layout
+            .split(',')
+            .map(|r| {
+                let (row, seats) = r.split_once(':')?;
+                Some(SeatRow {
+                    row: row.to_owned(),
+                    seats: seats.parse().ok()?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Seating { rows })
+    }
+
+    /// The position of seat `id` (`A-7`) in the seat map, from 0.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        let (row, number) = id.split_once('-')?;
+        let number: u32 = number.parse().ok()?;
+        let mut offset = 0usize;
+        for r in &self.rows {
+            if r.row == row {
+                return (1..=r.seats)
+                    .contains(&number)
+                    .then(|| offset + number as usize - 1);
+            }
+            offset += r.seats as usize;
+        }
+        None
+    }
+
+    /// Seat ids in layout order (the order of the seat map).
+    pub fn seat_ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.rows
+            .iter()
+            .flat_map(|r| (1..=r.seats).map(move |n| format!("{}-{n}", r.row)))
+    }
+}
+
+#[cfg(test)]
+mod seating_tests {
+    use super::*;
+
+    #[test]
+    fn seats_are_found_by_id_in_the_maps_order() {
+        let seating = Seating::from_layout("A:3,BB:2").unwrap();
+        assert_eq!(seating.layout(), "A:3,BB:2");
+        let ids: Vec<String> = seating.seat_ids().collect();
+        assert_eq!(ids, ["A-1", "A-2", "A-3", "BB-1", "BB-2"]);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(seating.index_of(id), Some(i));
+        }
+        for bad in ["A-0", "A-4", "C-1", "A1", "BB-3"] {
+            assert_eq!(seating.index_of(bad), None, "{bad}");
+        }
+    }
+}
+
+impl NewSeating {
+    fn validate(self, zone: usize) -> Result<Seating, SaleError> {
+        let field = format!("zones[{zone}].seating.rows");
+        if self.rows.is_empty() || self.rows.len() > bounds::SEAT_ROWS {
+            return Err(SaleError::Invalid(format!(
+                "{field} must list 1 to {} rows",
+                bounds::SEAT_ROWS
+            )));
+        }
+        let mut rows: Vec<SeatRow> = Vec::with_capacity(self.rows.len());
+        for (i, r) in self.rows.into_iter().enumerate() {
+            let name_ok =
+                (1..=4).contains(&r.row.len()) && r.row.bytes().all(|b| b.is_ascii_alphanumeric());
+            if !name_ok {
+                return Err(SaleError::Invalid(format!(
+                    "{field}[{i}].row must be 1 to 4 letters or digits"
+                )));
+            }
+            if rows.iter().any(|seen| seen.row == r.row) {
+                return Err(SaleError::Invalid(format!(
+                    "{field}[{i}].row `{}` appears twice",
+                    r.row
+                )));
+            }
+            let seats = bounded(
+                &format!("{field}[{i}].seats"),
+                r.seats,
+                bounds::SEATS_PER_ROW,
+            )?;
+            rows.push(SeatRow { row: r.row, seats });
+        }
+        let seating = Seating { rows };
+        if seating.count() > bounds::ZONE_SEATS {
+            return Err(SaleError::Invalid(format!(
+                "zones[{zone}].seating has {} seats, at most {} are allowed",
+                seating.count(),
+                bounds::ZONE_SEATS
+            )));
+        }
+        Ok(seating)
+    }
 }
 
 /// A validated sale definition.
@@ -156,6 +316,9 @@ pub struct ZoneDef {
     pub name: String,
     pub capacity: u32,
     pub price_cents: i64,
+    /// A seated zone's seats (its capacity is their number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seating: Option<Seating>,
 }
 
 /// Why a sale could not be created, changed or read.
@@ -281,12 +444,25 @@ impl NewSale {
                     "zones[{i}].name must be 1 to 100 characters, without control characters"
                 )));
             }
+            let seating = z.seating.map(|s| s.validate(i)).transpose()?;
+            let capacity = match (&seating, z.capacity) {
+                (Some(seating), Some(c)) if c != i64::from(seating.count()) => {
+                    return Err(SaleError::Invalid(format!(
+                        "zones[{i}].capacity is {c} but the zone has {} seats: leave it out",
+                        seating.count()
+                    )))
+                }
+                (Some(seating), _) => i64::from(seating.count()),
+                (None, Some(c)) => c,
+                (None, None) => {
+                    return Err(SaleError::Invalid(format!(
+                        "zones[{i}].capacity is required for a zone without seating"
+                    )))
+                }
+            };
             zones.push(ZoneDef {
-                capacity: bounded(
-                    &format!("zones[{i}].capacity"),
-                    z.capacity,
-                    bounds::CAPACITY,
-                )?,
+                seating,
+                capacity: bounded(&format!("zones[{i}].capacity"), capacity, bounds::CAPACITY)?,
                 price_cents: in_range(
                     &format!("zones[{i}].price_cents"),
                     z.price_cents.unwrap_or(0),
@@ -405,18 +581,25 @@ pub async fn create(
     let names: Vec<&str> = def.zones.iter().map(|z| z.name.as_str()).collect();
     let capacities: Vec<i32> = def.zones.iter().map(|z| z.capacity as i32).collect();
     let prices: Vec<i64> = def.zones.iter().map(|z| z.price_cents).collect();
+    let seatings: Vec<Option<String>> = def
+        .zones
+        .iter()
+        .map(|z| z.seating.as_ref().map(serde_json::to_string).transpose())
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::corrupt)?;
     // `as _`: the macro checks a text[] parameter against `&[String]` only;
     // the borrowed strings are bound as they are.
     sqlx::query!(
-        "INSERT INTO zones (sale_id, code, name, capacity, price_cents, position)
-         SELECT $1, code, name, capacity, price, pos - 1
-         FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[])
-              WITH ORDINALITY AS z(code, name, capacity, price, pos)",
+        "INSERT INTO zones (sale_id, code, name, capacity, price_cents, position, seating)
+         SELECT $1, code, name, capacity, price, pos - 1, seating::jsonb
+         FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[])
+              WITH ORDINALITY AS z(code, name, capacity, price, seating, pos)",
         def.id.0,
         &codes as _,
         &names as _,
         &capacities,
         &prices,
+        &seatings as _,
     )
     .execute(&mut *tx)
     .await?;
@@ -453,7 +636,7 @@ pub async fn load_into_redis(
         ("frozen", u8::from(frozen).to_string()),
     ];
     meta.extend(release_fields(release));
-    let mut args: Vec<Value> = Vec::with_capacity(1 + meta.len() * 2 + def.zones.len() * 2);
+    let mut args: Vec<Value> = Vec::with_capacity(1 + meta.len() * 2 + def.zones.len() * 3);
     args.push(Value::from(meta.len() as i64));
     for (k, v) in meta {
         args.push(Value::from(k));
@@ -462,10 +645,13 @@ pub async fn load_into_redis(
     for z in &def.zones {
         args.push(Value::from(z.code.as_str()));
         args.push(Value::from(i64::from(z.capacity)));
+        args.push(Value::from(
+            z.seating.as_ref().map(Seating::layout).unwrap_or_default(),
+        ));
     }
     let _: i64 = scripts
         .load_sale
-        .run(redis, vec![keys.meta(), keys.zones()], args)
+        .run(redis, vec![keys.meta(), keys.zones(), keys.seats()], args)
         .await?;
     crate::live_sales::add(redis, def.id).await?;
     Ok(())
@@ -768,6 +954,7 @@ struct ZoneRecord {
     capacity: i32,
     price_cents: i64,
     sold: i32,
+    seating: Option<String>,
 }
 
 /// Sales as Postgres records them, each with its zones (`sold` standing for
@@ -780,7 +967,8 @@ async fn with_zones(db: &PgPool, rows: Vec<SaleRecord>) -> Result<Vec<LiveSale>,
     let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id.0).collect();
     let zones = sqlx::query_as!(
         ZoneRecord,
-        r#"SELECT sale_id AS "sale_id: SaleId", code, name, capacity, price_cents, sold
+        r#"SELECT sale_id AS "sale_id: SaleId", code, name, capacity, price_cents, sold,
+                  seating::text AS seating
            FROM zones WHERE sale_id = ANY($1) ORDER BY sale_id, position"#,
         &ids
     )
@@ -817,6 +1005,7 @@ async fn with_zones(db: &PgPool, rows: Vec<SaleRecord>) -> Result<Vec<LiveSale>,
                             name: z.name,
                             capacity: positive(z.capacity),
                             price_cents: z.price_cents,
+                            seating: z.seating.and_then(|s| serde_json::from_str(&s).ok()),
                         })
                         .collect(),
                     pass_ttl_seconds: positive(r.pass_ttl_seconds),

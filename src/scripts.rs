@@ -102,10 +102,17 @@ impl Scripts {
     pub fn new() -> Self {
         Self {
             load_sale: Script::new("load_sale", include_str!("../lua/load_sale.lua")),
-            hold: Script::new("hold_tickets", include_str!("../lua/hold_tickets.lua")),
+            hold: Script::new(
+                "hold_tickets",
+                concat!(
+                    include_str!("../lua/lib/seats.lua"),
+                    include_str!("../lua/hold_tickets.lua")
+                ),
+            ),
             confirm: Script::new(
                 "confirm_hold",
                 concat!(
+                    include_str!("../lua/lib/seats.lua"),
                     include_str!("../lua/lib/return_tickets.lua"),
                     include_str!("../lua/confirm_hold.lua")
                 ),
@@ -113,6 +120,7 @@ impl Scripts {
             cancel: Script::new(
                 "cancel_reservation",
                 concat!(
+                    include_str!("../lua/lib/seats.lua"),
                     include_str!("../lua/lib/return_tickets.lua"),
                     include_str!("../lua/cancel_reservation.lua")
                 ),
@@ -121,6 +129,7 @@ impl Scripts {
             expire: Script::new(
                 "expire_holds",
                 concat!(
+                    include_str!("../lua/lib/seats.lua"),
                     include_str!("../lua/lib/return_tickets.lua"),
                     include_str!("../lua/expire_holds.lua")
                 ),

@@ -156,6 +156,8 @@ pub const METRICS: &[(&str, Kind, Option<Unit>, &str)] = {
          "Tickets confirmed beyond capacity, by sale and zone: must be 0."),
         ("flashsale_conservation_gap", Gauge, Some(Unit::Count),
          "Capacity less available, held and confirmed in Redis, by sale and zone: must be 0."),
+        ("flashsale_seat_gap", Gauge, Some(Unit::Count),
+         "A seated zone's seats that disagree with its tickets (seat map against counters in Redis, sold seats against recorded tickets in Postgres), by sale and zone: must be 0."),
         ("flashsale_sale_frozen", Gauge, None,
          "1 while a sale is frozen and needs `flashsale restore`, by sale."),
         ("flashsale_sales_live", Gauge, Some(Unit::Count),

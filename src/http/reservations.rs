@@ -25,7 +25,7 @@ use crate::{
     error::{ApiError, ApiResult, Problem},
     ids::ReservationId,
     input::{Hold, PaymentRef, RawHold},
-    inventory::{self, Acted, HoldRequest, Outcome, Refusal, Reservation, Status},
+    inventory::{self, Acted, HoldRequest, Outcome, Pick, Refusal, Reservation, Status},
     keys::{self, SaleKeys},
     limits::Action,
     replication::Change,
@@ -47,8 +47,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct HoldBody {
     #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$", example = "A")]
     zone: String,
+    /// How many tickets (or seats); not with `seats`.
     #[schema(minimum = 1, maximum = 100, example = 2)]
-    quantity: i64,
+    quantity: Option<i64>,
+    /// Seated zones: exactly these seats, all or none; not with `quantity`.
+    #[schema(example = json!(["A-7", "A-8"]))]
+    seats: Option<Vec<String>>,
+    /// Seated zones, with `quantity`: the best seats side by side in one row.
+    together: Option<bool>,
 }
 
 /// An Idempotency-Key: 1 to 255 visible ASCII characters.
@@ -82,10 +88,10 @@ fn parse_idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
         (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`pass_required`, `pass_invalid`, `pass_expired`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`sale_not_found`, `zone_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`sold_out` (the detail says how many are left), `limit_exceeded`, `sale_not_open`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`sold_out` (the detail says how many are left), `seats_taken` (member `seats` names them), `limit_exceeded`, `sale_not_open`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`invalid_quantity`, `idempotency_key_reused`, `invalid_idempotency_key`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_quantity`, `zone_not_seated`, `unknown_seat`, `invalid_seats`, `idempotency_key_reused`, `invalid_idempotency_key`, `invalid_body`", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "`rate_limited`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -101,14 +107,18 @@ async fn hold(
         .check(Action::Hold, Some(&who.user_id), addr)
         .await?;
     let idempotency_key = parse_idempotency_key(&headers)?;
-    let Hold { zone, quantity } = body.try_into()?;
+    let Hold {
+        zone,
+        quantity,
+        pick,
+    } = body.try_into()?;
     let (zone, quantity) = (zone.as_str(), quantity.get());
     // With a key, the id is drawn from (user, key), so a retry finds its
     // hold; without one it is 128 random bits, which no other hold shares.
     let (id, fingerprint) = match idempotency_key {
         Some(key) => (
             ReservationId::for_idempotency_key(sale, &who.user_id, key),
-            Some(fingerprint(zone, quantity)),
+            Some(fingerprint(zone, quantity, &pick)),
         ),
         None => (ReservationId::random(sale), None),
     };
@@ -119,6 +129,7 @@ async fn hold(
         quantity,
         id,
         fingerprint,
+        pick,
     };
     let outcome = inventory::hold(&state.redis, &state.scripts, req).await?;
     match outcome {
@@ -141,8 +152,18 @@ async fn hold(
 /// that it names this buyer and this sale. The hold script then checks the
 /// buyer is still admitted, so a revoked pass fails there.
 /// What distinguishes one hold request from another under the same key.
-fn fingerprint(zone: &str, quantity: u32) -> String {
-    let digest = Sha256::digest(format!("{zone}\0{quantity}"));
+fn fingerprint(zone: &str, quantity: u32, pick: &Pick) -> String {
+    let digest = match pick {
+        // As before seats: a key's fingerprint does not change.
+        Pick::Any => Sha256::digest(format!("{zone}\0{quantity}")),
+        Pick::Together => Sha256::digest(format!("{zone}\0{quantity}\0together")),
+        Pick::Exact(seats) => {
+            // The same seats in another order are the same request.
+            let mut seats = seats.clone();
+            seats.sort();
+            Sha256::digest(format!("{zone}\0{quantity}\0{}", seats.join(",")))
+        }
+    };
     hex::encode(&digest[..16])
 }
 
@@ -372,6 +393,7 @@ impl RecordedReservation {
             created_at: self.confirmed_at,
             confirmed_at: Some(self.confirmed_at),
             cancelled_at: self.cancelled_at,
+            seats: Vec::new(),
         })
     }
 }
@@ -441,6 +463,9 @@ fn refused(refusal: Refusal, zone: &str) -> ApiError {
         Refusal::ReservationNotFound => ApiError::ReservationNotFound,
         Refusal::HoldExpired { .. } => ApiError::HoldExpired,
         Refusal::Cancelled => ApiError::ReservationCancelled,
+        Refusal::ZoneNotSeated => ApiError::ZoneNotSeated(zone.to_owned()),
+        Refusal::UnknownSeat { seat } => ApiError::UnknownSeat(seat),
+        Refusal::SeatsTaken { seats } => ApiError::SeatsTaken { seats },
     }
 }
 

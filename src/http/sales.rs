@@ -38,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(stats))
         .routes(routes!(changes))
         .routes(routes!(attendees))
+        .routes(routes!(seat_map))
 }
 
 /// A sale, with its live state and stock.
@@ -90,6 +91,9 @@ struct ZoneBody {
     capacity: u32,
     price_cents: i64,
     available: i64,
+    /// A seated zone's rows (absent for general admission).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seating: Option<sales::Seating>,
 }
 
 impl SaleBody {
@@ -123,6 +127,7 @@ impl SaleBody {
                     capacity: z.capacity,
                     price_cents: z.price_cents,
                     available: s.available,
+                    seating: z.seating,
                 })
                 .collect(),
             release_rate: release.release_rate,
@@ -205,6 +210,110 @@ async fn get_sale(
     Path(sale): Path<SaleId>,
 ) -> ApiResult<axum::Json<SaleBody>> {
     Ok(axum::Json(SaleBody::new(any_sale(&state, sale).await?)))
+}
+
+/// A seated zone's seats.
+#[derive(Serialize, ToSchema)]
+struct SeatMap {
+    /// Every seat, rows front to back, each row by number.
+    seats: Vec<SeatState>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SeatState {
+    #[schema(example = "A-7")]
+    id: String,
+    status: SeatStatus,
+}
+
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum SeatStatus {
+    Free,
+    Held,
+    Sold,
+}
+
+/// Every seat of a seated zone, free, held or sold (public). Read in one
+/// Redis read of the zone's seat map.
+#[utoipa::path(get, path = "/v1/sales/{sale_id}/zones/{code}/seats", tag = "sales",
+    params(
+        ("sale_id" = String, Path, description = "The sale's id"),
+        ("code" = String, Path, description = "The zone's code"),
+    ),
+    responses(
+        (status = 200, description = "The zone's seats", body = SeatMap),
+        (status = 404, description = "`sale_not_found`, `zone_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`zone_not_seated`: a general-admission zone", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, `sale_frozen`", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn seat_map(
+    State(state): State<AppState>,
+    axum::extract::Path((sale, code)): axum::extract::Path<(String, String)>,
+) -> ApiResult<axum::Json<SeatMap>> {
+    let sale: SaleId = sale.parse().map_err(|_| ApiError::SaleNotFound)?;
+    let zone = crate::input::ZoneCode::parse(&code)
+        .ok_or_else(|| ApiError::ZoneNotFound(code.chars().take(32).collect()))?;
+    let zone = zone.as_str();
+    let (layout, map): (Option<String>, Option<String>) = state
+        .redis
+        .hmget(
+            SaleKeys::new(sale).seats(),
+            vec![format!("{zone}:rows"), format!("{zone}:map")],
+        )
+        .await?;
+    if let (Some(layout), Some(map)) = (layout, map) {
+        let seating = sales::Seating::from_layout(&layout).ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!("zone {zone} has a bad seat layout"))
+        })?;
+        let seats = seating
+            .seat_ids()
+            .zip(map.bytes())
+            .map(|(id, state)| SeatState {
+                id,
+                status: match state {
+                    b'h' => SeatStatus::Held,
+                    b's' => SeatStatus::Sold,
+                    _ => SeatStatus::Free,
+                },
+            })
+            .collect();
+        return Ok(axum::Json(SeatMap { seats }));
+    }
+    // Not in Redis: a general-admission zone, or an archived sale.
+    let live = any_sale(&state, sale).await?;
+    let def = live
+        .def
+        .zones
+        .into_iter()
+        .find(|z| z.code == zone)
+        .ok_or_else(|| ApiError::ZoneNotFound(zone.to_owned()))?;
+    let Some(seating) = def.seating else {
+        return Err(ApiError::ZoneNotSeated(zone.to_owned()));
+    };
+    // An archived sale: Postgres's record says which seats were sold.
+    let sold: std::collections::HashSet<String> = sqlx::query_scalar!(
+        "SELECT seat FROM reservation_seats
+         WHERE sale_id = $1 AND zone_code = $2 AND status = 'confirmed'",
+        sale.0,
+        zone,
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .collect();
+    let seats = seating
+        .seat_ids()
+        .map(|id| SeatState {
+            status: if sold.contains(&id) {
+                SeatStatus::Sold
+            } else {
+                SeatStatus::Free
+            },
+            id,
+        })
+        .collect();
+    Ok(axum::Json(SeatMap { seats }))
 }
 
 /// `PATCH /v1/sales/{id}`: any of the live settings, and the sale's end.

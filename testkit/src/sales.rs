@@ -100,6 +100,7 @@ pub async fn hold_each(
             quantity: qty,
             id: id.clone(),
             fingerprint: None,
+            pick: flashsale::inventory::Pick::Any,
         };
         inventory::hold(redis, scripts, req)
             .await

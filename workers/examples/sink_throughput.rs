@@ -101,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
                     quantity: 1,
                     id: id.clone(),
                     fingerprint: None,
+                    pick: flashsale::inventory::Pick::Any,
                 };
                 inventory::hold(&redis, &scripts, req)
                     .await

@@ -6,6 +6,9 @@
 //! the stream's entries up to that point, then asks Postgres what it held as
 //! of `seq`. No Redis command it sends grows with the backlog. It checks:
 //! - conservation inside Redis: capacity = available + held + confirmed;
+//! - a seated zone's seats: its seat map's sold and held seats are its
+//!   confirmed and held tickets, and Postgres's sold seats its recorded
+//!   tickets (with drift 0, sold seats in Redis and Postgres agree);
 //! - nothing oversold, in Redis or in Postgres;
 //! - drift: Redis's confirmed, less what is still in flight, against what
 //!   Postgres held as of the same sequence number. An in-flight entry reads
@@ -62,6 +65,12 @@ pub struct ZoneReport {
     pub oversold: i64,
     /// capacity - (available + held + confirmed): must be 0.
     pub conservation_gap: i64,
+    /// A seated zone's seats that disagree with its tickets: sold seats in
+    /// Redis's seat map against its confirmed tickets, held seats against
+    /// its held tickets, and seats Postgres records as sold against its
+    /// confirmed tickets, each difference counted: must be 0 (always 0 for
+    /// general admission).
+    pub seat_gap: i64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -282,6 +291,23 @@ impl Reconciler {
         .map(|r| (r.zone_code, r.sold))
         .collect();
 
+        // The same, counted in seats (seated zones only).
+        let persisted_seats: HashMap<String, i64> = sqlx::query!(
+            r#"SELECT r.zone_code, COUNT(*)::bigint AS "seats!"
+             FROM reservations r JOIN reservation_seats s ON s.reservation_id = r.id
+             WHERE r.sale_id = $1
+               AND (r.confirm_seq <= $2 OR (r.confirm_seq IS NULL AND (r.status = 'confirmed' OR r.cancel_seq IS NULL)))
+               AND NOT (r.status = 'cancelled' AND COALESCE(r.cancel_seq, 0) <= $2)
+             GROUP BY r.zone_code"#,
+            sale.0,
+            at.seq,
+        )
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(|r| (r.zone_code, r.seats))
+        .collect();
+
         let counters = &at.counters;
         let zones = Counter::zones(counters.keys());
         let label = sale.to_string();
@@ -303,7 +329,17 @@ impl Reconciler {
             );
             let in_flight = in_flight.get(&zone).copied().unwrap_or(0);
             let persisted = persisted.get(&zone).copied().unwrap_or(0);
+            let seat_gap = match at.seats.get(&zone) {
+                Some(&(sold, seats_held)) => {
+                    let recorded = persisted_seats.get(&zone).copied().unwrap_or(0);
+                    (sold - confirmed).abs()
+                        + (seats_held - held).abs()
+                        + (recorded - persisted).abs()
+                }
+                None => 0,
+            };
             let z = ZoneReport {
+                seat_gap,
                 capacity,
                 available,
                 held,
@@ -323,6 +359,12 @@ impl Reconciler {
                 .set(z.conservation_gap as f64);
             if z.oversold > 0 {
                 tracing::error!(sale.id = %sale, zone = %z.zone, oversold = z.oversold, "zone sold beyond capacity");
+            }
+            metrics::gauge!("flashsale_seat_gap", "sale" => label.clone(), "zone" => zl.clone())
+                .set(z.seat_gap as f64);
+            if z.seat_gap != 0 {
+                tracing::error!(sale.id = %sale, zone = %z.zone, gap = z.seat_gap,
+                    "a seated zone's seats disagree with its tickets");
             }
             if z.conservation_gap != 0 {
                 tracing::error!(sale.id = %sale, zone = %z.zone, gap = z.conservation_gap,

@@ -118,6 +118,8 @@ struct Event {
     /// The sale's stream sequence number; absent in entries written before
     /// the stream carried one.
     seq: Option<i64>,
+    /// A seated zone's seats (`A-7`); none for general admission.
+    seats: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +155,9 @@ impl From<sqlx::Error> for Refused {
             // name: Postgres named it `zones_check` (a column's check that
             // reads another column is named after the table alone).
             (Some("23514"), _) if db.table() == Some("zones") => Refused::Capacity,
+            // A seat still sold to another reservation: its cancellation may
+            // be with another replica, as for the capacity check.
+            (Some("23505"), Some("reservation_seats_sold_once")) => Refused::Capacity,
             (Some("23505"), Some("reservations_confirm_seq" | "reservations_cancel_seq")) => {
                 Refused::Rollback
             }
@@ -559,6 +564,15 @@ fn parse_event(stream_id: &str, f: &HashMap<String, String>) -> Result<Event, St
             .filter(|p| !p.is_empty())
             .cloned(),
         seq,
+        seats: f
+            .get(fields::SEATS)
+            .map(|list| {
+                list.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -705,6 +719,30 @@ async fn write(
         .fetch_one(&mut *tx)
         .await?;
         written.confirmed = inserted as u64;
+    }
+    // The seats, with their reservation's status as it now stands:
+    // cancellations first, so a seat they free may be sold again in the
+    // same batch.
+    for batch in [&cancelled, &confirmed] {
+        let (ids, seats): (Vec<&str>, Vec<&str>) = batch
+            .iter()
+            .flat_map(|e| e.seats.iter().map(|seat| (e.id.as_str(), seat.as_str())))
+            .unzip();
+        if ids.is_empty() {
+            continue;
+        }
+        sqlx::query!(
+            "INSERT INTO reservation_seats AS s (reservation_id, sale_id, zone_code, seat, status)
+             SELECT u.id, r.sale_id, r.zone_code, u.seat, r.status
+             FROM UNNEST($1::text[], $2::text[]) AS u(id, seat)
+             JOIN reservations r ON r.id = u.id
+             ON CONFLICT (reservation_id, seat) DO UPDATE SET status = EXCLUDED.status
+                 WHERE s.status <> EXCLUDED.status",
+            ids as _,
+            seats as _,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     let high = events.iter().filter_map(|e| e.seq).max();
     if let (true, Some(high)) = (numbered, high) {

@@ -1094,6 +1094,7 @@ async fn a_quiet_sale_whose_redis_went_back_is_frozen_by_the_reconciler() {
             quantity: 1,
             id: ReservationId::random(sale),
             fingerprint: None,
+            pick: flashsale::inventory::Pick::Any,
         },
     )
     .await

@@ -354,6 +354,7 @@ async fn a_flushed_redis_freezes_the_sale_until_it_is_restored_from_postgres() {
             quantity: 9,
             id: ReservationId::random(sale),
             fingerprint: None,
+            pick: flashsale::inventory::Pick::Any,
         },
     )
     .await
