@@ -11,6 +11,8 @@ export class Problem extends Error {
     this.code = (body && body.code) || (status === 0 ? "offline" : "error");
     this.detail = detail;
     this.retryAfter = retryAfter ? Number(retryAfter) : null;
+    // `seats_taken` names the seats that were not free.
+    this.seats = (body && Array.isArray(body.seats) && body.seats) || null;
   }
 }
 

@@ -83,10 +83,6 @@ function newKey() {
 }
 
 /** General-admission zones; seated ones are not offered on this page. */
-function gaZones() {
-  return (sale?.zones || []).filter((z) => !z.seating);
-}
-
 function zoneName(code) {
   return sale?.zones.find((z) => z.code === code)?.name || code;
 }
@@ -338,7 +334,7 @@ function apply(next) {
 function renderHead() {
   document.title = `${sale.name} · flashsale`;
   $title.textContent = sale.name;
-  const prices = gaZones().map((z) => z.price_cents);
+  const prices = sale.zones.map((z) => z.price_cents);
   const range = prices.length
     ? Math.min(...prices) === Math.max(...prices)
       ? price(prices[0])
@@ -645,7 +641,7 @@ function showChoosing(s) {
     return;
   }
   const [error, say] = errorLine("hold-error");
-  const zones = gaZones();
+  const zones = sale.zones;
   const options = zones.map((z) => {
     const input = h("input", { type: "radio", name: "zone", value: z.code, id: `zone-${z.code}` });
     const left = h("span", { class: "available", "data-testid": `zone-available-${z.code}` });
@@ -664,7 +660,20 @@ function showChoosing(s) {
   const hold = h("button", { type: "button", "data-testid": "hold" }, "Hold tickets");
   const expiry = h("span", {});
   const limitNote = h("p", { class: "muted" });
-  choosing = { pass: s.pass, passExpires: s.pass_expires_at, options, quantity, hold, limitNote, key: null, keyFor: "" };
+  const seatBox = h("div", { class: "seats", hidden: true });
+  choosing = {
+    pass: s.pass,
+    passExpires: s.pass_expires_at,
+    options,
+    quantity,
+    hold,
+    limitNote,
+    seatBox,
+    seatZone: "",
+    chosen: [],
+    key: null,
+    keyFor: "",
+  };
   quantity.addEventListener("change", () => {
     choosing.key = null;
   });
@@ -677,10 +686,15 @@ function showChoosing(s) {
         error.textContent = "Choose a zone first.";
         return;
       }
-      const body = { zone: picked.code, quantity: Number(quantity.value) };
+      const seated = isSeated(picked.code);
+      const body = seated && choosing.chosen.length
+        ? { zone: picked.code, seats: [...choosing.chosen] }
+        : seated
+          ? { zone: picked.code, quantity: Number(quantity.value), together: true }
+          : { zone: picked.code, quantity: Number(quantity.value) };
       // One key per choice, kept across retries, so a hold whose answer was
       // lost is found again rather than made twice.
-      const what = `${body.zone}/${body.quantity}`;
+      const what = `${body.zone}/${body.quantity || 0}/${(body.seats || []).join(",")}`;
       if (choosing.keyFor !== what) {
         choosing.key = newKey();
         choosing.keyFor = what;
@@ -697,7 +711,11 @@ function showChoosing(s) {
         if (!transient(problem)) choosing.keyFor = "";
         say(problem);
         if (["pass_expired", "pass_invalid", "pass_required", "sale_not_open"].includes(problem.code)) resync();
-        else if (problem.code === "sold_out") refreshChoosing();
+        else if (problem.code === "seats_taken") {
+          const taken = new Set(problem.seats || []);
+          choosing.chosen = choosing.chosen.filter((id) => !taken.has(id));
+          loadSeats(true);
+        } else if (problem.code === "sold_out") refreshChoosing();
       }
     }),
   );
@@ -719,7 +737,8 @@ function showChoosing(s) {
       ),
       zones.length
         ? h("fieldset", { class: "zones" }, h("legend", {}, "Zone"), options.map((o) => o.label))
-        : h("p", {}, "No zone of this sale can be chosen on this page."),
+        : h("p", {}, "This sale has no zone to choose."),
+      seatBox,
       h("label", { for: "quantity" }, "Tickets"),
       quantity,
       limitNote,
@@ -769,8 +788,15 @@ function updateZones() {
     choosing.quantity.replaceChildren(...options);
     choosing.quantity.value = String(Math.min(current, Math.max(1, most)));
   }
-  choosing.quantity.disabled = most < 1;
+  const seated = picked && isSeated(picked.code);
+  choosing.quantity.disabled = most < 1 || (seated && choosing.chosen.length > 0);
   choosing.hold.disabled = most < 1 || !picked;
+  choosing.seatBox.hidden = !seated;
+  if (seated && choosing.seatZone !== picked.code) {
+    choosing.seatZone = picked.code;
+    choosing.chosen = [];
+    loadSeats(true);
+  }
   choosing.limitNote.textContent =
     limit < 1
       ? `You have all ${sale.per_user_limit} tickets a buyer may have in this sale.`
@@ -793,11 +819,100 @@ async function refreshChoosing() {
     const stateChanged = fresh.state !== sale.state;
     sale = fresh;
     if (stateChanged) renderHead();
+    if (view === "choosing" && choosing.seatZone && !choosing.seatBox.hidden) loadSeats(false);
     apply(next);
   } catch (problem) {
     if (transient(problem)) return retrySoon(problem);
     resync();
   }
+}
+
+function isSeated(code) {
+  return Boolean(sale?.zones.find((z) => z.code === code)?.seating);
+}
+
+/** What a reservation is: "2 × Stalls", and its seats when it has any. */
+function what(r) {
+  const seats = r.seats && r.seats.length ? ` · seats ${r.seats.join(", ")}` : "";
+  return `${r.quantity} × ${zoneName(r.zone)}${seats}`;
+}
+
+/**
+ * The chosen seated zone's seat map: each seat a button, free ones to pick
+ * (up to the buyer's limit), held and sold ones shown but not pickable. No
+ * seat picked: the hold asks for the best seats together.
+ */
+async function loadSeats(first) {
+  const code = choosing.seatZone;
+  const mark = seq;
+  let map;
+  try {
+    map = await api("GET", `${base}/zones/${encodeURIComponent(code)}/seats`);
+  } catch (problem) {
+    if (first) choosing.seatBox.replaceChildren(h("p", { class: "muted" }, "The seat map could not be read; the best seats are taken for you."));
+    return;
+  }
+  if (mark !== seq || view !== "choosing" || choosing.seatZone !== code) return;
+  const free = new Set(map.seats.filter((seat) => seat.status === "free").map((seat) => seat.id));
+  choosing.chosen = choosing.chosen.filter((id) => free.has(id));
+  const rows = new Map();
+  for (const seat of map.seats) {
+    const cut = seat.id.lastIndexOf("-");
+    const row = seat.id.slice(0, cut);
+    if (!rows.has(row)) rows.set(row, []);
+    rows.get(row).push({ ...seat, number: seat.id.slice(cut + 1) });
+  }
+  const note = h("p", { class: "muted", "data-testid": "seats-chosen" });
+  const say = () => {
+    note.textContent = choosing.chosen.length
+      ? `Seats chosen: ${choosing.chosen.join(", ")}.`
+      : "Pick seats, or hold without picking for the best seats together.";
+    updateZones();
+  };
+  const limit = () => remainingLimit();
+  const grid = h(
+    "div",
+    { class: "seatmap", role: "group", "aria-label": `Seats in ${zoneName(code)}` },
+    h("p", { class: "stage" }, "Stage"),
+    [...rows].map(([row, seats]) =>
+      h(
+        "div",
+        { class: "seat-row" },
+        h("span", { class: "row-name" }, row),
+        seats.map((seat) => {
+          const picked = choosing.chosen.includes(seat.id);
+          const button = h(
+            "button",
+            {
+              type: "button",
+              class: `seat ${seat.status}`,
+              "data-testid": `seat-${seat.id}`,
+              "data-status": seat.status,
+              "aria-pressed": picked ? "true" : "false",
+              "aria-label": `Seat ${seat.id}, ${seat.status}`,
+              disabled: seat.status !== "free",
+            },
+            seat.number,
+          );
+          button.addEventListener("click", () => {
+            const at = choosing.chosen.indexOf(seat.id);
+            if (at >= 0) choosing.chosen.splice(at, 1);
+            else if (choosing.chosen.length < limit()) choosing.chosen.push(seat.id);
+            button.setAttribute("aria-pressed", choosing.chosen.includes(seat.id) ? "true" : "false");
+            choosing.key = null;
+            say();
+          });
+          return button;
+        }),
+      ),
+    ),
+  );
+  choosing.seatBox.replaceChildren(
+    h("p", { class: "legend muted" }, h("span", { class: "seat free" }, "1"), " free ", h("span", { class: "seat held" }, "1"), " held ", h("span", { class: "seat sold" }, "1"), " sold"),
+    grid,
+    note,
+  );
+  say();
 }
 
 function showHeld(reservation) {
@@ -841,7 +956,7 @@ function showHeld(reservation) {
       "section",
       { class: "card", "aria-labelledby": "held-title" },
       h("h2", { id: "held-title" }, "Your tickets are held"),
-      h("p", { "data-testid": "held" }, `${reservation.quantity} × ${zoneName(reservation.zone)}`, total && ` · ${total} in total`),
+      h("p", { "data-testid": "held" }, what(reservation), total && ` · ${total} in total`),
       h("p", { class: "countdown" }, h("span", { class: "muted" }, "Confirm within "), left),
       h("p", { class: "muted" }, `Held until ${new Date(reservation.expires_at).toLocaleTimeString()}. After that the tickets go back on sale.`),
       error,
@@ -877,7 +992,7 @@ function showTickets(tickets) {
         "section",
         { class: "card ticket", "data-testid": "ticket", "aria-label": "Ticket" },
         h("p", { class: "ticket-event" }, sale.name),
-        h("p", { class: "ticket-what" }, `${r.quantity} × ${zoneName(r.zone)}`),
+        h("p", { class: "ticket-what" }, what(r)),
         h(
           "p",
           { class: "muted" },

@@ -408,3 +408,55 @@ def test_every_page_fits_a_320_px_screen(new_context, service):
     page.goto(f"/sales/{uuid.uuid4()}")
     expect(page.get_by_text("There is no such sale.")).to_be_visible()
     no_sideways_scroll(page)
+
+
+@pytest.mark.parametrize("device", ["phone", "desktop"])
+def test_a_buyer_picks_seats_on_the_seat_map_and_a_taken_seat_is_refused_by_name(
+    new_context, service, device
+):
+    page = new_context(DEVICES[device])
+    sale = make_sale(service, zones=[
+        {"code": "ST", "name": "Stalls", "price_cents": 6500,
+         "seating": {"rows": [{"row": "A", "seats": 6}, {"row": "B", "seats": 6}]}},
+    ])
+    here = f"/sales/{sale['id']}"
+    email, password = service.account()
+    sign_in(page, email, password, here)
+    page.get_by_test_id("join").click()
+    expect(page.get_by_test_id("hold")).to_be_visible(timeout=30_000)
+
+    # The seat map: every seat free, and picking two names them.
+    expect(page.get_by_test_id("seat-A-1")).to_have_attribute("data-status", "free")
+    expect(page.get_by_test_id("seat-B-6")).to_be_enabled()
+    page.get_by_test_id("seat-A-3").click()
+    page.get_by_test_id("seat-A-4").click()
+    expect(page.get_by_test_id("seats-chosen")).to_contain_text("A-3, A-4")
+    shot(page, f"buyer-seats-{device}")
+    no_sideways_scroll(page)
+
+    # Another buyer takes A-4 meanwhile: the hold is refused naming it, the
+    # map shows it held, and the seat still free stays chosen.
+    other = service.token(f"other-{uuid.uuid4().hex[:8]}")
+    service.call("POST", f"/v1/sales/{sale['id']}/queue", token=other)
+    admitted = wait_for("the other buyer's admission", lambda: (
+        (s := service.call("GET", f"/v1/sales/{sale['id']}/queue", token=other)[1])
+        and s.get("state") == "admitted" and s))
+    status, held = service.call("POST", f"/v1/sales/{sale['id']}/reservations",
+                                {"zone": "ST", "seats": ["A-4"]}, token=other,
+                                headers={"x-queue-pass": admitted["pass"]})
+    assert status == 201, held
+    page.get_by_test_id("hold").click()
+    expect(page.get_by_test_id("hold-error")).to_contain_text("A-4")
+    expect(page.get_by_test_id("seat-A-4")).to_have_attribute("data-status", "held")
+    expect(page.get_by_test_id("seat-A-4")).to_be_disabled()
+    expect(page.get_by_test_id("seats-chosen")).to_contain_text("A-3")
+
+    # Another free seat beside it, and the hold goes through with both.
+    page.get_by_test_id("seat-A-2").click()
+    page.get_by_test_id("hold").click()
+    expect(page.get_by_test_id("held")).to_contain_text("seats A-2, A-3")
+    page.get_by_test_id("confirm").click()
+    expect(page.get_by_test_id("ticket")).to_contain_text("2 × Stalls · seats A-2, A-3")
+    status, seats = service.call("GET", f"/v1/sales/{sale['id']}/zones/ST/seats")
+    sold = sorted(s["id"] for s in seats["seats"] if s["status"] == "sold")
+    assert sold == ["A-2", "A-3"], seats
