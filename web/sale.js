@@ -661,6 +661,7 @@ function showChoosing(s) {
   const expiry = h("span", {});
   const limitNote = h("p", { class: "muted" });
   const seatBox = h("div", { class: "seats", hidden: true });
+  const quantityBox = h("div", {}, h("label", { for: "quantity" }, "Tickets"), quantity);
   choosing = {
     pass: s.pass,
     passExpires: s.pass_expires_at,
@@ -669,6 +670,7 @@ function showChoosing(s) {
     hold,
     limitNote,
     seatBox,
+    quantityBox,
     seatZone: "",
     chosen: [],
     key: null,
@@ -739,8 +741,7 @@ function showChoosing(s) {
         ? h("fieldset", { class: "zones" }, h("legend", {}, "Zone"), options.map((o) => o.label))
         : h("p", {}, "This sale has no zone to choose."),
       seatBox,
-      h("label", { for: "quantity" }, "Tickets"),
-      quantity,
+      quantityBox,
       limitNote,
       error,
       h("p", { class: "row" }, hold),
@@ -792,6 +793,8 @@ function updateZones() {
   choosing.quantity.disabled = most < 1 || (seated && choosing.chosen.length > 0);
   choosing.hold.disabled = most < 1 || !picked;
   choosing.seatBox.hidden = !seated;
+  // Chosen seats are the number of tickets: no separate count to pick.
+  choosing.quantityBox.hidden = Boolean(seated && choosing.chosen.length);
   if (seated && choosing.seatZone !== picked.code) {
     choosing.seatZone = picked.code;
     choosing.chosen = [];
