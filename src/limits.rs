@@ -25,15 +25,7 @@
 //! trusted proxy: then it is the right-most `X-Forwarded-For` entry that is
 //! not itself a trusted proxy. `X-Forwarded-For` is never trusted by default.
 
-use std::{
-    net::IpAddr,
-    num::NonZeroU32,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use fred::{clients::Pool, types::Value};
 use governor::{
@@ -274,7 +266,7 @@ impl Limits {
         self.shared = Some(Shared {
             redis,
             scripts,
-            last_warning: AtomicU64::new(0),
+            warning: crate::telemetry::Rarely::every(WARNING_EVERY),
         });
         self
     }
@@ -388,14 +380,14 @@ fn refused(name: &'static str, wait: Duration) -> RateLimited {
 const SHARED_CHECK_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// At most one warning this often while the shared store fails.
-const WARNING_EVERY_SECONDS: u64 = 10;
+const WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// The limits kept in Redis.
 struct Shared {
     redis: Pool,
     scripts: Arc<Scripts>,
-    /// When the last warning of a failed check was logged (Unix seconds).
-    last_warning: AtomicU64,
+    /// The warning of a failed check, logged at most every [`WARNING_EVERY`].
+    warning: crate::telemetry::Rarely,
 }
 
 impl Shared {
@@ -435,16 +427,7 @@ impl Shared {
         };
         // Fail open: the in-memory limit still holds for this process.
         metrics::counter!("flashsale_shared_rate_limit_errors_total").increment(1);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_warning.load(Ordering::Relaxed);
-        if now >= last + WARNING_EVERY_SECONDS
-            && self
-                .last_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.warning.now() {
             tracing::warn!(limit = name, error = %err, "shared rate limit unavailable; letting the request through on the in-memory limit");
         }
         Ok(())

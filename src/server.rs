@@ -186,23 +186,12 @@ async fn accept_failed(err: &std::io::Error) {
     ) {
         return;
     }
-    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
-    if once_a_minute(&LAST_WARNING) {
+    static WARNING: crate::telemetry::Rarely =
+        crate::telemetry::Rarely::every(Duration::from_secs(60));
+    if WARNING.now() {
         tracing::warn!(error = %err, "accept failed (file descriptor limit?); retrying");
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
-/// True at most once a minute for `last` (a process-wide slot), so a
-/// warning that could fire on every request or connection is logged
-/// rarely.
-pub(crate) fn once_a_minute(last: &AtomicU64) -> bool {
-    let now = millis(Instant::now()).max(1);
-    let before = last.load(Ordering::Relaxed);
-    (before == 0 || now.saturating_sub(before) >= 60_000)
-        && last
-            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
 }
 
 /// The origin of [`millis`]: the process's first use of this clock.

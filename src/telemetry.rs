@@ -13,6 +13,40 @@ use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 use crate::config::LogFormat;
 
+/// A warning that could fire on every request or connection, logged at
+/// most once a period: `Rarely::every(Duration::from_secs(60))` in a static
+/// is process-wide.
+pub struct Rarely {
+    /// When it last said yes, in ms of the monotonic clock since the first
+    /// use of any `Rarely`; 0: never.
+    last_ms: std::sync::atomic::AtomicU64,
+    period_ms: u64,
+}
+
+impl Rarely {
+    pub const fn every(period: std::time::Duration) -> Self {
+        Self {
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            period_ms: period.as_secs() * 1000 + period.subsec_millis() as u64,
+        }
+    }
+
+    /// True when the last yes is a period ago (or there was none); then
+    /// not again for a period, however many ask at once.
+    pub fn now(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        static BASE: std::sync::LazyLock<std::time::Instant> =
+            std::sync::LazyLock::new(std::time::Instant::now);
+        let now = (BASE.elapsed().as_millis() as u64).max(1);
+        let before = self.last_ms.load(Relaxed);
+        (before == 0 || now.saturating_sub(before) >= self.period_ms)
+            && self
+                .last_ms
+                .compare_exchange(before, now, Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`),
 /// `LOG_FORMAT=json` writes one JSON object a line.
 pub fn init_tracing(format: LogFormat) {
@@ -226,6 +260,17 @@ pub fn metrics() -> PrometheusHandle {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_rare_warning_is_said_once_a_period() {
+        let rarely = Rarely::every(std::time::Duration::from_secs(60));
+        assert!(rarely.now());
+        assert!(!rarely.now());
+        let often = Rarely::every(std::time::Duration::ZERO);
+        assert!(often.now());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(often.now());
+    }
     use super::*;
 
     /// Names in string literals that are not metrics.

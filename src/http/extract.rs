@@ -224,9 +224,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 /// most once a minute, since the per-address limits then count the proxy as
 /// one client.
 fn untrusted_forwarded_for(peer: std::net::IpAddr) {
-    static LAST_WARNING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static WARNING: crate::telemetry::Rarely =
+        crate::telemetry::Rarely::every(std::time::Duration::from_secs(60));
     metrics::counter!("flashsale_untrusted_forwarded_for_total").increment(1);
-    if crate::server::once_a_minute(&LAST_WARNING) {
+    if WARNING.now() {
         tracing::warn!(
             peer = %peer,
             "X-Forwarded-For from a peer not in TRUSTED_PROXIES: ignored, the peer is taken \
