@@ -382,6 +382,24 @@ impl TestApp {
         .await
     }
 
+    /// Rebuilds the sale's Redis state from Postgres, freezing it first
+    /// (as `flashsale restore --freeze` does), waiting up to 10 s for the
+    /// stream to drain.
+    pub async fn restore(&self, sale: SaleId) -> flashsale::recovery::Restored {
+        flashsale::recovery::restore(
+            &self.db,
+            &self.redis,
+            &self.scripts,
+            sale,
+            flashsale::recovery::Options {
+                freeze: true,
+                drain_wait: Duration::from_secs(10),
+            },
+        )
+        .await
+        .expect("the sale restored")
+    }
+
     /// The zone's (available, held, confirmed, capacity) straight from Redis.
     pub async fn stock(&self, sale: SaleId, zone: &str) -> (i64, i64, i64, i64) {
         let live = flashsale::sales::live(&self.redis, sale)

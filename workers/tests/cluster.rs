@@ -120,18 +120,7 @@ async fn sales_over_three_shards_keep_order_never_oversell_reach_postgres_and_re
             .await
             .unwrap()
             .is_none());
-        recovery::restore(
-            &api.db,
-            &api.redis,
-            &api.scripts,
-            sale,
-            recovery::Options {
-                freeze: true,
-                drain_wait: Duration::from_secs(10),
-            },
-        )
-        .await
-        .unwrap();
+        api.restore(sale).await;
         let (available, held, confirmed, capacity) = api.stock(sale, "A").await;
         assert_eq!(
             (available, held, confirmed, capacity),

@@ -10,7 +10,7 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use common::*;
-use flashsale::{ids::SaleId, keys::SaleKeys, recovery};
+use flashsale::{ids::SaleId, keys::SaleKeys};
 use flashsale_workers::{
     archiver::{self, Step},
     reconciler::Reconciler,
@@ -172,18 +172,7 @@ async fn sold_seats_reach_postgres_once_are_reconciled_and_a_restore_rebuilds_th
     before.insert("A-5".into(), "held".into());
     before.insert("A-1".into(), "sold".into());
     assert_eq!(statuses(&api, sale).await, before);
-    recovery::restore(
-        &api.db,
-        &api.redis,
-        &api.scripts,
-        sale,
-        recovery::Options {
-            freeze: true,
-            drain_wait: Duration::from_secs(10),
-        },
-    )
-    .await
-    .unwrap();
+    api.restore(sale).await;
     assert_eq!(statuses(&api, sale).await, expected);
     assert_eq!(api.stock(sale, "ST").await, (7, 0, 3, 10));
     let r: Value = api
