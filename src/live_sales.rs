@@ -11,7 +11,8 @@
 //! assumes they share a slot with a sale's keys.
 //!
 //! A Redis written by an earlier layout keeps its ids in the one set
-//! `flashsale:sales`; [`all`] moves them into their sets when it meets them.
+//! `flashsale:sales`; the workers move them into their sets
+//! ([`adopt_legacy`]) before they list the sales.
 
 use fred::clients::Pool;
 use fred::interfaces::SetsInterface;
@@ -59,16 +60,8 @@ pub async fn contains(redis: &Pool, sale: SaleId) -> Result<bool, fred::error::E
     redis.sismember(set_of(sale), sale.to_string()).await
 }
 
-/// Every listed sale, skipping any member that is not a sale id. Ids found
-/// in the earlier layout's set are moved into their own sets first.
+/// Every listed sale, skipping any member that is not a sale id.
 pub async fn all(redis: &Pool) -> Result<Vec<SaleId>, fred::error::Error> {
-    let legacy: Vec<String> = redis.smembers(LEGACY_SET).await?;
-    for member in &legacy {
-        if let Ok(sale) = member.parse::<SaleId>() {
-            add(redis, sale).await?;
-        }
-        let _: i64 = redis.srem(LEGACY_SET, member.as_str()).await?;
-    }
     let members: Vec<Vec<String>> =
         try_join_all(sets().map(|key| async move { redis.smembers(key).await })).await?;
     Ok(members
@@ -76,6 +69,20 @@ pub async fn all(redis: &Pool) -> Result<Vec<SaleId>, fred::error::Error> {
         .flatten()
         .filter_map(|s| s.parse().ok())
         .collect())
+}
+
+/// Moves the ids found in the earlier layout's set into their own sets (an
+/// API of that layout may still be adding to it while it is replaced). The
+/// workers run it before each listing; a read never writes.
+pub async fn adopt_legacy(redis: &Pool) -> Result<(), fred::error::Error> {
+    let legacy: Vec<String> = redis.smembers(LEGACY_SET).await?;
+    for member in &legacy {
+        if let Ok(sale) = member.parse::<SaleId>() {
+            add(redis, sale).await?;
+        }
+        let _: i64 = redis.srem(LEGACY_SET, member.as_str()).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ where
 /// The sales Redis knows ([`flashsale::live_sales`]), on every shard of a
 /// cluster.
 pub async fn sales_in_redis(redis: &fred::clients::Pool) -> anyhow::Result<Vec<SaleId>> {
+    flashsale::live_sales::adopt_legacy(redis).await?;
     Ok(flashsale::live_sales::all(redis).await?)
 }
 

@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use flashsale::{keys::SaleKeys, sales};
+use flashsale::{ids::SaleId, keys::SaleKeys, sales};
 use flashsale_workers::{expirer, reconciler::Reconciler, releaser, sink::Sink};
-use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
+use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface};
 
 #[tokio::test]
 async fn a_sale_whose_keys_are_damaged_fails_alone_and_every_worker_serves_the_other_sales() {
@@ -120,4 +120,29 @@ async fn a_sale_whose_keys_are_damaged_fails_alone_and_every_worker_serves_the_o
     }
     let checked: Option<String> = redis.hget(h.reconciliation(), "drift").await.unwrap();
     assert_eq!(checked.as_deref(), Some("0"));
+}
+
+/// A Redis written by the earlier layout lists its sales in one set: the
+/// workers move them into the spread sets, and so still visit them.
+#[tokio::test]
+async fn sales_listed_in_the_earlier_single_set_are_moved_over_and_visited() {
+    let server = PrivateRedis::start();
+    let redis = redis(&server.url()).await;
+    let sale = SaleId::new();
+    let _: i64 = redis
+        .sadd(
+            flashsale::live_sales::LEGACY_SET,
+            vec![sale.to_string(), "not-a-sale".into()],
+        )
+        .await
+        .unwrap();
+    assert!(flashsale::live_sales::all(&redis).await.unwrap().is_empty());
+    let listed = flashsale_workers::sales_in_redis(&redis).await.unwrap();
+    assert_eq!(listed, vec![sale]);
+    assert!(flashsale::live_sales::contains(&redis, sale).await.unwrap());
+    let left: Vec<String> = redis
+        .smembers(flashsale::live_sales::LEGACY_SET)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
 }
