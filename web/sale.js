@@ -672,6 +672,8 @@ function showChoosing(s) {
     seatBox,
     quantityBox,
     seatZone: "",
+    seatButtons: null,
+    seatNote: null,
     chosen: [],
     key: null,
     keyFor: "",
@@ -858,6 +860,24 @@ async function loadSeats(first) {
   if (mark !== seq || view !== "choosing" || choosing.seatZone !== code) return;
   const free = new Set(map.seats.filter((seat) => seat.status === "free").map((seat) => seat.id));
   choosing.chosen = choosing.chosen.filter((id) => free.has(id));
+  const paint = (button, seat) => {
+    button.className = `seat ${seat.status}`;
+    button.dataset.status = seat.status;
+    button.disabled = seat.status !== "free";
+    button.setAttribute("aria-label", `Seat ${seat.id}, ${seat.status}`);
+    button.setAttribute("aria-pressed", choosing.chosen.includes(seat.id) ? "true" : "false");
+  };
+  // The same zone again: each seat is repainted where it stands, so the
+  // seat a buyer is on keeps the keyboard focus.
+  const shown = choosing.seatButtons;
+  if (shown && shown.zone === code && shown.buttons.size === map.seats.length) {
+    for (const seat of map.seats) {
+      const button = shown.buttons.get(seat.id);
+      if (button) paint(button, seat);
+    }
+    sayChosen();
+    return;
+  }
   const rows = new Map();
   for (const seat of map.seats) {
     const cut = seat.id.lastIndexOf("-");
@@ -865,14 +885,7 @@ async function loadSeats(first) {
     if (!rows.has(row)) rows.set(row, []);
     rows.get(row).push({ ...seat, number: seat.id.slice(cut + 1) });
   }
-  const note = h("p", { class: "muted", "data-testid": "seats-chosen" });
-  const say = () => {
-    note.textContent = choosing.chosen.length
-      ? `Seats chosen: ${choosing.chosen.join(", ")}.`
-      : "Pick seats, or hold without picking for the best seats together.";
-    updateZones();
-  };
-  const limit = () => remainingLimit();
+  const buttons = new Map();
   const grid = h(
     "div",
     { class: "seatmap", role: "group", "aria-label": `Seats in ${zoneName(code)}` },
@@ -883,39 +896,38 @@ async function loadSeats(first) {
         { class: "seat-row" },
         h("span", { class: "row-name" }, row),
         seats.map((seat) => {
-          const picked = choosing.chosen.includes(seat.id);
-          const button = h(
-            "button",
-            {
-              type: "button",
-              class: `seat ${seat.status}`,
-              "data-testid": `seat-${seat.id}`,
-              "data-status": seat.status,
-              "aria-pressed": picked ? "true" : "false",
-              "aria-label": `Seat ${seat.id}, ${seat.status}`,
-              disabled: seat.status !== "free",
-            },
-            seat.number,
-          );
+          const button = h("button", { type: "button", "data-testid": `seat-${seat.id}` }, seat.number);
+          paint(button, seat);
           button.addEventListener("click", () => {
             const at = choosing.chosen.indexOf(seat.id);
             if (at >= 0) choosing.chosen.splice(at, 1);
-            else if (choosing.chosen.length < limit()) choosing.chosen.push(seat.id);
+            else if (choosing.chosen.length < remainingLimit()) choosing.chosen.push(seat.id);
             button.setAttribute("aria-pressed", choosing.chosen.includes(seat.id) ? "true" : "false");
             choosing.key = null;
-            say();
+            sayChosen();
           });
+          buttons.set(seat.id, button);
           return button;
         }),
       ),
     ),
   );
+  choosing.seatButtons = { zone: code, buttons };
+  choosing.seatNote = h("p", { class: "muted", "data-testid": "seats-chosen" });
   choosing.seatBox.replaceChildren(
     h("p", { class: "legend muted" }, h("span", { class: "seat free" }, "1"), " free ", h("span", { class: "seat held" }, "1"), " held ", h("span", { class: "seat sold" }, "1"), " sold"),
     grid,
-    note,
+    choosing.seatNote,
   );
-  say();
+  sayChosen();
+}
+
+/** Says which seats are chosen, and lets the count follow them. */
+function sayChosen() {
+  choosing.seatNote.textContent = choosing.chosen.length
+    ? `Seats chosen: ${choosing.chosen.join(", ")}.`
+    : "Pick seats, or hold without picking for the best seats together.";
+  updateZones();
 }
 
 function showHeld(reservation) {
