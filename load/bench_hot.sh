@@ -115,8 +115,8 @@ run hold "$hold_sale" "$work/holders"
 h="{sale:$hold_sale}"
 redis-cli -h "$rhost" -p "$rport" eval "local d = redis.call('TIME')[1] * 1000 + 3600000
 for i = 0, 99999 do redis.call('ZADD', KEYS[1], d, string.format('rb-%012d', i)) end" 1 "$h:admitted" >/dev/null
-RB_RAND=100000 rb hold "lib/seats.lua hold_tickets.lua" 8 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
-    "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" ""
+RB_RAND=100000 rb hold "lib/seats.lua hold_tickets.lua" 9 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
+    "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "$h:seatmap" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" ""
 echo "bench: bare axum + one EVALSHA (return 1) through fred, wrk -t$THREADS -c$CONNS -d${DURATION}s" >&2
 wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$BARE_PORT/" > "$work/bare.out"
 awk '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} END {printf "BARE axum+EVALSHA %.0f req/s p50 %s p99 %s\n", r, p50, p99}' "$work/bare.out" | tee -a "$work/results"

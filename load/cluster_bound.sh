@@ -161,8 +161,8 @@ for i = 0, 99999 do redis.call('ZADD', KEYS[1], d, string.format('rb-%012d', i))
 start_rb() {
     local h="{sale:$2}"
     redis-benchmark -p "$1" -c "$3" -P "$PIPELINE" -n 2000000000 -r 100000 -q \
-        evalsha "$4" 8 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
-        "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" "" \
+        evalsha "$4" 9 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
+        "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "$h:seatmap" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" "" \
         >/dev/null 2>&1 &
     rbs+=($!)
     pids+=($!)
@@ -339,8 +339,8 @@ if [[ $CALLGRIND == 1 ]]; then
     echo "bound: Redis's instructions a hold, callgrind, $CALLGRIND_HOLDS holds" >&2
     h="{sale:$sale}"
     redis-benchmark -p "$cport" -c 8 -n "$CALLGRIND_HOLDS" -r 100000 -q \
-        evalsha "$sha" 8 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
-        "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" "" >/dev/null
+        evalsha "$sha" 9 "$h:meta" "$h:zones" "$h:res:rb-__rand_int__-__rand_int__" "$h:buyer:rb-__rand_int__" \
+        "$h:deadlines" "$h:admitted" "$h:turns" "$h:seats" "$h:seatmap" "rb-__rand_int__" A 1 "rb-__rand_int__-__rand_int__" "" "" >/dev/null
     callgrind_control -i off "$cgpid" >/dev/null 2>&1
     check callgrind "$tally0" "$(tally "$cport $cgpid $sale")"
     callgrind_control -d "$cgpid" >/dev/null 2>&1

@@ -18,7 +18,8 @@
 --                              admit_idle_ms (meta) left to hold again, then
 --                              the turn ends, like an admitted buyer's who
 --                              never holds
--- KEYS[8]  {sale:<id>}:seats    a seated zone's seats become free
+-- KEYS[8]  {sale:<id>}:seats    the seated zones' index (lib/seats)
+-- KEYS[9]  {sale:<id>}:seatmap  a seated zone's seats become free
 -- ARGV[1]  caller's user id (another user's reservation reads as not found)
 -- ARGV[2]  sale id
 -- ARGV[3]  reservation id
@@ -53,7 +54,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 if status == 'held' then
-  return_tickets(KEYS[2], KEYS[3], zone, qty, KEYS[8], seats)
+  return_tickets(KEYS[2], KEYS[3], zone, qty, KEYS[8], KEYS[9], seats)
   redis.call('ZREM', KEYS[4], rid)
   if now >= tonumber(r[5]) then
     redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_ms', now)
@@ -74,7 +75,7 @@ end
 redis.call('HINCRBY', KEYS[2], zone .. ':conf', -qty)
 redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
 redis.call('HINCRBY', KEYS[3], 'tickets', -qty)
-set_seats(KEYS[8], zone, seats, '.')
+set_seats(KEYS[8], KEYS[9], zone, seats, SEAT_FREE)
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_ms', now)
 local seq = redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('XADD', KEYS[5], '*', 'type', 'cancelled', 'id', rid, 'sale', sale,

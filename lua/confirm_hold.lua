@@ -17,7 +17,8 @@
 -- KEYS[7]  {sale:<id>}:meta      `frozen` (checked first: a sale being
 --                                restored takes no write) and `seq`, the
 --                                sale's stream sequence (see below)
--- KEYS[8]  {sale:<id>}:seats     a seated zone's seats become sold
+-- KEYS[8]  {sale:<id>}:seats     the seated zones' index (lib/seats)
+-- KEYS[9]  {sale:<id>}:seatmap   a seated zone's seats become sold
 -- ARGV[1]  caller's user id (another user's reservation reads as not found)
 -- ARGV[2]  payment reference ("" for none)
 -- ARGV[3]  sale id
@@ -57,7 +58,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 if now >= tonumber(r[5]) then
   redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_ms', now)
-  return_tickets(KEYS[2], KEYS[3], zone, qty, KEYS[8], seats)
+  return_tickets(KEYS[2], KEYS[3], zone, qty, KEYS[8], KEYS[9], seats)
   redis.call('ZREM', KEYS[4], rid)
   return {'err', 'hold_expired', '1'}
 end
@@ -66,7 +67,7 @@ redis.call('HSET', KEYS[1], 'status', 'confirmed', 'confirmed_ms', now, 'payment
 redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
 redis.call('HINCRBY', KEYS[2], zone .. ':conf', qty)
 redis.call('ZREM', KEYS[4], rid)
-set_seats(KEYS[8], zone, seats, 's')
+set_seats(KEYS[8], KEYS[9], zone, seats, SEAT_SOLD)
 local seq = redis.call('HINCRBY', KEYS[7], 'seq', 1)
 redis.call('XADD', KEYS[5], '*', 'type', 'confirmed', 'id', rid, 'sale', sale,
   'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now, 'payment_ref', payment,

@@ -25,8 +25,8 @@
 -- KEYS[7]  {sale:<id>}:turns       zset admitted buyer yet to hold: a hold
 --                                  takes the buyer out of it (the turn is
 --                                  used)
--- KEYS[8]  {sale:<id>}:seats       the seated zones' layouts and seat maps
---                                  (lib/seats)
+-- KEYS[8]  {sale:<id>}:seats       the seated zones' index (lib/seats)
+-- KEYS[9]  {sale:<id>}:seatmap     the seated zones' seats (lib/seats)
 -- ARGV[1]  user id
 -- ARGV[2]  zone code
 -- ARGV[3]  quantity, a whole number >= 1 written plainly ("2", not "2.0")
@@ -53,7 +53,8 @@
 --           not free, "A-7,A-8", in place of the number)
 --
 -- Seats are chosen here, in the same step as the counters: nearest the
--- front first (the rows' order), then nearest the middle of the row.
+-- front first (the rows' order), then nearest the middle of the row
+-- (lib/seats).
 
 local uid, zone, rid, fp, pick = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6] or ''
 -- Whole numbers become text through '%d': an integer printf. A number handed
@@ -71,7 +72,8 @@ local now = tonumber(nowtext)
 
 -- A sale's meta always has opens_at_ms, or frozen while it is restored: with
 -- neither, there is no sale (one read instead of EXISTS and then HMGET).
-local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms', 'frozen')
+local m = redis.call('HMGET', KEYS[1], 'opens_at_ms', 'closes_at_ms', 'per_user_limit', 'hold_ttl_ms', 'frozen',
+  'seated')
 if not m[1] and not m[5] then
   return {'err', 'sale_not_found', '0'}
 end
@@ -126,24 +128,33 @@ if not string.find(qtext, '^[1-9]%d*$') then
 end
 local qty = tonumber(qtext)
 
-local layout = redis.call('HGET', KEYS[8], zone .. ':rows')
-if pick ~= '' and not layout then
+local seated = string.find(m[6] or '', ',' .. zone .. ',', 1, true)
+if pick ~= '' and not seated then
   return {'err', 'zone_not_seated', '0'}
 end
-local rows, by_name, chosen
-if layout then
-  rows, by_name = seat_rows(layout)
-  if string.sub(pick, 1, 2) == 'x:' then
-    chosen = {}
-    for id in string.gmatch(string.sub(pick, 3), '[^,]+') do
-      local i = seat_index(by_name, id)
-      if not i then
-        return {'err', 'unknown_seat', id}
-      end
-      chosen[#chosen + 1] = {id = id, index = i}
+-- Exact seats: which they are, and what they are now, read before any
+-- check that may refuse (reads only).
+local seat_ids, seat_pos, taken
+if seated and string.sub(pick, 1, 2) == 'x:' then
+  seat_ids, seat_pos = seat_places(KEYS[8], zone, string.sub(pick, 3))
+  if not seat_ids then
+    return {'err', 'unknown_seat', seat_pos} -- the id with no seat
+  end
+  if #seat_ids ~= qty then
+    return {'err', 'invalid_quantity', '0'}
+  end
+  local bytes = seat_bytes(KEYS[9], seat_pos)
+  -- A number inside a row's range may still be no seat (an aisle gap).
+  for k = 1, qty do
+    if bytes[k] == SEAT_NONE_BYTE then
+      return {'err', 'unknown_seat', seat_ids[k]}
     end
-    if #chosen ~= qty then
-      return {'err', 'invalid_quantity', '0'}
+  end
+  -- The seats not free, named in the order asked.
+  for k = 1, qty do
+    if bytes[k] ~= SEAT_FREE_BYTE then
+      taken = taken or {}
+      taken[#taken + 1] = seat_ids[k]
     end
   end
 end
@@ -156,112 +167,39 @@ if avail < qty then
   return {'err', 'sold_out', int(avail)}
 end
 
-local map
-if layout then
-  map = redis.call('HGET', KEYS[8], zone .. ':map')
-  if chosen then
-    local taken = {}
-    for _, seat in ipairs(chosen) do
-      if string.byte(map, seat.index) ~= 46 then -- '.'
-        taken[#taken + 1] = seat.id
-      end
-    end
-    if #taken > 0 then
-      return {'err', 'seats_taken', table.concat(taken, ',')}
-    end
-  elseif pick == 't' then
-    -- The first row with a free block of qty seats; in it, the block whose
-    -- middle is nearest the row's (the lower on a tie). Full rows are
-    -- skipped by one search of the whole map, not visited one by one.
-    local block = string.rep('.', qty)
-    local pos, r = 1, 1
-    while not chosen do
-      local at = string.find(map, block, pos, true)
-      if not at then
-        break
-      end
-      while rows[r].offset + rows[r].seats < at do
-        r = r + 1
-      end
-      local row = rows[r]
-      local row_end = row.offset + row.seats
-      if at + qty - 1 > row_end then
-        -- The block runs into the next row: look again from there.
-        pos = row_end + 1
-      else
-        local seats = string.sub(map, row.offset + 1, row_end)
-        local best, best_d
-        local from = at - row.offset
-        while from do
-          local d = math.abs(2 * from + qty - 1 - (row.seats + 1))
-          if not best_d or d < best_d then
-            best, best_d = from, d
-          end
-          from = string.find(seats, block, from + 1, true)
-        end
-        chosen = {}
-        for n = best, best + qty - 1 do
-          chosen[#chosen + 1] = {id = row.name .. '-' .. int(n), index = row.offset + n}
-        end
-      end
-    end
-    if not chosen then
-      return {'err', 'sold_out', int(avail)}
-    end
+if taken then
+  return {'err', 'seats_taken', table.concat(taken, ',')}
+elseif seat_ids then
+  seat_order(seat_ids, seat_pos)
+elseif seated then
+  -- The best seats, searched from the front kept for this kind of search.
+  -- The front is kept even when nothing is found: it only says where the
+  -- next search starts, and a search that found nothing need not be done
+  -- again until seats are freed.
+  local q = pick == 't' and qtext or '1'
+  local at = redis.call('HMGET', KEYS[8], zone .. ':at', zone .. ':f:' .. q, zone .. ':fq')
+  local first, last = string.match(at[1], '^(%d+),(%d+)$')
+  first, last = tonumber(first), tonumber(last)
+  local from = at[2] and tonumber(at[2]) or first
+  local front
+  if pick == 't' then
+    seat_ids, seat_pos, front = best_together(KEYS[9], qty, from, last)
   else
-    -- The free seats row by row from the front, each row's from its middle
-    -- out (the lower seat first on a tie). Full rows are skipped by a
-    -- search of the map for the next free seat.
-    chosen = {}
-    local pos, r = 1, 1
-    while #chosen < qty do
-      local at = string.find(map, '.', pos, true)
-      if not at then
-        break
-      end
-      while rows[r].offset + rows[r].seats < at do
-        r = r + 1
-      end
-      local row = rows[r]
-      local free = {}
-      local seats = string.sub(map, row.offset + 1, row.offset + row.seats)
-      for n = at - row.offset, row.seats do
-        if string.byte(seats, n) == 46 then
-          free[#free + 1] = n
-        end
-      end
-      table.sort(free, function(a, b)
-        local da, db = math.abs(2 * a - row.seats - 1), math.abs(2 * b - row.seats - 1)
-        if da ~= db then
-          return da < db
-        end
-        return a < b
-      end)
-      for _, n in ipairs(free) do
-        if #chosen == qty then
-          break
-        end
-        chosen[#chosen + 1] = {id = row.name .. '-' .. int(n), index = row.offset + n}
-      end
-      pos = row.offset + row.seats + 1
-    end
-    if #chosen < qty then
-      -- The counters and the map disagree: refuse rather than hold fewer.
-      return {'err', 'sold_out', int(#chosen)}
-    end
+    seat_ids, seat_pos, front = best_any(KEYS[9], qty, from, last)
+  end
+  move_front(KEYS[8], zone, q, front or last, at[2], at[3])
+  if not seat_ids then
+    -- Together: no block that long is left. Otherwise the counters and
+    -- the map disagree: refuse rather than hold fewer.
+    return {'err', 'sold_out', int(avail)}
   end
 end
 
 -- All checks passed: write.
 local seat_list = ''
-if chosen then
-  table.sort(chosen, function(a, b) return a.index < b.index end)
-  local ids, indexes = {}, {}
-  for k, seat in ipairs(chosen) do
-    ids[k], indexes[k] = seat.id, seat.index
-  end
-  seat_list = table.concat(ids, ',')
-  redis.call('HSET', KEYS[8], zone .. ':map', paint_seats(map, indexes, 'h'))
+if seat_ids then
+  seat_list = table.concat(seat_ids, ',')
+  paint_places(KEYS[9], seat_pos, SEAT_HELD)
 end
 local expires = int(now + ttl)
 redis.call('HSET', KEYS[2], zone .. ':avail', int(avail - qty), zone .. ':held', int(held + qty))

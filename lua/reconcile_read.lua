@@ -10,16 +10,17 @@
 -- KEYS[1]  {sale:<id>}:zones
 -- KEYS[2]  {sale:<id>}:stream
 -- KEYS[3]  {sale:<id>}:meta
--- KEYS[4]  {sale:<id>}:seats  the seated zones' seat maps (lib/seats)
+-- KEYS[4]  {sale:<id>}:seats    the seated zones' index (lib/seats)
+-- KEYS[5]  {sale:<id>}:seatmap  the seated zones' seats (lib/seats)
 -- ARGV[1]  the sink's consumer group
 -- Returns  {zones hash as a flat list, seq, last id ("0-0" with no stream),
 --           entries pending in the group, the group's last delivered id
 --           ("" without the group), frozen ("1" or ""), frozen reason,
 --           epoch ("" when the sale is missing), seats: a flat list
---           zone, sold seats, held seats, ... of each seated zone}
+--           zone, its segment of the seat map, ... of each seated zone}
 
 local zones = redis.call('HGETALL', KEYS[1])
-local m = redis.call('HMGET', KEYS[3], 'seq', 'frozen', 'frozen_reason', 'epoch')
+local m = redis.call('HMGET', KEYS[3], 'seq', 'frozen', 'frozen_reason', 'epoch', 'seated')
 local last, pending, delivered = '0-0', 0, ''
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[2])
@@ -40,15 +41,11 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   end
 end
 local seats = {}
-local s = redis.call('HGETALL', KEYS[4])
-for i = 1, #s, 2 do
-  local zone = string.match(s[i], '^(.*):map$')
-  if zone then
-    local _, sold = string.gsub(s[i + 1], 's', '')
-    local _, held = string.gsub(s[i + 1], 'h', '')
+for zone in string.gmatch(m[5] or '', '[^,]+') do
+  local first, last = string.match(redis.call('HGET', KEYS[4], zone .. ':at') or '', '^(%d+),(%d+)$')
+  if first then
     seats[#seats + 1] = zone
-    seats[#seats + 1] = sold
-    seats[#seats + 1] = held
+    seats[#seats + 1] = redis.call('GETRANGE', KEYS[5], tonumber(first) - 1, tonumber(last) - 1)
   end
 end
 return {zones, m[1] or '0', last, pending, delivered, m[2] or '', m[3] or '', m[4] or '', seats}

@@ -179,6 +179,7 @@ pub async fn hold(
                 keys.admitted(),
                 keys.turns(),
                 keys.seats(),
+                keys.seat_map(),
             ],
             vec![
                 Value::from(req.user),
@@ -240,6 +241,7 @@ pub async fn confirm(
     confirm_keys.push(keys.admitted());
     confirm_keys.push(keys.meta());
     confirm_keys.push(keys.seats());
+    confirm_keys.push(keys.seat_map());
     let reply: Vec<String> = scripts
         .confirm
         .run_on(
@@ -270,6 +272,7 @@ pub async fn cancel(
     cancel_keys.push(keys.meta());
     cancel_keys.push(keys.admitted());
     cancel_keys.push(keys.seats());
+    cancel_keys.push(keys.seat_map());
     let reply: Vec<String> = scripts
         .cancel
         .run_on(
@@ -333,8 +336,14 @@ pub async fn expire_due(
         let _: () = pipe.hget(key.as_str(), "user").await?;
     }
     let users: Vec<Option<String>> = pipe.all().await?;
-    let mut script_keys = Vec::with_capacity(4 + 2 * due.len());
-    script_keys.extend([keys.deadlines(), keys.zones(), keys.meta(), keys.seats()]);
+    let mut script_keys = Vec::with_capacity(5 + 2 * due.len());
+    script_keys.extend([
+        keys.deadlines(),
+        keys.zones(),
+        keys.meta(),
+        keys.seats(),
+        keys.seat_map(),
+    ]);
     for (key, user) in res_keys.into_iter().zip(&users) {
         script_keys.push(key);
         script_keys.push(keys.buyer(user.as_deref().unwrap_or_default()));

@@ -141,12 +141,17 @@ impl SaleKeys {
     pub fn zones(&self) -> String {
         self.key("zones")
     }
-    /// Hash of the seated zones' seats: `<code>:rows`, the layout
-    /// (`A:20,B:22`), and `<code>:map`, one character per seat in layout
-    /// order, `.` free, `h` held, `s` sold (`lua/lib/seats.lua`). One field
-    /// answers a zone's seat map in one read.
+    /// Hash indexing the seated zones' seats in [`Self::seat_map`]: each
+    /// zone's span, each row's place, where the searches for the best seats
+    /// start (`lua/lib/seats.lua`).
     pub fn seats(&self) -> String {
         self.key("seats")
+    }
+    /// String of every seated zone's seats, a segment per zone, a character
+    /// per seat ([`crate::seatmap`]): a hold reads and writes its own part
+    /// in place, and one read answers a zone's seat map.
+    pub fn seat_map(&self) -> String {
+        self.key("seatmap")
     }
     /// Sorted set of held reservation ids by deadline (ms since the epoch).
     pub fn deadlines(&self) -> String {

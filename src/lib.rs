@@ -50,6 +50,8 @@ pub mod replication;
 pub mod sales;
 /// The Lua scripts, loaded once and called by SHA.
 pub mod scripts;
+/// The seat map's segments, as Redis keeps them.
+pub mod seatmap;
 /// The HTTP server loop: header and keep-alive timeouts, connection cap,
 /// graceful shutdown.
 pub mod server;

@@ -64,9 +64,9 @@ pub struct Position {
     pub frozen: Option<String>,
     /// The sale's epoch in Redis; `None` when Redis does not have the sale.
     pub epoch: Option<i32>,
-    /// Each seated zone's seat map, as of the counters: zone -> (sold
-    /// seats, held seats).
-    pub seats: HashMap<String, (i64, i64)>,
+    /// Each seated zone's segment of the seat map ([`crate::seatmap`]), as
+    /// of the counters.
+    pub seats: HashMap<String, String>,
 }
 
 impl Position {
@@ -84,7 +84,7 @@ pub async fn position(redis: &Pool, scripts: &Scripts, sale: SaleId) -> anyhow::
         .reconcile_read
         .run(
             redis,
-            vec![k.zones(), k.stream(), k.meta(), k.seats()],
+            vec![k.zones(), k.stream(), k.meta(), k.seats(), k.seat_map()],
             vec![Value::from(SINK_GROUP)],
         )
         .await?;
@@ -113,14 +113,8 @@ pub async fn position(redis: &Pool, scripts: &Scripts, sale: SaleId) -> anyhow::
         .next()
         .unwrap_or(Value::Null)
         .into_array()
-        .chunks(3)
-        .filter_map(|z| {
-            let number = |v: Option<&Value>| v?.as_i64();
-            Some((
-                z.first()?.as_string()?,
-                (number(z.get(1))?, number(z.get(2))?),
-            ))
-        })
+        .chunks(2)
+        .filter_map(|z| Some((z.first()?.as_string()?, z.get(1)?.as_string()?)))
         .collect();
     Ok(Position {
         counters,
@@ -141,6 +135,8 @@ pub struct Entry {
     pub reservation: String,
     pub zone: String,
     pub qty: i64,
+    /// A seated zone's seats (`A-7`); empty for general admission.
+    pub seats: Vec<String>,
 }
 
 /// The sale's stream entries up to a given id, read in pages of [`PAGE`].
@@ -200,6 +196,15 @@ impl Pages {
                 reservation: get(fields::ID),
                 zone: get(fields::ZONE),
                 qty: get(fields::QTY).parse().unwrap_or(0),
+                seats: f
+                    .get(fields::SEATS)
+                    .map(|s| {
+                        s.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
             last = Some(id);
         }

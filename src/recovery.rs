@@ -19,7 +19,7 @@
 //! takes a closed, fully recorded sale out of Redis; restore refuses an
 //! archived sale.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context;
 
@@ -230,28 +230,45 @@ pub async fn restore(
     .await?;
     let next_epoch = epoch + 1;
 
+    // Each seated zone's seats, those Postgres records as sold marked so.
+    let mut sold_seats: HashMap<&str, Vec<&str>> = HashMap::new();
+    for row in &confirmed {
+        sold_seats
+            .entry(row.zone_code.as_str())
+            .or_default()
+            .extend(row.seats.iter().map(String::as_str));
+    }
+    let mut segments: HashMap<String, String> = HashMap::new();
+    for z in &def.zones {
+        if let Some(seating) = &z.seating {
+            let sold = sold_seats
+                .get(z.code.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let segment = crate::seatmap::painted(seating, sold).map_err(|seat| {
+                anyhow::anyhow!(
+                    "Postgres has seat {seat} sold in zone {}, which has no such seat",
+                    z.code
+                )
+            })?;
+            segments.insert(z.code.clone(), segment);
+        }
+    }
+
     // Freeze, wipe, rebuild frozen, then unfreeze.
     let _: () = redis.hset(k.meta(), ("frozen", "1")).await?;
     // Dead letters are kept: evidence for whoever investigates.
     wipe(redis, sale, &[k.dead_letters()]).await?;
-    sales::load_into_redis(redis, scripts, &def, &release, &seed, next_epoch, true)
+    let loading = sales::Loading {
+        epoch: next_epoch,
+        frozen: true,
+        seats: Some(&segments),
+    };
+    sales::load_into_redis(redis, scripts, &def, &release, &seed, loading)
         .await
         .context("load sale into redis")?;
 
-    let mut sold: std::collections::HashMap<&str, i64> = Default::default();
-    let mut per_user: std::collections::HashMap<&str, i64> = Default::default();
-    // Each seated zone's map, every seat free, then each sold seat marked.
-    let mut maps: std::collections::HashMap<&str, (&sales::Seating, Vec<u8>)> = def
-        .zones
-        .iter()
-        .filter_map(|z| {
-            let seating = z.seating.as_ref()?;
-            Some((
-                z.code.as_str(),
-                (seating, vec![b'.'; seating.count() as usize]),
-            ))
-        })
-        .collect();
+    let mut sold: HashMap<&str, i64> = Default::default();
+    let mut per_user: HashMap<&str, i64> = Default::default();
     let pipe = redis.next().pipeline();
     for ConfirmedRow {
         id,
@@ -267,25 +284,14 @@ pub async fn restore(
             .parse()
             .map_err(|_| anyhow::anyhow!("reservation id {id} in Postgres is malformed"))?;
         let at_ms = at.timestamp_millis();
-        // The seats in the zone's order, as the hold listed them.
-        let mut indexed: Vec<(usize, &String)> = Vec::with_capacity(seats.len());
-        if let Some((seating, map)) = maps.get_mut(zone.as_str()) {
-            for seat in seats {
-                let i = seating.index_of(seat).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "reservation {id} in Postgres has seat {seat}, not in zone {zone}"
-                    )
-                })?;
-                map[i] = b's';
-                indexed.push((i, seat));
-            }
-        }
-        indexed.sort();
-        let seat_list = indexed
+        // The seats in map order, as the hold listed them.
+        let seat_list = def
+            .zones
             .iter()
-            .map(|(_, s)| s.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
+            .find(|z| &z.code == zone)
+            .and_then(|z| z.seating.as_ref())
+            .map(|seating| seating.in_map_order(seats).join(","))
+            .unwrap_or_default();
         let _: () = pipe
             .hset(
                 k.reservation(&rid),
@@ -327,10 +333,6 @@ pub async fn restore(
         let _: () = pipe
             .hset(k.buyer(user), (keys::BUYER_TICKETS, tickets.to_string()))
             .await?;
-    }
-    for (zone, (_, map)) in &maps {
-        let map = String::from_utf8_lossy(map).into_owned();
-        let _: () = pipe.hset(k.seats(), (format!("{zone}:map"), map)).await?;
     }
     let _: () = pipe.hset(k.meta(), ("seq", seq.to_string())).await?;
     let _: Vec<Value> = pipe.all().await?;

@@ -164,6 +164,11 @@ pub struct NewSeatRow {
     #[serde(deserialize_with = "crate::json::req_whole")]
     #[schema(minimum = 1, maximum = 1000, example = 20)]
     pub seats: i64,
+    /// Numbers in 1..=`seats` that are no seat (an aisle gap, a blocked
+    /// view): never sold, and they part the seats either side of them.
+    #[serde(default)]
+    #[schema(example = json!([11, 12]))]
+    pub missing: Vec<i64>,
 }
 
 /// The seats of a seated zone: rows front to back, each numbered from 1.
@@ -176,78 +181,47 @@ pub struct Seating {
 pub struct SeatRow {
     pub row: String,
     pub seats: u32,
+    /// Numbers that are no seat, ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<u32>,
+}
+
+impl SeatRow {
+    /// Whether seat `number` exists.
+    pub fn has(&self, number: u32) -> bool {
+        (1..=self.seats).contains(&number) && self.missing.binary_search(&number).is_err()
+    }
 }
 
 impl Seating {
     /// Every seat.
     pub fn count(&self) -> u32 {
-        self.rows.iter().map(|r| r.seats).sum()
-    }
-
-    /// The layout as the scripts keep it: `A:20,B:22`.
-    pub fn layout(&self) -> String {
         self.rows
             .iter()
-            .map(|r| format!("{}:{}", r.row, r.seats))
-            .collect::<Vec<_>>()
-            .join(",")
+            .map(|r| r.seats - r.missing.len() as u32)
+            .sum()
     }
 
-    /// From the layout the scripts keep (`A:20,B:22`).
-    pub fn from_layout(layout: &str) -> Option<Self> {
-        let rows = layout
-            .split(',')
-            .map(|r| {
-                let (row, seats) = r.split_once(':')?;
-                Some(SeatRow {
-                    row: row.to_owned(),
-                    seats: seats.parse().ok()?,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Seating { rows })
+    /// `ids` (`A-7`) sorted in map order: by row from the front, then by
+    /// number (ids of no row last).
+    pub fn in_map_order<'a>(&self, ids: &'a [String]) -> Vec<&'a str> {
+        let key = |id: &str| {
+            let (row, n) = id.split_once('-').unwrap_or((id, ""));
+            let row = self.rows.iter().position(|r| r.row == row);
+            (row.is_none(), row, n.parse::<u32>().unwrap_or(0))
+        };
+        let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+        sorted.sort_by_key(|id| key(id));
+        sorted
     }
 
-    /// The position of seat `id` (`A-7`) in the seat map, from 0.
-    pub fn index_of(&self, id: &str) -> Option<usize> {
-        let (row, number) = id.split_once('-')?;
-        let number: u32 = number.parse().ok()?;
-        let mut offset = 0usize;
-        for r in &self.rows {
-            if r.row == row {
-                return (1..=r.seats)
-                    .contains(&number)
-                    .then(|| offset + number as usize - 1);
-            }
-            offset += r.seats as usize;
-        }
-        None
-    }
-
-    /// Seat ids in layout order (the order of the seat map).
+    /// Seat ids in map order.
     pub fn seat_ids(&self) -> impl Iterator<Item = String> + '_ {
-        self.rows
-            .iter()
-            .flat_map(|r| (1..=r.seats).map(move |n| format!("{}-{n}", r.row)))
-    }
-}
-
-#[cfg(test)]
-mod seating_tests {
-    use super::*;
-
-    #[test]
-    fn seats_are_found_by_id_in_the_maps_order() {
-        let seating = Seating::from_layout("A:3,BB:2").unwrap();
-        assert_eq!(seating.layout(), "A:3,BB:2");
-        let ids: Vec<String> = seating.seat_ids().collect();
-        assert_eq!(ids, ["A-1", "A-2", "A-3", "BB-1", "BB-2"]);
-        for (i, id) in ids.iter().enumerate() {
-            assert_eq!(seating.index_of(id), Some(i));
-        }
-        for bad in ["A-0", "A-4", "C-1", "A1", "BB-3"] {
-            assert_eq!(seating.index_of(bad), None, "{bad}");
-        }
+        self.rows.iter().flat_map(|r| {
+            (1..=r.seats)
+                .filter(|&n| r.has(n))
+                .map(move |n| format!("{}-{n}", r.row))
+        })
     }
 }
 
@@ -280,7 +254,31 @@ impl NewSeating {
                 r.seats,
                 bounds::SEATS_PER_ROW,
             )?;
-            rows.push(SeatRow { row: r.row, seats });
+            let mut missing = Vec::with_capacity(r.missing.len());
+            for n in r.missing {
+                if !(1..=i64::from(seats)).contains(&n) {
+                    return Err(SaleError::Invalid(format!(
+                        "{field}[{i}].missing must list seat numbers from 1 to {seats}, not {n}"
+                    )));
+                }
+                missing.push(n as u32);
+            }
+            missing.sort_unstable();
+            if missing.windows(2).any(|w| w[0] == w[1]) {
+                return Err(SaleError::Invalid(format!(
+                    "{field}[{i}].missing lists a number twice"
+                )));
+            }
+            if missing.len() == seats as usize {
+                return Err(SaleError::Invalid(format!(
+                    "{field}[{i}].missing leaves the row without seats"
+                )));
+            }
+            rows.push(SeatRow {
+                row: r.row,
+                seats,
+                missing,
+            });
         }
         let seating = Seating { rows };
         if seating.count() > bounds::ZONE_SEATS {
@@ -603,22 +601,41 @@ pub async fn create(
     )
     .execute(&mut *tx)
     .await?;
-    load_into_redis(redis, scripts, def, release, &seed, 1, false).await?;
+    let fresh = Loading {
+        epoch: 1,
+        frozen: false,
+        seats: None,
+    };
+    load_into_redis(redis, scripts, def, release, &seed, fresh).await?;
     tx.commit().await?;
     tracing::info!(sale.id = %def.id, zones = def.zones.len(), "sale created");
     Ok(())
 }
 
-/// Puts a sale into Redis (a no-op if it is already there), under `epoch`;
-/// `frozen` keeps it refusing holds (a restore unfreezes it when done).
+/// How a sale goes into Redis.
+pub struct Loading<'a> {
+    /// The epoch it is loaded under.
+    pub epoch: i32,
+    /// Refusing holds (a restore unfreezes it when done).
+    pub frozen: bool,
+    /// Seated zones' segments of the seat map as a restore rebuilt them
+    /// ([`crate::seatmap::painted`]); a zone not here starts with every
+    /// seat free.
+    pub seats: Option<&'a HashMap<String, String>>,
+}
+
+/// Puts a sale into Redis (a no-op if it is already there).
 pub async fn load_into_redis(
     redis: &Pool,
     scripts: &Scripts,
     def: &SaleDef,
     release: &Release,
     seed: &str,
-    epoch: i32,
-    frozen: bool,
+    Loading {
+        epoch,
+        frozen,
+        seats,
+    }: Loading<'_>,
 ) -> Result<(), SaleError> {
     let keys = SaleKeys::new(def.id);
     let def_json = serde_json::to_string(def).map_err(StoreError::corrupt)?;
@@ -646,12 +663,23 @@ pub async fn load_into_redis(
         args.push(Value::from(z.code.as_str()));
         args.push(Value::from(i64::from(z.capacity)));
         args.push(Value::from(
-            z.seating.as_ref().map(Seating::layout).unwrap_or_default(),
+            z.seating
+                .as_ref()
+                .map(|seating| {
+                    seats
+                        .and_then(|painted| painted.get(&z.code).cloned())
+                        .unwrap_or_else(|| crate::seatmap::segment(seating))
+                })
+                .unwrap_or_default(),
         ));
     }
     let _: i64 = scripts
         .load_sale
-        .run(redis, vec![keys.meta(), keys.zones(), keys.seats()], args)
+        .run(
+            redis,
+            vec![keys.meta(), keys.zones(), keys.seats(), keys.seat_map()],
+            args,
+        )
         .await?;
     crate::live_sales::add(redis, def.id).await?;
     Ok(())

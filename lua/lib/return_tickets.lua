@@ -5,9 +5,9 @@
 -- count for the per-user limit goes down, and the hold's seats (if its zone
 -- is seated: lib/seats, prepended before this) are free again.
 
-local function return_tickets(zones, buyer, zone, qty, seats_key, seats)
+local function return_tickets(zones, buyer, zone, qty, index, map, seats)
   redis.call('HINCRBY', zones, zone .. ':held', -qty)
   redis.call('HINCRBY', zones, zone .. ':avail', qty)
   redis.call('HINCRBY', buyer, 'tickets', -qty)
-  set_seats(seats_key, zone, seats, '.')
+  set_seats(index, map, zone, seats, SEAT_FREE)
 end

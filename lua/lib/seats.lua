@@ -1,72 +1,316 @@
 -- lib/seats: a seated zone's seats, prepended to the scripts that hold,
 -- confirm, cancel and expire reservations.
 --
--- A sale's seats live in one hash, {sale:<id>}:seats, two fields per seated
--- zone:
---   <zone>:rows  the layout, "A:20,B:22": rows front to back, seats per row
---   <zone>:map   one character per seat, in layout order (row A's seats
---                1..20, then row B's...): '.' free, 'h' held, 's' sold
--- A seat's index is its row's offset plus its number. The map is the whole
--- truth of the zone's seats; each reservation lists its own seats (its
--- `seats` field, "A-7,A-8"), so a reservation that ends knows which to free.
+-- Every seated zone of a sale lives in one string, {sale:<id>}:seatmap, one
+-- segment per zone. In it each row is '|', the row's name, ':' and then one
+-- character per seat number from 1: '.' free, '*' held, '#' sold, '_' no
+-- such seat (an aisle gap, a blocked view). A last '|' closes the zone:
+--   |A:....__....|B:..........|
+-- Row names are letters and digits, so a search for free seats never meets
+-- a name. A hold reads a window of the string from the first row that can
+-- serve it and writes its own seats in place (GETRANGE, SETRANGE): its cost
+-- does not grow with the zone, and what it sends to the AOF and to replicas
+-- is its seats, not the map.
+--
+-- The sale's meta field `seated` lists the seated zones, ",ST,BAL,", so a
+-- hold in a general-admission zone reads nothing of seats.
+--
+-- {sale:<id>}:seats, a hash, is the index:
+--   <zone>:at       "first,last": the zone's segment (positions from 1)
+--   <zone>:r:<row>  the position of the row's seat 1 times 2048, plus how
+--                   many numbers the row has (at most 1,000): one number
+--   <zone>:f:<q>    for a search for q free seats side by side (q = 1: any
+--                   free seat), the row (its '|') before which there are
+--                   none; absent: the zone's first row. A search moves it
+--                   on; seats made free move it back.
+--   <zone>:fq       the q with such a field, ",1,2,4,"
+-- Each reservation lists its own seats (its `seats` field, "A-7,A-8"), so a
+-- reservation that ends knows which to free.
+--
+-- A seated hold costs a few Redis calls more than a general-admission one
+-- (the row index, a window of the map, the write of its seats), and the
+-- code here avoids making Lua strings and tables it does not need: a Redis
+-- call or a new string costs about a microsecond each.
 
--- The rows of a layout: a list of {name, seats, offset} and a map from name.
-local function seat_rows(layout)
-  local rows, by_name, offset = {}, {}, 0
-  for name, n in string.gmatch(layout, '([^:,]+):(%d+)') do
-    local row = {name = name, seats = tonumber(n), offset = offset}
-    rows[#rows + 1] = row
-    by_name[name] = row
-    offset = offset + row.seats
+local SEAT_FREE, SEAT_HELD, SEAT_SOLD = '.', '*', '#'
+local SEAT_FREE_BYTE, SEAT_NONE_BYTE = 46, 95 -- '.', '_'
+-- Bytes read at a time: a search starts small (the row it starts at is
+-- usually the one it wants, and Redis hands a script its bytes at about a
+-- microsecond a half kilobyte) and doubles each window up to SEAT_WINDOW.
+-- A row is at most 1,006 bytes (a 4-character name and 1,000 seats), so the
+-- largest window always holds a whole row.
+local SEAT_FIRST_WINDOW, SEAT_WINDOW = 256, 4096
+
+local function seat_int(n) return string.format('%d', n) end
+
+-- Where the seats listed in `list` ("A-7,A-8") of `zone` are: their ids
+-- and positions in the map, in the order listed, and where the first of
+-- their rows starts; or nil and the first id that names no row and number.
+-- (The API lets only plain ids through: a row, '-', a number from 1.)
+local function seat_places(index, zone, list)
+  local ids, pos, names, fields, slot = {}, {}, {}, {}, {}
+  for id, name, n in string.gmatch(list, '(([^,-]+)%-([^,]*))') do
+    local k = #ids + 1
+    ids[k], names[k], pos[k] = id, name, tonumber(n)
+    if not pos[k] or pos[k] < 1 then
+      return nil, id
+    end
+    if not slot[name] then
+      fields[#fields + 1] = zone .. ':r:' .. name
+      slot[name] = #fields
+    end
   end
-  return rows, by_name
+  if #ids == 0 then
+    return ids, pos, 0
+  end
+  local rows = redis.call('HMGET', index, unpack(fields))
+  local row
+  for k = 1, #ids do
+    -- first * 2048 + numbers (lib/seats: a row has at most 1,000)
+    local r = tonumber(rows[slot[names[k]]])
+    if not r or pos[k] > r % 2048 then
+      return nil, ids[k]
+    end
+    local first = (r - r % 2048) / 2048
+    pos[k] = first + pos[k] - 1
+    local start = first - #names[k] - 2
+    if not row or start < row then
+      row = start
+    end
+  end
+  return ids, pos, row
 end
 
--- The map index of seat id "<row>-<number>", or nil when there is no such seat.
-local function seat_index(by_name, id)
-  local name, n = string.match(id, '^([^-]+)%-([1-9]%d*)$')
-  local row = name and by_name[name]
-  if not row then
-    return nil
+-- Sorts ids and pos (in step) into map order, in place.
+local function seat_order(ids, pos)
+  for i = 2, #pos do
+    local p, id, j = pos[i], ids[i], i - 1
+    while j > 0 and pos[j] > p do
+      pos[j + 1], ids[j + 1] = pos[j], ids[j]
+      j = j - 1
+    end
+    pos[j + 1], ids[j + 1] = p, id
   end
-  n = tonumber(n)
-  if n > row.seats then
-    return nil
-  end
-  return row.offset + n
 end
 
--- The map with the seats at `indexes` (sorted, distinct) set to `ch`.
-local function paint_seats(map, indexes, ch)
-  local parts, prev = {}, 0
-  for _, i in ipairs(indexes) do
-    parts[#parts + 1] = string.sub(map, prev + 1, i - 1)
-    parts[#parts + 1] = ch
-    prev = i
+-- Each position's byte in the map: one read when they lie within a window
+-- (the seats of one row always do).
+local function seat_bytes(map, pos)
+  local lo, hi = pos[1], pos[1]
+  for k = 2, #pos do
+    lo, hi = math.min(lo, pos[k]), math.max(hi, pos[k])
   end
-  parts[#parts + 1] = string.sub(map, prev + 1)
-  return table.concat(parts)
+  local out = {}
+  if hi - lo < SEAT_WINDOW then
+    local s = redis.call('GETRANGE', map, lo - 1, hi - 1)
+    for k = 1, #pos do
+      out[k] = string.byte(s, pos[k] - lo + 1)
+    end
+  else
+    for k = 1, #pos do
+      out[k] = string.byte(redis.call('GETRANGE', map, pos[k] - 1, pos[k] - 1))
+    end
+  end
+  return out
+end
+
+-- Sets the seats at `pos` (in map order) to `ch`: one SETRANGE per run of
+-- neighbours.
+local function paint_places(map, pos, ch)
+  local k = 1
+  while k <= #pos do
+    local j = k
+    while j < #pos and pos[j + 1] == pos[j] + 1 do
+      j = j + 1
+    end
+    redis.call('SETRANGE', map, pos[k] - 1, j == k and ch or string.rep(ch, j - k + 1))
+    k = j + 1
+  end
+end
+
+-- Keeps the front of searches for q seats: `row`, where it was `was`.
+local function move_front(index, zone, q, row, was, fq)
+  if was then
+    if tonumber(was) ~= row then
+      redis.call('HSET', index, zone .. ':f:' .. q, seat_int(row))
+    end
+  else
+    redis.call('HSET', index, zone .. ':f:' .. q, seat_int(row),
+      zone .. ':fq', (fq or ',') .. q .. ',')
+  end
+end
+
+-- Seats were made free from row `row` on: no search may start after it.
+local function lower_fronts(index, zone, row)
+  local fq = redis.call('HGET', index, zone .. ':fq')
+  if not fq then
+    return
+  end
+  local fields = {}
+  for q in string.gmatch(fq, '%d+') do
+    fields[#fields + 1] = zone .. ':f:' .. q
+  end
+  local fronts = redis.call('HMGET', index, unpack(fields))
+  local lowered = {}
+  for k, field in ipairs(fields) do
+    if not fronts[k] or tonumber(fronts[k]) > row then
+      lowered[#lowered + 1] = field
+      lowered[#lowered + 1] = seat_int(row)
+    end
+  end
+  if #lowered > 0 then
+    redis.call('HSET', index, unpack(lowered))
+  end
+end
+
+-- Calls visit(win, r, e, row) for each row of the zone from position
+-- `pos` (a row's '|') to `last` (the zone's closing '|') that holds
+-- `needle` (plain text), a window at a time: in the window `win` the row
+-- is r (its '|') to e (the next '|'), and row is the position of its '|'
+-- in the map. Stops when visit returns true, and returns true then.
+local function seat_rows_with(map, pos, last, needle, visit)
+  local size = SEAT_FIRST_WINDOW
+  while pos < last do
+    local win_last = math.min(pos + size - 1, last)
+    size = math.min(2 * size, SEAT_WINDOW)
+    local win = redis.call('GETRANGE', map, pos - 1, win_last - 1)
+    local r = 1 -- the '|' of the row being looked at, in win
+    while true do
+      local hit = string.find(win, needle, r, true)
+      if not hit then
+        break
+      end
+      local e = string.find(win, '|', r + 1, true)
+      while e and e < hit do
+        r, e = e, string.find(win, '|', e + 1, true)
+      end
+      if not e then
+        break -- the row runs past the window
+      end
+      if visit(win, r, e, pos + r - 1) then
+        return true
+      end
+      r = e
+    end
+    if win_last == last then
+      return false
+    end
+    -- Read on from the last row the window begins.
+    local e = string.find(win, '|', r + 1, true)
+    while e do
+      r, e = e, string.find(win, '|', e + 1, true)
+    end
+    pos = pos + r - 1
+  end
+  return false
+end
+
+-- The best `qty` free seats side by side in one row of the zone, searched
+-- from `from` to `last` (the zone's closing '|'): the first row from the
+-- front with such a block, and in it the block whose middle is nearest the
+-- row's (the lower on a tie). Returns their ids and positions (map order)
+-- and the row they are in; or nil when there is no such block.
+local function best_together(map, qty, from, last)
+  local block = string.rep(SEAT_FREE, qty)
+  local ids, pos, found
+  seat_rows_with(map, from, last, block, function(win, r, e, row)
+    local colon = string.find(win, ':', r, true)
+    -- Seat s of the row is at colon + s in win. A block starting at s is
+    -- |2s - k| from the middle: the best is the nearest start at or before
+    -- k/2 (mid) or the nearest after it.
+    local n = e - colon - 1
+    local k = n + 2 - qty
+    local mid = math.floor(k / 2)
+    local best = string.find(win, block, colon + mid, true)
+    best = best and best + qty - 1 < e and best - colon
+    if best ~= mid and mid > 1 and (not best or 2 * best - k >= k - 2 * mid + 2) then
+      -- Nothing at mid, and a start left of it may be nearer: the nearest
+      -- such, found in the row reversed.
+      local rs = string.find(string.reverse(string.sub(win, colon + 1, e - 1)), block, n - mid - qty + 3, true)
+      local left = rs and n - rs - qty + 2
+      if left and (not best or k - 2 * left <= 2 * best - k) then
+        best = left
+      end
+    end
+    local name = string.sub(win, r + 1, colon - 1)
+    local one = row + colon - r + 1 -- seat 1's position in the map
+    ids, pos, found = {}, {}, row
+    for s = best, best + qty - 1 do
+      ids[#ids + 1] = string.format('%s-%d', name, s)
+      pos[#pos + 1] = one + s - 1
+    end
+    return true
+  end)
+  return ids, pos, found
+end
+
+-- The best `qty` free seats, not necessarily together, searched from
+-- `from` to `last`: row by row from the front, each row's from its middle
+-- out (the lower seat on a tie). Returns their ids and positions (map
+-- order) and the first row with a free seat; or nil when fewer are free.
+local function best_any(map, qty, from, last)
+  local ids, pos, front = {}, {}, nil
+  seat_rows_with(map, from, last, SEAT_FREE, function(win, r, e, row)
+    front = front or row
+    local colon = string.find(win, ':', r, true)
+    local name = string.sub(win, r + 1, colon - 1)
+    local one = row + colon - r + 1
+    -- Seat a (at colon + a in win) is |2a - k| from the middle: walk out
+    -- from it both ways, free seat to free seat. Going right is a search
+    -- of the window; going left, of the row reversed (made only then).
+    local n = e - colon - 1
+    local k = n + 1
+    local mid = math.floor(k / 2)
+    local rev
+    local function left_of(a) -- the free seat nearest at or before a
+      if a < 1 then
+        return nil
+      end
+      if string.byte(win, colon + a) == SEAT_FREE_BYTE then
+        return a
+      end
+      rev = rev or string.reverse(string.sub(win, colon + 1, e - 1))
+      local x = string.find(rev, SEAT_FREE, n - a + 1, true)
+      return x and n - x + 1
+    end
+    local function right_of(a) -- the free seat nearest at or after a
+      local x = string.find(win, SEAT_FREE, colon + a, true)
+      return x and x < e and x - colon or nil
+    end
+    local l, rt = left_of(mid), right_of(mid + 1)
+    while #ids < qty and (l or rt) do
+      local a
+      if l and (not rt or k - 2 * l <= 2 * rt - k) then
+        a, l = l, left_of(l - 1)
+      else
+        a, rt = rt, right_of(rt + 1)
+      end
+      ids[#ids + 1] = string.format('%s-%d', name, a)
+      pos[#pos + 1] = one + a - 1
+    end
+    return #ids == qty
+  end)
+  if #ids < qty then
+    return nil, nil, front
+  end
+  seat_order(ids, pos)
+  return ids, pos, front
 end
 
 -- Sets the seats listed in `list` ("A-7,A-8") of `zone` to `ch`: a
 -- reservation's seats moving to held, sold or free. Nothing for a
 -- reservation without seats (a general-admission zone).
-local function set_seats(key, zone, list, ch)
+local function set_seats(index, map, zone, list, ch)
   if not list or list == '' then
     return
   end
-  local s = redis.call('HMGET', key, zone .. ':rows', zone .. ':map')
-  if not s[1] then
+  local ids, pos, row = seat_places(index, zone, list)
+  if not ids or #ids == 0 then
     return
   end
-  local _, by_name = seat_rows(s[1])
-  local indexes = {}
-  for id in string.gmatch(list, '[^,]+') do
-    local i = seat_index(by_name, id)
-    if i then
-      indexes[#indexes + 1] = i
-    end
+  seat_order(ids, pos)
+  paint_places(map, pos, ch)
+  if ch == SEAT_FREE then
+    lower_fronts(index, zone, row)
   end
-  table.sort(indexes)
-  redis.call('HSET', key, zone .. ':map', paint_seats(s[2], indexes, ch))
 end

@@ -15,7 +15,7 @@ use axum::{
 };
 use base64::Engine;
 use chrono::{DateTime, SubsecRound, Utc};
-use fred::interfaces::HashesInterface;
+use fred::interfaces::{HashesInterface, KeysInterface};
 use serde::{Deserialize, Serialize};
 
 use super::{or_frozen, AppState, Json, Organizer, Path};
@@ -235,7 +235,7 @@ enum SeatStatus {
 }
 
 /// Every seat of a seated zone, free, held or sold (public). Read in one
-/// Redis read of the zone's seat map.
+/// Redis read of the zone's part of the seat map (after one of its place).
 #[utoipa::path(get, path = "/v1/sales/{sale_id}/zones/{code}/seats", tag = "sales",
     params(
         ("sale_id" = String, Path, description = "The sale's id"),
@@ -255,25 +255,30 @@ async fn seat_map(
     let zone = crate::input::ZoneCode::parse(&code)
         .ok_or_else(|| ApiError::ZoneNotFound(code.chars().take(32).collect()))?;
     let zone = zone.as_str();
-    let (layout, map): (Option<String>, Option<String>) = state
-        .redis
-        .hmget(
-            SaleKeys::new(sale).seats(),
-            vec![format!("{zone}:rows"), format!("{zone}:map")],
-        )
-        .await?;
-    if let (Some(layout), Some(map)) = (layout, map) {
-        let seating = sales::Seating::from_layout(&layout).ok_or_else(|| {
-            ApiError::internal(anyhow::anyhow!("zone {zone} has a bad seat layout"))
-        })?;
-        let seats = seating
-            .seat_ids()
-            .zip(map.bytes())
-            .map(|(id, state)| SeatState {
-                id,
-                status: match state {
-                    b'h' => SeatStatus::Held,
-                    b's' => SeatStatus::Sold,
+    // Where the zone's segment lies never changes while the sale is in
+    // Redis: two plain reads, the second of the segment alone.
+    let keys = SaleKeys::new(sale);
+    let at: Option<String> = state.redis.hget(keys.seats(), format!("{zone}:at")).await?;
+    let span = at.as_deref().and_then(|at| {
+        let (first, last) = at.split_once(',')?;
+        Some((first.parse::<i64>().ok()?, last.parse::<i64>().ok()?))
+    });
+    let segment: Option<String> = match span {
+        Some((first, last)) => Some(
+            state
+                .redis
+                .getrange(keys.seat_map(), (first - 1) as usize, (last - 1) as usize)
+                .await?,
+        ),
+        None => None,
+    };
+    if let Some(segment) = segment {
+        let seats = crate::seatmap::seats(&segment)
+            .map(|seat| SeatState {
+                id: seat.id(),
+                status: match seat.state {
+                    crate::seatmap::HELD => SeatStatus::Held,
+                    crate::seatmap::SOLD => SeatStatus::Sold,
                     _ => SeatStatus::Free,
                 },
             })

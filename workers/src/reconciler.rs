@@ -31,7 +31,7 @@
 //! stock: a disagreement is for a person to look at.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::Write,
     sync::Mutex,
 };
@@ -271,7 +271,11 @@ impl Reconciler {
                 ..SaleReport::default()
             });
         }
-        let (in_flight, lag_entries) = unapplied(redis, db, sale, &at.last_id).await?;
+        let Unapplied {
+            net: in_flight,
+            entries: lag_entries,
+            seats: seats_in_flight,
+        } = unapplied(redis, db, sale, &at.last_id).await?;
 
         // What Postgres held as of `seq`: confirmations numbered up to it
         // (or recorded without a number: before numbering, or while frozen),
@@ -291,22 +295,22 @@ impl Reconciler {
         .map(|r| (r.zone_code, r.sold))
         .collect();
 
-        // The same, counted in seats (seated zones only).
-        let persisted_seats: HashMap<String, i64> = sqlx::query!(
-            r#"SELECT r.zone_code, COUNT(*)::bigint AS "seats!"
+        // The seats sold as of `seq` (seated zones only).
+        let mut persisted_seats: HashMap<String, HashSet<String>> = HashMap::new();
+        for r in sqlx::query!(
+            r#"SELECT r.zone_code, s.seat
              FROM reservations r JOIN reservation_seats s ON s.reservation_id = r.id
              WHERE r.sale_id = $1
                AND (r.confirm_seq <= $2 OR (r.confirm_seq IS NULL AND (r.status = 'confirmed' OR r.cancel_seq IS NULL)))
-               AND NOT (r.status = 'cancelled' AND COALESCE(r.cancel_seq, 0) <= $2)
-             GROUP BY r.zone_code"#,
+               AND NOT (r.status = 'cancelled' AND COALESCE(r.cancel_seq, 0) <= $2)"#,
             sale.0,
             at.seq,
         )
         .fetch_all(db)
         .await?
-        .into_iter()
-        .map(|r| (r.zone_code, r.seats))
-        .collect();
+        {
+            persisted_seats.entry(r.zone_code).or_default().insert(r.seat);
+        }
 
         let counters = &at.counters;
         let zones = Counter::zones(counters.keys());
@@ -330,11 +334,21 @@ impl Reconciler {
             let in_flight = in_flight.get(&zone).copied().unwrap_or(0);
             let persisted = persisted.get(&zone).copied().unwrap_or(0);
             let seat_gap = match at.seats.get(&zone) {
-                Some(&(sold, seats_held)) => {
-                    let recorded = persisted_seats.get(&zone).copied().unwrap_or(0);
-                    (sold - confirmed).abs()
-                        + (seats_held - held).abs()
-                        + (recorded - persisted).abs()
+                Some(segment) => {
+                    let recorded = persisted_seats.remove(&zone).unwrap_or_default();
+                    let gap = seat_gap(
+                        segment,
+                        confirmed,
+                        held,
+                        persisted,
+                        &recorded,
+                        seats_in_flight.get(&zone),
+                    );
+                    if !gap.differing.is_empty() {
+                        tracing::error!(sale.id = %sale, zone = %zone, seats = %gap.differing.join(","),
+                            "seats sold in Redis and in Postgres differ (at most 20 named)");
+                    }
+                    gap.total
                 }
                 None => 0,
             };
@@ -418,14 +432,28 @@ impl Reconciler {
 /// be both pending and applied: Postgres says which are applied (a
 /// confirmation whose row exists, even as a tombstone; a cancellation whose
 /// row is cancelled).
+/// What the stream carries that Postgres has not applied.
+struct Unapplied {
+    /// Net tickets per zone.
+    net: HashMap<String, i64>,
+    /// Entries.
+    entries: i64,
+    /// Per seated zone, per seat: +1 for each cancellation, -1 for each
+    /// confirmation: what Postgres is yet to learn of the seat.
+    seats: HashMap<String, HashMap<String, i64>>,
+}
+
 async fn unapplied(
     redis: &Pool,
     db: &PgPool,
     sale: SaleId,
     last_id: &str,
-) -> anyhow::Result<(HashMap<String, i64>, i64)> {
-    let mut net: HashMap<String, i64> = HashMap::new();
-    let mut count = 0;
+) -> anyhow::Result<Unapplied> {
+    let mut out = Unapplied {
+        net: HashMap::new(),
+        entries: 0,
+        seats: HashMap::new(),
+    };
     let mut pages = outbox::Pages::new(sale, last_id);
     while let Some(page) = pages.next(redis).await? {
         if page.is_empty() {
@@ -451,12 +479,73 @@ async fn unapplied(
                 recorded.contains_key(&e.reservation)
             };
             if !applied {
-                count += 1;
-                *net.entry(e.zone.clone()).or_default() += if e.cancelled { -e.qty } else { e.qty };
+                out.entries += 1;
+                let sign = if e.cancelled { -1 } else { 1 };
+                *out.net.entry(e.zone.clone()).or_default() += sign * e.qty;
+                let seats = out.seats.entry(e.zone.clone()).or_default();
+                for seat in &e.seats {
+                    *seats.entry(seat.clone()).or_default() -= sign;
+                }
             }
         }
     }
-    Ok((net, count))
+    Ok(out)
+}
+
+/// How far a seated zone's seats are from its tickets.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SeatGap {
+    /// Every difference counted (see [`ZoneReport::seat_gap`]).
+    total: i64,
+    /// The first seats (at most 20) Postgres should hold as sold and does
+    /// not, or holds and should not.
+    differing: Vec<String>,
+}
+
+/// Compares a seated zone's seat map (`segment`, as of the counters) with
+/// its tickets in Redis, and its sold seats, less those still in flight,
+/// with the seats Postgres records as sold (`recorded`, as of the same
+/// point).
+fn seat_gap(
+    segment: &str,
+    confirmed: i64,
+    held: i64,
+    persisted: i64,
+    recorded: &HashSet<String>,
+    in_flight: Option<&HashMap<String, i64>>,
+) -> SeatGap {
+    let (mut sold, mut seats_held) = (0, 0);
+    // What Postgres should say of each seat: 1 sold, 0 not.
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for seat in flashsale::seatmap::seats(segment) {
+        match seat.state {
+            flashsale::seatmap::SOLD => {
+                sold += 1;
+                expected.insert(seat.id(), 1);
+            }
+            flashsale::seatmap::HELD => seats_held += 1,
+            _ => {}
+        }
+    }
+    for (seat, delta) in in_flight.into_iter().flatten() {
+        *expected.entry(seat.clone()).or_default() += delta;
+    }
+    for seat in recorded {
+        expected.entry(seat.clone()).or_default();
+    }
+    let mut differing: Vec<&String> = expected
+        .iter()
+        .filter(|(seat, &want)| want != i64::from(recorded.contains(*seat)))
+        .map(|(seat, _)| seat)
+        .collect();
+    differing.sort();
+    SeatGap {
+        total: (sold - confirmed).abs()
+            + (seats_held - held).abs()
+            + (recorded.len() as i64 - persisted).abs()
+            + differing.len() as i64,
+        differing: differing.into_iter().take(20).cloned().collect(),
+    }
 }
 
 /// A label value as the Prometheus text format writes it.
