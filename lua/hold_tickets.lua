@@ -128,6 +128,12 @@ if not string.find(qtext, '^[1-9]%d*$') then
 end
 local qty = tonumber(qtext)
 
+-- A sale loaded before the seat map was one string has no `seated`: its
+-- seated zones keep their seats in the earlier form, which this script no
+-- longer reads. They take no hold until `flashsale restore` rebuilds them.
+if not m[6] and redis.call('HEXISTS', KEYS[8], zone .. ':rows') == 1 then
+  return {'err', 'sale_frozen', '0'}
+end
 local seated = string.find(m[6] or '', ',' .. zone .. ',', 1, true)
 if pick ~= '' and not seated then
   return {'err', 'zone_not_seated', '0'}

@@ -13,7 +13,10 @@ use std::{
 
 use common::{assert_problem, TestApp};
 use flashsale::{ids::SaleId, keys::SaleKeys};
-use fred::{interfaces::StreamsInterface, types::streams::XReadValue};
+use fred::{
+    interfaces::{HashesInterface, StreamsInterface},
+    types::streams::XReadValue,
+};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -645,6 +648,12 @@ async fn malformed_seating_definitions_are_refused() {
         json!({"rows": [{"row": "A", "seats": 2.5}]}),
         json!({"rows": [{"row": "A"}]}),
         json!({"rows": [{"row": "A", "seats": 5, "gaps": 1}]}),
+        json!({"rows": [{"row": "A", "seats": 5, "missing": [0]}]}),
+        json!({"rows": [{"row": "A", "seats": 5, "missing": [6]}]}),
+        json!({"rows": [{"row": "A", "seats": 5, "missing": [2, 2]}]}),
+        json!({"rows": [{"row": "A", "seats": 2, "missing": [1, 2]}]}),
+        json!({"rows": [{"row": "A", "seats": 5, "missing": [1.5]}]}),
+        json!({"rows": [{"row": "A", "seats": 5, "missing": 3}]}),
         json!({"rows": many_rows}),
         json!({"rows": big_rows}),
         json!("A:20"),
@@ -687,4 +696,131 @@ async fn malformed_seating_definitions_are_refused() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn numbers_that_are_no_seat_are_never_sold_and_part_the_seats_beside_them() {
+    let app = TestApp::spawn().await;
+    // Row A: 1 2 3 | aisle (4, 5) | 6 7 8. Row B: 1 2 3 4 5 6 7 8, 5 blocked.
+    let seating = json!({"rows": [
+        {"row": "A", "seats": 8, "missing": [5, 4]},
+        {"row": "B", "seats": 8, "missing": [5]}
+    ]});
+    let created = app
+        .create_sale(
+            "org-gaps",
+            json!({"zones": [{"code": "ST", "seating": seating}], "per_user_limit": 4,
+                   "admit_headroom_percent": 1000}),
+        )
+        .await;
+    let zone = &created["zones"][0];
+    assert_eq!(zone["capacity"], 13);
+    // The definition reads back as given, the numbers sorted.
+    assert_eq!(zone["seating"]["rows"][0]["missing"], json!([4, 5]));
+    let sale: SaleId = created["id"].as_str().unwrap().parse().unwrap();
+    let (map, order) = seat_map(&app, sale, "ST").await;
+    assert_eq!(
+        order,
+        strings(&[
+            "A-1", "A-2", "A-3", "A-6", "A-7", "A-8", "B-1", "B-2", "B-3", "B-4", "B-6", "B-7",
+            "B-8"
+        ])
+    );
+    assert!(map.values().all(|s| s == "free"));
+
+    // A number that is no seat is unknown, and holds nothing.
+    let res = hold_body(
+        &app,
+        sale,
+        "gap-1",
+        json!({"zone": "ST", "seats": ["A-3", "A-4"]}),
+    )
+    .await;
+    let body = assert_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "unknown_seat").await;
+    assert!(body["detail"].as_str().unwrap().contains("A-4"), "{body}");
+    assert_eq!(app.stock(sale, "ST").await, (13, 0, 0, 13));
+
+    // Four together: not across row A's aisle (3 seats each side), not
+    // across B's blocked seat (B-1..B-4 is the only block of four).
+    let four = held(
+        &app,
+        sale,
+        "gap-2",
+        json!({"zone": "ST", "quantity": 4, "together": true}),
+    )
+    .await;
+    assert_eq!(seats_of(&four), strings(&["B-1", "B-2", "B-3", "B-4"]));
+    // Three together: the front row, the side of the aisle nearer the
+    // middle of the row (both are as near: the lower).
+    let three = held(
+        &app,
+        sale,
+        "gap-3",
+        json!({"zone": "ST", "quantity": 3, "together": true}),
+    )
+    .await;
+    assert_eq!(seats_of(&three), strings(&["A-1", "A-2", "A-3"]));
+    // No block of four is left: refused, nothing held.
+    let res = hold_body(
+        &app,
+        sale,
+        "gap-4",
+        json!({"zone": "ST", "quantity": 4, "together": true}),
+    )
+    .await;
+    assert_problem(res, StatusCode::CONFLICT, "sold_out").await;
+    // The best seats not together skip the numbers that are no seat.
+    let any = held(&app, sale, "gap-5", json!({"zone": "ST", "quantity": 4})).await;
+    assert_eq!(seats_of(&any), strings(&["A-6", "A-7", "A-8", "B-6"]));
+    let (map, _) = seat_map(&app, sale, "ST").await;
+    assert_eq!(with_status(&map, "free"), strings(&["B-7", "B-8"]));
+    assert_eq!(app.stock(sale, "ST").await, (2, 11, 0, 13));
+
+    // A freed seat beside a gap is found again by the searches.
+    let id = four["id"].as_str().unwrap();
+    assert_eq!(app.cancel(id, "gap-2").await.status(), StatusCode::OK);
+    let again = held(
+        &app,
+        sale,
+        "gap-6",
+        json!({"zone": "ST", "quantity": 4, "together": true}),
+    )
+    .await;
+    assert_eq!(seats_of(&again), strings(&["B-1", "B-2", "B-3", "B-4"]));
+}
+
+#[tokio::test]
+async fn a_seat_map_of_the_earlier_layout_takes_no_hold_until_restored() {
+    let app = TestApp::spawn().await;
+    let sale = seated_sale(&app, rows(2, 5), json!({})).await;
+    // What a build with the earlier layout left: no `seated` list in the
+    // meta, the seats as fields of the seats hash.
+    let keys = SaleKeys::new(sale);
+    let _: () = app.redis.hdel(keys.meta(), "seated").await.unwrap();
+    let _: () = app
+        .redis
+        .hset(
+            keys.seats(),
+            [("ST:rows", "A:5,B:5"), ("ST:map", "..........")],
+        )
+        .await
+        .unwrap();
+    for body in [
+        json!({"zone": "ST", "seats": ["A-4"]}),
+        json!({"zone": "ST", "quantity": 1}),
+    ] {
+        let res = hold_body(&app, sale, "old-2", body).await;
+        assert_problem(res, StatusCode::SERVICE_UNAVAILABLE, "sale_frozen").await;
+    }
+    assert_eq!(app.stock(sale, "ST").await, (10, 0, 0, 10));
+    // General admission goes on selling.
+    held(&app, sale, "old-3", json!({"zone": "GA", "quantity": 1})).await;
+    // A restore rebuilds the seats from Postgres (none sold here: the
+    // confirmed seats' rebuild is in the workers' tests), and the zone
+    // sells again.
+    app.restore(sale).await;
+    let (map, _) = seat_map(&app, sale, "ST").await;
+    assert!(map.values().all(|s| s == "free"), "{map:?}");
+    let again = held(&app, sale, "old-4", json!({"zone": "ST", "quantity": 1})).await;
+    assert_eq!(seats_of(&again), strings(&["A-3"]));
 }

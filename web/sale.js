@@ -895,7 +895,13 @@ async function loadSeats(first) {
         "div",
         { class: "seat-row" },
         h("span", { class: "row-name" }, row),
-        seats.map((seat) => {
+        seats.flatMap((seat, i) => {
+          // Numbers that are no seat (an aisle, a blocked view) keep their
+          // place as a gap, so the seats stand where they are in the hall.
+          const before = i ? Number(seats[i - 1].number) : 0;
+          const gaps = Array.from({ length: Math.max(0, Number(seat.number) - before - 1) }, () =>
+            h("span", { class: "seat-gap", "aria-hidden": "true" }),
+          );
           const button = h("button", { type: "button", "data-testid": `seat-${seat.id}` }, seat.number);
           paint(button, seat);
           button.addEventListener("click", () => {
@@ -907,7 +913,7 @@ async function loadSeats(first) {
             sayChosen();
           });
           buttons.set(seat.id, button);
-          return button;
+          return [...gaps, button];
         }),
       ),
     ),

@@ -417,7 +417,8 @@ def test_a_buyer_picks_seats_on_the_seat_map_and_a_taken_seat_is_refused_by_name
     page = new_context(DEVICES[device])
     sale = make_sale(service, zones=[
         {"code": "ST", "name": "Stalls", "price_cents": 6500,
-         "seating": {"rows": [{"row": "A", "seats": 6}, {"row": "B", "seats": 6}]}},
+         "seating": {"rows": [{"row": "A", "seats": 6},
+                              {"row": "B", "seats": 7, "missing": [4]}]}},
     ])
     here = f"/sales/{sale['id']}"
     email, password = service.account()
@@ -428,6 +429,10 @@ def test_a_buyer_picks_seats_on_the_seat_map_and_a_taken_seat_is_refused_by_name
     # The seat map: every seat free, and picking two names them.
     expect(page.get_by_test_id("seat-A-1")).to_have_attribute("data-status", "free")
     expect(page.get_by_test_id("seat-B-6")).to_be_enabled()
+    # Row B's number 4 is no seat (an aisle): no button, a gap in its place.
+    expect(page.get_by_test_id("seat-B-4")).to_have_count(0)
+    expect(page.locator(".seat-row .seat-gap")).to_have_count(1)
+    expect(page.get_by_test_id("seat-B-7")).to_be_enabled()
     page.get_by_test_id("seat-A-3").click()
     page.get_by_test_id("seat-A-4").click()
     expect(page.get_by_test_id("seats-chosen")).to_contain_text("A-3, A-4")

@@ -555,3 +555,48 @@ fn escape_label(value: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod seat_gap_tests {
+    use super::*;
+
+    fn set(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn seats_in_flight_are_lag_and_moved_seats_are_named() {
+        // A-1 sold and recorded; A-2 sold, its confirmation in flight; A-3
+        // cancelled in Redis, the cancellation in flight (Postgres still has
+        // it sold); A-4 confirmed and cancelled, both in flight.
+        let in_flight: HashMap<String, i64> = [("A-2", -1), ("A-3", 1), ("A-4", 0)]
+            .into_iter()
+            .map(|(s, d)| (s.to_owned(), d))
+            .collect();
+        let agree = seat_gap(
+            "|A:##..*|",
+            2,
+            1,
+            2,
+            &set(&["A-1", "A-3"]),
+            Some(&in_flight),
+        );
+        assert_eq!(agree, SeatGap::default());
+        // The same tickets, but Redis has B-1 sold where Postgres has A-1.
+        let moved = seat_gap(
+            "|A:.#..*|B:#|",
+            2,
+            1,
+            2,
+            &set(&["A-1", "A-3"]),
+            Some(&in_flight),
+        );
+        assert_eq!(
+            moved,
+            SeatGap {
+                total: 2,
+                differing: vec!["A-1".into(), "B-1".into()],
+            }
+        );
+    }
+}

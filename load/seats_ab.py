@@ -1,0 +1,92 @@
+"""Seated holds against general-admission ones, in interleaved pairs.
+
+The hold script (lua/lib/seats.lua + lua/hold_tickets.lua, as the service
+loads it) is wrapped as a Lua function and called inside one EVAL, a
+general-admission hold and a seated hold in turn, each timed with Redis's
+TIME. Both kinds meet the same machine at the same moment, so their ratio
+holds when the machine's speed drifts, which redis-benchmark runs taken one
+after the other cannot promise. Each round uses two fresh sales (a zone of
+20,000 seats, 100 rows of 200, and a general-admission zone) and fills 90%
+of the seated zone; the medians of the rounds are printed.
+
+Usage (load/bench_seats.sh runs it): python3 load/seats_ab.py PORT [ROUNDS]
+The Redis on PORT is flushed between rounds: use a private one.
+"""
+import statistics
+import subprocess
+import sys
+
+port = sys.argv[1]
+rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+source = open("lua/lib/seats.lua").read() + "\n" + open("lua/hold_tickets.lua").read()
+# KEYS and ARGV become the wrapper's parameters.
+body = source.replace("KEYS[", "K[").replace("ARGV[", "A[").replace("ARGV", "A")
+load = open("lua/load_sale.lua").read()
+segment = "".join("|R%d:%s" % (i, "." * 200) for i in range(100)) + "|"
+
+
+def r(*args):
+    return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def setup(h):
+    r("eval", load, "4", h + ":meta", h + ":zones", h + ":seats", h + ":seatmap", "4",
+      "opens_at_ms", "0", "closes_at_ms", "0", "per_user_limit", "100", "hold_ttl_ms", "3600000",
+      "ST", "20000", segment, "GA", "20000", "")
+    r("eval", "local d = redis.call('TIME')[1] * 1000 + 3600000 "
+      "for i = 0, 9999 do redis.call('ZADD', KEYS[1], d, 'u' .. i) end", "1", h + ":admitted")
+
+
+HARNESS = """
+local function hold(K, A)
+%s
+end
+local seated, ga, qty, mode, n = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local function keys(s, u)
+  return {s .. ':meta', s .. ':zones', s .. ':res:' .. u, s .. ':buyer:' .. u, s .. ':deadlines',
+    s .. ':admitted', s .. ':turns', s .. ':seats', s .. ':seatmap'}
+end
+local function us(a, b) return (b[1] - a[1]) * 1e6 + (b[2] - a[2]) end
+local t_ga, t_seated = 0, 0
+for i = 0, n - 1 do
+  local u = 'u' .. i
+  local pick = mode
+  if mode == 'x' then -- two neighbours, each row in turn
+    local row, s = i %% 100, 2 * math.floor(i / 100) + 1
+    pick = 'x:R' .. row .. '-' .. s .. ',R' .. row .. '-' .. (s + 1)
+  end
+  local ka, kb = keys(ga, u), keys(seated, u)
+  local t0 = redis.call('TIME')
+  local a = hold(ka, {u, 'GA', qty, u, '', ''})
+  local t1 = redis.call('TIME')
+  local b = hold(kb, {u, 'ST', qty, u, '', pick})
+  local t2 = redis.call('TIME')
+  if a[1] ~= 'new' or b[1] ~= 'new' then return {'failed', i, a[2], b[2], b[3]} end
+  t_ga, t_seated = t_ga + us(t0, t1), t_seated + us(t1, t2)
+end
+return string.format('%%.2f %%.2f', t_ga / n, t_seated / n)
+""" % body
+
+print("seated holds against general admission, interleaved, %d rounds (us a hold, TIME included):"
+      % rounds)
+for name, qty, mode, n in [("exact 2 (neighbours)", "2", "x", 9000),
+                           ("best 2 (not together)", "2", "", 9000),
+                           ("2 together", "2", "t", 9000),
+                           ("4 together", "4", "t", 4500)]:
+    ratios, gas, seats = [], [], []
+    for _ in range(rounds):
+        r("flushall")
+        setup("{ga}")
+        setup("{seated}")
+        out = r("eval", HARNESS, "0", "{seated}", "{ga}", qty, mode, str(n))
+        try:
+            a, b = map(float, out.split())
+        except ValueError:
+            sys.exit("seats_ab: %s: %s" % (name, out))
+        gas.append(a)
+        seats.append(b)
+        ratios.append(b / a)
+    print("  %-22s GA %6.2f  seated %6.2f  seated/GA median %.2f (rounds: %s)" % (
+        name, statistics.median(gas), statistics.median(seats), statistics.median(ratios),
+        " ".join("%.2f" % x for x in ratios)))
