@@ -291,7 +291,8 @@ async fn malformed_oversized_and_untyped_bodies_are_problems() {
         "unsupported_media_type",
     )
     .await;
-    let huge = format!("{{\"name\": \"{}\", \"zones\": []}}", "x".repeat(100_000));
+    // Past the 1 MiB a sale's definition may take.
+    let huge = format!("{{\"name\": \"{}\", \"zones\": []}}", "x".repeat(1_100_000));
     assert_problem(
         send(huge.into_bytes(), Some("application/json"))
             .await

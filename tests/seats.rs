@@ -824,3 +824,43 @@ async fn a_seat_map_of_the_earlier_layout_takes_no_hold_until_restored() {
     let again = held(&app, sale, "old-4", json!({"zone": "ST", "quantity": 1})).await;
     assert_eq!(seats_of(&again), strings(&["A-3"]));
 }
+
+#[tokio::test]
+async fn a_venue_of_many_seated_zones_is_one_sale_and_other_bodies_stay_small() {
+    let app = TestApp::spawn().await;
+    // Ten zones of 200 rows of 100 seats, each row with an aisle: about
+    // 90 KB of definition, past the 16 KB other requests may send.
+    let zones: Vec<Value> = (0..10)
+        .map(|z| {
+            let rows: Vec<Value> = (0..200)
+                .map(|r| json!({"row": format!("R{r}"), "seats": 100, "missing": [50, 51]}))
+                .collect();
+            json!({"code": format!("Z{z}"), "seating": {"rows": rows}})
+        })
+        .collect();
+    let body = json!({"name": "Arena", "zones": zones});
+    assert!(body.to_string().len() > 64 * 1024);
+    let sale = app.create_sale("org-arena", body).await;
+    assert_eq!(sale["zones"][9]["capacity"], 200 * 98);
+    let id: SaleId = sale["id"].as_str().unwrap().parse().unwrap();
+    let (map, _) = seat_map(&app, id, "Z9").await;
+    assert_eq!(map.len(), 200 * 98);
+    // A hold's body is still held to 16 KB.
+    let pass = app.pass_for(id, "arena-1").await;
+    let seats: Vec<String> = (0..3000)
+        .map(|n| format!("R{}-{}", n / 100, n % 100 + 1))
+        .collect();
+    let res = hold_with(
+        &app,
+        id,
+        "arena-1",
+        &pass,
+        json!({"zone": "Z0", "seats": seats}),
+    )
+    .await;
+    let problem = assert_problem(res, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("16384"),
+        "{problem}"
+    );
+}

@@ -18,7 +18,9 @@ end
 
 local queue_path = "/v1/sales/" .. sale .. "/queue"
 local hold_path = "/v1/sales/" .. sale .. "/reservations"
-local hold_body = '{"zone":"A","quantity":1}'
+-- HOLD_BODY: the hold's body; "%d" in it stands for the buyer's line in the
+-- file modulo 10 (load/bench_seats_http.sh spreads holds over ten zones).
+local hold_body = os.getenv("HOLD_BODY") or '{"zone":"A","quantity":1}'
 
 -- Every request is formatted once, here, so that each request costs wrk a
 -- table lookup: wrk shares the machine with the service, and formatting
@@ -34,7 +36,7 @@ for n, b in ipairs(buyers) do
       ["Authorization"] = "Bearer " .. b.token,
       ["X-Queue-Pass"] = b.pass,
       ["Content-Type"] = "application/json",
-    }, hold_body)
+    }, (hold_body:gsub("%%d", tostring(n % 10))))
   end
 end
 buyers = nil

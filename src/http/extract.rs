@@ -49,9 +49,9 @@ impl<T: PathId + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
 }
 
 /// `axum::Json`, with bad input answered as our problem details.
-pub struct Json<T>(pub T);
+pub struct Json<T, const LIMIT: usize = { super::JSON_BODY_LIMIT }>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+impl<T: DeserializeOwned, S: Send + Sync, const LIMIT: usize> FromRequest<S> for Json<T, LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -67,7 +67,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = read_body(req, state).await?;
+        let bytes = read_body(req, state, LIMIT).await?;
         object_only(&bytes)?;
         axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(v)| Json(v))
@@ -85,7 +85,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = read_body(req, state).await?;
+        let bytes = read_body(req, state, super::JSON_BODY_LIMIT).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
@@ -96,15 +96,19 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     }
 }
 
-/// The whole body, within [`super::JSON_BODY_LIMIT`].
-async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+/// The whole body, within the route's body limit (`limit`, as the route's
+/// `DefaultBodyLimit` sets it: [`super::JSON_BODY_LIMIT`] unless the route
+/// says otherwise).
+async fn read_body<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     axum::body::Bytes::from_request(req, state)
         .await
         .map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge {
-                    limit: super::JSON_BODY_LIMIT,
-                }
+                ApiError::PayloadTooLarge { limit }
             } else {
                 ApiError::MalformedJson("the request body could not be read".into())
             }

@@ -60,6 +60,10 @@ use crate::{
 /// bytes, and a sale with 100 zones in a few KiB.
 pub const JSON_BODY_LIMIT: usize = 16 * 1024;
 
+/// The body limit of `POST /v1/sales`: a sale's definition, up to 100 zones
+/// whose seat maps may each list 200 rows with their missing seats.
+pub const SALE_BODY_LIMIT: usize = 1024 * 1024;
+
 /// How long one request may take before the client gets a 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

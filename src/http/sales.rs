@@ -18,7 +18,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use fred::interfaces::{HashesInterface, KeysInterface};
 use serde::{Deserialize, Serialize};
 
-use super::{or_frozen, AppState, Json, Organizer, Path};
+use super::{or_frozen, AppState, Json, Organizer, Path, SALE_BODY_LIMIT};
 use crate::error::Problem;
 use crate::{
     error::{ApiError, ApiResult},
@@ -32,7 +32,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create_sale, list_sales))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(create_sale, list_sales))
+                .layer(axum::extract::DefaultBodyLimit::max(SALE_BODY_LIMIT)),
+        )
         .routes(routes!(organizer_sales))
         .routes(routes!(get_sale, patch_sale))
         .routes(routes!(stats))
@@ -180,7 +184,7 @@ pub(super) async fn any_sale(state: &AppState, sale: SaleId) -> ApiResult<LiveSa
 async fn create_sale(
     State(state): State<AppState>,
     Organizer(who): Organizer,
-    Json(body): Json<NewSale>,
+    Json(body): Json<NewSale, SALE_BODY_LIMIT>,
 ) -> ApiResult<Response> {
     let (mut def, release) = body.validate(&who.user_id, Utc::now())?;
     sales::create(&state.db, &state.redis, &state.scripts, &mut def, &release).await?;
