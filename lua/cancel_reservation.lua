@@ -75,7 +75,7 @@ end
 redis.call('HINCRBY', KEYS[2], zone .. ':conf', -qty)
 redis.call('HINCRBY', KEYS[2], zone .. ':avail', qty)
 redis.call('HINCRBY', KEYS[3], 'tickets', -qty)
-set_seats(KEYS[8], KEYS[9], zone, seats, SEAT_FREE)
+set_seats(KEYS[8], KEYS[9], KEYS[2], zone, seats, SEAT_FREE)
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_ms', now)
 local seq = redis.call('HINCRBY', KEYS[6], 'seq', 1)
 redis.call('XADD', KEYS[5], '*', 'type', 'cancelled', 'id', rid, 'sale', sale,

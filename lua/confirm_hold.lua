@@ -67,7 +67,7 @@ redis.call('HSET', KEYS[1], 'status', 'confirmed', 'confirmed_ms', now, 'payment
 redis.call('HINCRBY', KEYS[2], zone .. ':held', -qty)
 redis.call('HINCRBY', KEYS[2], zone .. ':conf', qty)
 redis.call('ZREM', KEYS[4], rid)
-set_seats(KEYS[8], KEYS[9], zone, seats, SEAT_SOLD)
+set_seats(KEYS[8], KEYS[9], KEYS[2], zone, seats, SEAT_SOLD)
 local seq = redis.call('HINCRBY', KEYS[7], 'seq', 1)
 redis.call('XADD', KEYS[5], '*', 'type', 'confirmed', 'id', rid, 'sale', sale,
   'zone', zone, 'user', uid, 'qty', r[3], 'at_ms', now, 'payment_ref', payment,

@@ -114,7 +114,17 @@ if tonumber(admitted_until) <= now then
   return {'err', 'pass_expired', '0'}
 end
 
-local z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held')
+-- A seated zone's segment of the seat map, from the meta (lib/seats); and
+-- for a search for the best seats, q (seats together, or '1' for any), whose
+-- front is read with the counters.
+local first_seat, last_seat = seat_span(m[6], zone)
+local q = first_seat and string.sub(pick, 1, 2) ~= 'x:' and (pick == 't' and qtext or '1')
+local z
+if q then
+  z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held', zone .. ':f' .. q, zone .. ':fmax')
+else
+  z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held')
+end
 if not z[1] then
   return {'err', 'zone_not_found', '0'}
 end
@@ -134,13 +144,13 @@ local qty = tonumber(qtext)
 if not m[6] and redis.call('HEXISTS', KEYS[8], zone .. ':rows') == 1 then
   return {'err', 'sale_frozen', '0'}
 end
-local seated = string.find(m[6] or '', ',' .. zone .. ',', 1, true)
+local seated = first_seat ~= nil
 if pick ~= '' and not seated then
   return {'err', 'zone_not_seated', '0'}
 end
 -- Exact seats: which they are, and what they are now, read before any
 -- check that may refuse (reads only).
-local seat_ids, seat_pos, taken
+local seat_ids, seat_pos, taken, front_fields
 if seated and string.sub(pick, 1, 2) == 'x:' then
   seat_ids, seat_pos = seat_places(KEYS[8], zone, string.sub(pick, 3))
   if not seat_ids then
@@ -179,22 +189,27 @@ elseif seat_ids then
   seat_order(seat_ids, seat_pos)
 elseif seated then
   -- The best seats, searched from the front kept for this kind of search.
-  -- The front is kept even when nothing is found: it only says where the
-  -- next search starts, and a search that found nothing need not be done
-  -- again until seats are freed.
-  local q = pick == 't' and qtext or '1'
-  local at = redis.call('HMGET', KEYS[8], zone .. ':at', zone .. ':f:' .. q, zone .. ':fq')
-  local first, last = string.match(at[1], '^(%d+),(%d+)$')
-  first, last = tonumber(first), tonumber(last)
-  local from = at[2] and tonumber(at[2]) or first
+  local was = tonumber(z[3])
   local front
   if pick == 't' then
-    seat_ids, seat_pos, front = best_together(KEYS[9], qty, from, last)
+    seat_ids, seat_pos, front = best_together(KEYS[9], qty, was or first_seat, last_seat)
   else
-    seat_ids, seat_pos, front = best_any(KEYS[9], qty, from, last)
+    seat_ids, seat_pos, front = best_any(KEYS[9], qty, was or first_seat, last_seat)
   end
-  move_front(KEYS[8], zone, q, front or last, at[2], at[3])
+  -- Where the next search of this kind starts: written with the counters
+  -- below, or now when nothing was found (so that a search that found
+  -- nothing is not done again until seats are freed).
+  front = front or last_seat
+  if front ~= was then
+    front_fields = {zone .. ':f' .. q, int(front)}
+    if not z[4] or tonumber(z[4]) < tonumber(q) then
+      front_fields[3], front_fields[4] = zone .. ':fmax', q
+    end
+  end
   if not seat_ids then
+    if front_fields then
+      redis.call('HSET', KEYS[2], unpack(front_fields))
+    end
     -- Together: no block that long is left. Otherwise the counters and
     -- the map disagree: refuse rather than hold fewer.
     return {'err', 'sold_out', int(avail)}
@@ -208,7 +223,12 @@ if seat_ids then
   paint_places(KEYS[9], seat_pos, SEAT_HELD)
 end
 local expires = int(now + ttl)
-redis.call('HSET', KEYS[2], zone .. ':avail', int(avail - qty), zone .. ':held', int(held + qty))
+if front_fields then
+  redis.call('HSET', KEYS[2], zone .. ':avail', int(avail - qty), zone .. ':held', int(held + qty),
+    unpack(front_fields))
+else
+  redis.call('HSET', KEYS[2], zone .. ':avail', int(avail - qty), zone .. ':held', int(held + qty))
+end
 redis.call('HSET', KEYS[4], 'tickets', int(used + qty), rid, '1')
 redis.call('HSET', KEYS[3], 'user', uid, 'zone', zone, 'qty', qtext, 'status', 'held',
   'expires_ms', expires, 'created_ms', nowtext, 'fp', fp, 'seats', seat_list)

@@ -76,9 +76,10 @@ for i = zones_from, #ARGV, 3 do
     fields[#fields + 1] = 'about'
     fields[#fields + 1] = 'the seated zones: their place in the seatmap string, their rows, where searches start (lib/seats)'
     redis.call('HSET', KEYS[3], unpack(fields))
-    seated[#seated + 1] = code
+    seated[#seated + 1] = string.format('%s=%d:%d', code, first, last)
   end
 end
--- The seated zones, ",ST,BAL," (lib/seats): "," when there are none.
+-- The seated zones and their segments, ",ST=1:20400," (lib/seats): ","
+-- when there are none.
 redis.call('HSET', KEYS[1], 'seated', ',' .. table.concat(seated, ',') .. (#seated > 0 and ',' or ''))
 return 1

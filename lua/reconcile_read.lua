@@ -10,8 +10,8 @@
 -- KEYS[1]  {sale:<id>}:zones
 -- KEYS[2]  {sale:<id>}:stream
 -- KEYS[3]  {sale:<id>}:meta
--- KEYS[4]  {sale:<id>}:seats    the seated zones' index (lib/seats)
--- KEYS[5]  {sale:<id>}:seatmap  the seated zones' seats (lib/seats)
+-- KEYS[4]  {sale:<id>}:seatmap  the seated zones' seats (lib/seats; where
+--                               each zone's lie: meta `seated`)
 -- ARGV[1]  the sink's consumer group
 -- Returns  {zones hash as a flat list, seq, last id ("0-0" with no stream),
 --           entries pending in the group, the group's last delivered id
@@ -41,11 +41,8 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   end
 end
 local seats = {}
-for zone in string.gmatch(m[5] or '', '[^,]+') do
-  local first, last = string.match(redis.call('HGET', KEYS[4], zone .. ':at') or '', '^(%d+),(%d+)$')
-  if first then
-    seats[#seats + 1] = zone
-    seats[#seats + 1] = redis.call('GETRANGE', KEYS[5], tonumber(first) - 1, tonumber(last) - 1)
-  end
+for zone, first, last in string.gmatch(m[5] or '', '([^,=]+)=(%d+):(%d+)') do
+  seats[#seats + 1] = zone
+  seats[#seats + 1] = redis.call('GETRANGE', KEYS[4], tonumber(first) - 1, tonumber(last) - 1)
 end
 return {zones, m[1] or '0', last, pending, delivered, m[2] or '', m[3] or '', m[4] or '', seats}

@@ -84,7 +84,7 @@ pub async fn position(redis: &Pool, scripts: &Scripts, sale: SaleId) -> anyhow::
         .reconcile_read
         .run(
             redis,
-            vec![k.zones(), k.stream(), k.meta(), k.seats(), k.seat_map()],
+            vec![k.zones(), k.stream(), k.meta(), k.seat_map()],
             vec![Value::from(SINK_GROUP)],
         )
         .await?;

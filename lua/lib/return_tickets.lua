@@ -9,5 +9,5 @@ local function return_tickets(zones, buyer, zone, qty, index, map, seats)
   redis.call('HINCRBY', zones, zone .. ':held', -qty)
   redis.call('HINCRBY', zones, zone .. ':avail', qty)
   redis.call('HINCRBY', buyer, 'tickets', -qty)
-  set_seats(index, map, zone, seats, SEAT_FREE)
+  set_seats(index, map, zones, zone, seats, SEAT_FREE)
 end

@@ -12,18 +12,23 @@
 -- does not grow with the zone, and what it sends to the AOF and to replicas
 -- is its seats, not the map.
 --
--- The sale's meta field `seated` lists the seated zones, ",ST,BAL,", so a
--- hold in a general-admission zone reads nothing of seats.
+-- The sale's meta field `seated` lists the seated zones and where their
+-- segments lie, ",ST=1:20400,BAL=20401:30000," (positions from 1), so a
+-- hold in a general-admission zone reads nothing of seats and a hold in a
+-- seated one finds its segment in what it reads of the sale anyway.
 --
 -- {sale:<id>}:seats, a hash, is the index:
---   <zone>:at       "first,last": the zone's segment (positions from 1)
+--   <zone>:at       "first,last": the zone's segment, as in `seated`
 --   <zone>:r:<row>  the position of the row's seat 1 times 2048, plus how
 --                   many numbers the row has (at most 1,000): one number
---   <zone>:f:<q>    for a search for q free seats side by side (q = 1: any
+--
+-- The zone counters ({sale:<id>}:zones) keep where the best-seat searches
+-- start, read and written with the counters a hold reads and writes anyway:
+--   <zone>:f<q>     for a search for q free seats side by side (q = 1: any
 --                   free seat), the row (its '|') before which there are
 --                   none; absent: the zone's first row. A search moves it
 --                   on; seats made free move it back.
---   <zone>:fq       the q with such a field, ",1,2,4,"
+--   <zone>:fmax     the largest q with such a field
 -- Each reservation lists its own seats (its `seats` field, "A-7,A-8"), so a
 -- reservation that ends knows which to free.
 --
@@ -128,38 +133,37 @@ local function paint_places(map, pos, ch)
   end
 end
 
--- Keeps the front of searches for q seats: `row`, where it was `was`.
-local function move_front(index, zone, q, row, was, fq)
-  if was then
-    if tonumber(was) ~= row then
-      redis.call('HSET', index, zone .. ':f:' .. q, seat_int(row))
-    end
-  else
-    redis.call('HSET', index, zone .. ':f:' .. q, seat_int(row),
-      zone .. ':fq', (fq or ',') .. q .. ',')
+-- The zone's segment, from the meta field `seated`: first, last (numbers),
+-- or nil when the zone is not seated.
+local function seat_span(seated, zone)
+  local at = seated and string.find(seated, ',' .. zone .. '=', 1, true)
+  if not at then
+    return nil
   end
+  local first, last = string.match(seated, '^(%d+):(%d+)', at + #zone + 2)
+  return tonumber(first), tonumber(last)
 end
 
 -- Seats were made free from row `row` on: no search may start after it.
-local function lower_fronts(index, zone, row)
-  local fq = redis.call('HGET', index, zone .. ':fq')
-  if not fq then
+local function lower_fronts(zones, zone, row)
+  local fmax = tonumber(redis.call('HGET', zones, zone .. ':fmax'))
+  if not fmax then
     return
   end
   local fields = {}
-  for q in string.gmatch(fq, '%d+') do
-    fields[#fields + 1] = zone .. ':f:' .. q
+  for q = 1, fmax do
+    fields[q] = zone .. ':f' .. seat_int(q)
   end
-  local fronts = redis.call('HMGET', index, unpack(fields))
+  local fronts = redis.call('HMGET', zones, unpack(fields))
   local lowered = {}
-  for k, field in ipairs(fields) do
-    if not fronts[k] or tonumber(fronts[k]) > row then
-      lowered[#lowered + 1] = field
+  for q = 1, fmax do
+    if fronts[q] and tonumber(fronts[q]) > row then
+      lowered[#lowered + 1] = fields[q]
       lowered[#lowered + 1] = seat_int(row)
     end
   end
   if #lowered > 0 then
-    redis.call('HSET', index, unpack(lowered))
+    redis.call('HSET', zones, unpack(lowered))
   end
 end
 
@@ -300,7 +304,7 @@ end
 -- Sets the seats listed in `list` ("A-7,A-8") of `zone` to `ch`: a
 -- reservation's seats moving to held, sold or free. Nothing for a
 -- reservation without seats (a general-admission zone).
-local function set_seats(index, map, zone, list, ch)
+local function set_seats(index, map, zones, zone, list, ch)
   if not list or list == '' then
     return
   end
@@ -311,6 +315,6 @@ local function set_seats(index, map, zone, list, ch)
   seat_order(ids, pos)
   paint_places(map, pos, ch)
   if ch == SEAT_FREE then
-    lower_fronts(index, zone, row)
+    lower_fronts(zones, zone, row)
   end
 end
