@@ -167,46 +167,41 @@ local function lower_fronts(zones, zone, row)
   end
 end
 
--- Calls visit(win, r, e, row) for each row of the zone from position
--- `pos` (a row's '|') to `last` (the zone's closing '|') that holds
--- `needle` (plain text), a window at a time: in the window `win` the row
--- is r (its '|') to e (the next '|'), and row is the position of its '|'
--- in the map. Stops when visit returns true, and returns true then.
-local function seat_rows_with(map, pos, last, needle, visit)
+-- The first row of the zone from position `from` (a row's '|') to `last`
+-- (the zone's closing '|') that holds `needle` (plain text), read a window
+-- at a time: returns the window, the row's '|' and the next '|' in it, and
+-- the window's first position in the map (or nil when no row has it).
+-- Continue from a row with seat_next_row(map, e + base - 1, ...).
+local function seat_row_with(map, from, last, needle)
   local size = SEAT_FIRST_WINDOW
-  while pos < last do
-    local win_last = math.min(pos + size - 1, last)
+  while from < last do
+    local win_last = math.min(from + size - 1, last)
     size = math.min(2 * size, SEAT_WINDOW)
-    local win = redis.call('GETRANGE', map, pos - 1, win_last - 1)
-    local r = 1 -- the '|' of the row being looked at, in win
-    while true do
-      local hit = string.find(win, needle, r, true)
-      if not hit then
-        break
-      end
-      local e = string.find(win, '|', r + 1, true)
+    local win = redis.call('GETRANGE', map, from - 1, win_last - 1)
+    local r = 1 -- the '|' of the row holding the hit, in win
+    local hit = string.find(win, needle, 1, true)
+    if hit then
+      local e = string.find(win, '|', 2, true)
       while e and e < hit do
         r, e = e, string.find(win, '|', e + 1, true)
       end
-      if not e then
-        break -- the row runs past the window
+      if e then
+        return win, r, e, from
       end
-      if visit(win, r, e, pos + r - 1) then
-        return true
+      -- The row runs past the window: read again from its start.
+    else
+      if win_last == last then
+        return nil
       end
-      r = e
+      -- Read on from the last row the window begins.
+      local e = string.find(win, '|', 2, true)
+      while e do
+        r, e = e, string.find(win, '|', e + 1, true)
+      end
     end
-    if win_last == last then
-      return false
-    end
-    -- Read on from the last row the window begins.
-    local e = string.find(win, '|', r + 1, true)
-    while e do
-      r, e = e, string.find(win, '|', e + 1, true)
-    end
-    pos = pos + r - 1
+    from = from + r - 1
   end
-  return false
+  return nil
 end
 
 -- The best `qty` free seats side by side in one row of the zone, searched
@@ -216,36 +211,37 @@ end
 -- and the row they are in; or nil when there is no such block.
 local function best_together(map, qty, from, last)
   local block = string.rep(SEAT_FREE, qty)
-  local ids, pos, found
-  seat_rows_with(map, from, last, block, function(win, r, e, row)
-    local colon = string.find(win, ':', r, true)
-    -- Seat s of the row is at colon + s in win. A block starting at s is
-    -- |2s - k| from the middle: the best is the nearest start at or before
-    -- k/2 (mid) or the nearest after it.
-    local n = e - colon - 1
-    local k = n + 2 - qty
-    local mid = math.floor(k / 2)
-    local best = string.find(win, block, colon + mid, true)
-    best = best and best + qty - 1 < e and best - colon
-    if best ~= mid and mid > 1 and (not best or 2 * best - k >= k - 2 * mid + 2) then
-      -- Nothing at mid, and a start left of it may be nearer: the nearest
-      -- such, found in the row reversed.
-      local rs = string.find(string.reverse(string.sub(win, colon + 1, e - 1)), block, n - mid - qty + 3, true)
-      local left = rs and n - rs - qty + 2
-      if left and (not best or k - 2 * left <= 2 * best - k) then
-        best = left
-      end
+  local win, r, e, base = seat_row_with(map, from, last, block)
+  if not win then
+    return nil
+  end
+  local colon = string.find(win, ':', r + 2, true)
+  -- Seat s of the row is at colon + s in win. A block starting at s is
+  -- |2s - k| from the middle: the best is the nearest start at or before
+  -- k/2 (mid) or the nearest after it.
+  local n = e - colon - 1
+  local k = n + 2 - qty
+  local mid = math.floor(k / 2)
+  local best = string.find(win, block, colon + mid, true)
+  best = best and best + qty - 1 < e and best - colon
+  if best ~= mid and mid > 1 and (not best or 2 * best - k >= k - 2 * mid + 2) then
+    -- Nothing at mid, and a start left of it may be nearer: the nearest
+    -- such, found in the left of the row reversed.
+    local left_part = string.reverse(string.sub(win, colon + 1, colon + mid + qty - 2))
+    local rs = string.find(left_part, block, 1, true)
+    local left = rs and mid - rs
+    if left and (not best or k - 2 * left <= 2 * best - k) then
+      best = left
     end
-    local name = string.sub(win, r + 1, colon - 1)
-    local one = row + colon - r + 1 -- seat 1's position in the map
-    ids, pos, found = {}, {}, row
-    for s = best, best + qty - 1 do
-      ids[#ids + 1] = string.format('%s-%d', name, s)
-      pos[#pos + 1] = one + s - 1
-    end
-    return true
-  end)
-  return ids, pos, found
+  end
+  local name = string.sub(win, r + 1, colon - 1)
+  local one = base + colon - 1 -- seat s is at one + s in the map
+  local ids, pos = {}, {}
+  for s = best, best + qty - 1 do
+    ids[#ids + 1] = string.format('%s-%d', name, s)
+    pos[#pos + 1] = one + s
+  end
+  return ids, pos, base + r - 1
 end
 
 -- The best `qty` free seats, not necessarily together, searched from
@@ -254,46 +250,51 @@ end
 -- order) and the first row with a free seat; or nil when fewer are free.
 local function best_any(map, qty, from, last)
   local ids, pos, front = {}, {}, nil
-  seat_rows_with(map, from, last, SEAT_FREE, function(win, r, e, row)
-    front = front or row
-    local colon = string.find(win, ':', r, true)
+  while #ids < qty do
+    local win, r, e, base = seat_row_with(map, from, last, SEAT_FREE)
+    if not win then
+      break
+    end
+    front = front or base + r - 1
+    local colon = string.find(win, ':', r + 2, true)
     local name = string.sub(win, r + 1, colon - 1)
-    local one = row + colon - r + 1
+    local one = base + colon - 1 -- seat a is at one + a in the map
     -- Seat a (at colon + a in win) is |2a - k| from the middle: walk out
-    -- from it both ways, free seat to free seat. Going right is a search
-    -- of the window; going left, of the row reversed (made only then).
+    -- from it both ways, free seat to free seat. Going right is a search of
+    -- the window; going left, of the left half of the row reversed (seat
+    -- mid first), made only when the seat at mid is not free.
     local n = e - colon - 1
     local k = n + 1
     local mid = math.floor(k / 2)
-    local rev
-    local function left_of(a) -- the free seat nearest at or before a
-      if a < 1 then
-        return nil
+    local rev, lx, l = nil, 1, nil
+    if mid >= 1 then
+      if string.byte(win, colon + mid) == SEAT_FREE_BYTE then
+        l = mid
+      else
+        rev = string.reverse(string.sub(win, colon + 1, colon + mid))
+        lx = string.find(rev, SEAT_FREE, 1, true)
+        l = lx and mid - lx + 1
       end
-      if string.byte(win, colon + a) == SEAT_FREE_BYTE then
-        return a
-      end
-      rev = rev or string.reverse(string.sub(win, colon + 1, e - 1))
-      local x = string.find(rev, SEAT_FREE, n - a + 1, true)
-      return x and n - x + 1
     end
-    local function right_of(a) -- the free seat nearest at or after a
-      local x = string.find(win, SEAT_FREE, colon + a, true)
-      return x and x < e and x - colon or nil
-    end
-    local l, rt = left_of(mid), right_of(mid + 1)
+    local rt = string.find(win, SEAT_FREE, colon + mid + 1, true)
+    rt = rt and rt < e and rt - colon or nil
     while #ids < qty and (l or rt) do
       local a
       if l and (not rt or k - 2 * l <= 2 * rt - k) then
-        a, l = l, left_of(l - 1)
+        a = l
+        rev = rev or string.reverse(string.sub(win, colon + 1, colon + mid))
+        lx = string.find(rev, SEAT_FREE, lx + 1, true)
+        l = lx and mid - lx + 1
       else
-        a, rt = rt, right_of(rt + 1)
+        a = rt
+        rt = string.find(win, SEAT_FREE, colon + rt + 1, true)
+        rt = rt and rt < e and rt - colon or nil
       end
       ids[#ids + 1] = string.format('%s-%d', name, a)
-      pos[#pos + 1] = one + a - 1
+      pos[#pos + 1] = one + a
     end
-    return #ids == qty
-  end)
+    from = base + e - 1 -- the next row
+  end
   if #ids < qty then
     return nil, nil, front
   end
