@@ -36,15 +36,7 @@ JOINERS=${JOINERS:-300000}
 # Each holder may hold 100 tickets (the sale's per-user limit), one a
 # request: 30,000 holders last a 15 s run up to 200,000 holds a second.
 HOLDERS=${HOLDERS:-30000}
-export JWT_SECRET=${JWT_SECRET:-bench-secret-bench-secret-bench-secret-0123}
-# A published secret and a pass key shared through Redis: development only.
-export FLASHSALE_ENV=development
-export LISTEN_ADDR=127.0.0.1:$PORT RUST_LOG=${RUST_LOG:-warn}
-# One address (wrk) at tens of thousands of requests a second: limits off.
-export RATE_LIMITS=off
-# wrk, Redis and the API share two cores: one runtime worker and one
-# pipelined Redis connection, for the service and the bare server alike.
-export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-1}
+bench_api_env "$PORT"
 
 BARE_PORT=${BARE_PORT:-18090}
 # Its own redis-server on a free port, stopped at the end: a hold run leaves

@@ -28,11 +28,7 @@ DURATION=${DURATION:-6}
 CONNS=${CONNS:-64}
 PORT=${PORT:-18081}
 HOLDERS=${HOLDERS:-20000}
-export JWT_SECRET=${JWT_SECRET:-bench-secret-bench-secret-bench-secret-0123}
-export FLASHSALE_ENV=development
-export LISTEN_ADDR=127.0.0.1:$PORT RUST_LOG=${RUST_LOG:-warn}
-export RATE_LIMITS=off
-export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-1}
+bench_api_env "$PORT"
 
 rdir=$(mktemp -d)
 rport=$(free_port)

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# What the load scripts share (run.sh, bench_hot.sh, instructions.sh):
-# a free loopback port, and a private redis-server of their own.
+# What the load scripts share (run.sh, bench_hot.sh, bench_seats_http.sh,
+# instructions.sh...): a free loopback port, a private redis-server of
+# their own, and the API's settings for a benchmark.
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -23,4 +24,18 @@ start_private_redis() {
     echo "load: the private redis-server did not start; see $dir/redis.log" >&2
     kill "$redis_pid" 2>/dev/null || true
     return 1
+}
+
+# bench_api_env PORT
+# The API's settings for a benchmark over HTTP on this machine, exported.
+bench_api_env() {
+    export JWT_SECRET=${JWT_SECRET:-bench-secret-bench-secret-bench-secret-0123}
+    # A published secret and a pass key shared through Redis: development only.
+    export FLASHSALE_ENV=development
+    export LISTEN_ADDR=127.0.0.1:$1 RUST_LOG=${RUST_LOG:-warn}
+    # One address (wrk) at tens of thousands of requests a second: limits off.
+    export RATE_LIMITS=off
+    # wrk, Redis and the API share two cores: one runtime worker and one
+    # pipelined Redis connection, for the service and the bare server alike.
+    export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1} REDIS_POOL_SIZE=${REDIS_POOL_SIZE:-1}
 }
