@@ -51,7 +51,8 @@ async fn broken_bodies_on_every_json_endpoint_are_4xx_problems_and_change_nothin
             String::new(),
         ),
     ];
-    let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(64 * 1024));
+    // Past every limit, a new sale's 1 MiB included.
+    let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(1_100_000));
     let bodies: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", b"{\"zone\": ".to_vec()),
         ("not json", b"zone=A&quantity=1".to_vec()),
