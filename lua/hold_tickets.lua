@@ -114,14 +114,14 @@ if tonumber(admitted_until) <= now then
   return {'err', 'pass_expired', '0'}
 end
 
--- A seated zone's segment of the seat map, from the meta (lib/seats); and
--- for a search for the best seats, q (seats together, or '1' for any), whose
--- front is read with the counters.
-local first_seat, last_seat = seat_span(m[6], zone)
-local q = first_seat and string.sub(pick, 1, 2) ~= 'x:' and (pick == 't' and qtext or '1')
+-- Whether the zone is seated, from the meta (lib/seats); and for a search
+-- for the best seats, q (seats together, or '1' for any), whose front is
+-- read with the counters.
+local seated_at = m[6] and string.find(m[6], ',' .. zone .. '=', 1, true)
+local q = seated_at and string.sub(pick, 1, 2) ~= 'x:' and (pick == 't' and qtext or '1')
 local z
 if q then
-  z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held', zone .. ':f' .. q, zone .. ':fmax')
+  z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held', zone .. ':f' .. q)
 else
   z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held')
 end
@@ -144,7 +144,7 @@ local qty = tonumber(qtext)
 if not m[6] and redis.call('HEXISTS', KEYS[8], zone .. ':rows') == 1 then
   return {'err', 'sale_frozen', '0'}
 end
-local seated = first_seat ~= nil
+local seated = seated_at ~= nil
 if pick ~= '' and not seated then
   return {'err', 'zone_not_seated', '0'}
 end
@@ -189,6 +189,7 @@ elseif seat_ids then
   seat_order(seat_ids, seat_pos)
 elseif seated then
   -- The best seats, searched from the front kept for this kind of search.
+  local first_seat, last_seat = seat_span(m[6], zone)
   local was = tonumber(z[3])
   local front
   if pick == 't' then
@@ -202,7 +203,10 @@ elseif seated then
   front = front or last_seat
   if front ~= was then
     front_fields = {zone .. ':f' .. q, int(front)}
-    if not z[4] or tonumber(z[4]) < tonumber(q) then
+    -- The first front kept for this q: the largest q is kept too, for
+    -- lower_fronts.
+    local fmax = not was and tonumber(redis.call('HGET', KEYS[2], zone .. ':fmax'))
+    if not was and (not fmax or fmax < tonumber(q)) then
       front_fields[3], front_fields[4] = zone .. ':fmax', q
     end
   end
