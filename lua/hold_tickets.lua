@@ -144,7 +144,7 @@ local qty = tonumber(qtext)
 if not m[6] and redis.call('HEXISTS', KEYS[8], zone .. ':rows') == 1 then
   return {'err', 'sale_frozen', '0'}
 end
-local seated = seated_at ~= nil
+local seated = seated_at and true or false
 if pick ~= '' and not seated then
   return {'err', 'zone_not_seated', '0'}
 end
