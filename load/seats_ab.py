@@ -9,9 +9,15 @@ after the other cannot promise. Each round uses two fresh sales (a zone of
 20,000 seats, 100 rows of 200, and a general-admission zone) and fills 90%
 of the seated zone; the medians of the rounds are printed.
 
+Then the same pairs as real EVALSHA calls, a general-admission hold and a
+seated one in turn on one pipelined connection, each call's time read back
+from Redis's slow log (threshold 0): what a call costs the service,
+including what every EVALSHA costs Redis around the script.
+
 Usage (load/bench_seats.sh runs it): python3 load/seats_ab.py PORT [ROUNDS]
 The Redis on PORT is flushed between rounds: use a private one.
 """
+import socket
 import statistics
 import subprocess
 import sys
@@ -84,6 +90,97 @@ for name, qty, mode, n in [("exact 2 (neighbours)", "2", "x", 9000),
             a, b = map(float, out.split())
         except ValueError:
             sys.exit("seats_ab: %s: %s" % (name, out))
+        gas.append(a)
+        seats.append(b)
+        ratios.append(b / a)
+    print("  %-22s GA %6.2f  seated %6.2f  seated/GA median %.2f (rounds: %s)" % (
+        name, statistics.median(gas), statistics.median(seats), statistics.median(ratios),
+        " ".join("%.2f" % x for x in ratios)))
+
+
+def resp(args):
+    return ("*%d\r\n" % len(args) + "".join(
+        "$%d\r\n%s\r\n" % (len(a.encode()), a) for a in args)).encode()
+
+
+class Conn:
+    """A bare RESP connection: enough to pipeline calls and read replies."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", int(port)))
+        self.buf = b""
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self.buf += self.sock.recv(1 << 20)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self):
+        line = self.line()
+        kind, rest = line[:1], line[1:]
+        if kind in (b"+", b"-"):
+            return rest.decode()
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.sock.recv(1 << 20)
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data.decode(errors="replace")
+        if kind == b"*":
+            return [self.reply() for _ in range(int(rest))]
+        raise ValueError(line)
+
+    def call(self, *args):
+        self.sock.sendall(resp(list(args)))
+        return self.reply()
+
+
+hold_sha = r("script", "load", source)
+print("the same holds as EVALSHA calls in turn, Redis's time a call from its slow log "
+      "(us, median of the rounds' means):")
+for name, qty, mode, n in [("exact 2 (neighbours)", "2", "x", 9000),
+                           ("best 2 (not together)", "2", "", 9000),
+                           ("2 together", "2", "t", 9000),
+                           ("4 together", "4", "t", 4500)]:
+    ratios, gas, seats = [], [], []
+    for _ in range(rounds):
+        r("flushall")
+        setup("{ga}")
+        setup("{seated}")
+        c = Conn(port)
+        c.call("config", "set", "slowlog-log-slower-than", "0")
+        c.call("config", "set", "slowlog-max-len", str(2 * n + 10))
+        c.call("slowlog", "reset")
+        calls = []
+        for i in range(n):
+            u = "u%d" % i
+            pick = mode
+            if mode == "x":
+                row, s = i % 100, 2 * (i // 100) + 1
+                pick = "x:R%d-%d,R%d-%d" % (row, s, row, s + 1)
+            for sale, zone, p in (("{ga}", "GA", ""), ("{seated}", "ST", pick)):
+                calls.append(resp(["EVALSHA", hold_sha, "9", sale + ":meta", sale + ":zones",
+                                   sale + ":res:" + u, sale + ":buyer:" + u, sale + ":deadlines",
+                                   sale + ":admitted", sale + ":turns", sale + ":seats",
+                                   sale + ":seatmap", u, zone, qty, u, "", p]))
+        c.sock.sendall(b"".join(calls))
+        replies = [c.reply() for _ in range(2 * n)]
+        bad = [x for x in replies if not isinstance(x, list) or x[0] != "new"]
+        c.call("config", "set", "slowlog-log-slower-than", "10000")
+        if bad:
+            sys.exit("seats_ab: %s: a hold failed: %s" % (name, bad[0]))
+        log = c.call("slowlog", "get", str(2 * n + 10))
+        took = {"GA": [], "ST": []}
+        for entry in log:
+            args = entry[3]
+            if args and args[0].upper() == "EVALSHA" and len(args) > 13:
+                took[args[13]].append(entry[2])
+        a, b = statistics.mean(took["GA"]), statistics.mean(took["ST"])
         gas.append(a)
         seats.append(b)
         ratios.append(b / a)
