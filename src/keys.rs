@@ -137,13 +137,13 @@ impl SaleKeys {
         self.key("admissions")
     }
     /// Hash of zone counters: `<code>:cap`, `:avail`, `:held`, `:conf`
-    /// ([`Counter`]).
+    /// ([`Counter`]); a seated zone's also keep where its best-seat searches
+    /// start, `<code>:f<q>` and `<code>:fmax` (`lua/lib/seats.lua`).
     pub fn zones(&self) -> String {
         self.key("zones")
     }
     /// Hash indexing the seated zones' seats in [`Self::seat_map`]: each
-    /// zone's span, each row's place, where the searches for the best seats
-    /// start (`lua/lib/seats.lua`).
+    /// zone's span and each row's place (`lua/lib/seats.lua`).
     pub fn seats(&self) -> String {
         self.key("seats")
     }
