@@ -387,11 +387,16 @@ async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
         demo_account(&config, &state.db, DEMO_ORGANIZER, Role::Organizer).await?;
     let (buyer_id, buyer_password) =
         demo_account(&config, &state.db, DEMO_BUYER, Role::Buyer).await?;
+    // Stalls: rows A to H of 16 numbers, 8 and 9 the aisle.
+    let stalls: Vec<serde_json::Value> = ('A'..='H')
+        .map(|row| serde_json::json!({"row": row.to_string(), "seats": 16, "missing": [8, 9]}))
+        .collect();
     let new_sale: sales::NewSale = serde_json::from_value(serde_json::json!({
         "name": "Demo night - Berlin",
         "zones": [
             {"code": "FLOOR", "name": "Floor", "capacity": 100, "price_cents": 8900},
-            {"code": "BALCONY", "name": "Balcony", "capacity": 40, "price_cents": 12900}
+            {"code": "BALCONY", "name": "Balcony", "capacity": 40, "price_cents": 12900},
+            {"code": "STALLS", "name": "Stalls", "price_cents": 6900, "seating": {"rows": stalls}}
         ],
         "per_user_limit": 4,
         "hold_ttl_seconds": 300
@@ -411,7 +416,7 @@ async fn demo(config: Config, base_url: &str) -> anyhow::Result<()> {
     let id = def.id;
     println!(
         r#"
-Demo sale created: {id}  (zones FLOOR: 100 tickets, BALCONY: 40)
+Demo sale created: {id}  (zones FLOOR: 100 tickets, BALCONY: 40, STALLS: 112 seats)
 
 In a browser:
   buyers:     {base_url}/                 (open sales; register, or sign in as the demo buyer)

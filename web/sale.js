@@ -82,7 +82,7 @@ function newKey() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** General-admission zones; seated ones are not offered on this page. */
+/** A zone's name, from its code. */
 function zoneName(code) {
   return sale?.zones.find((z) => z.code === code)?.name || code;
 }
