@@ -74,11 +74,11 @@ for round in $(seq "$rounds"); do
   setup "t4$round"; bench "seated, together 4" "t4$round" 4500 ST 4 t
 done
 # The seat map of a 20,000-seat zone, 90% held, as the API reads it: where
-# the zone lies, then its segment.
-span=$(r hget "{sale:t21}:seats" ST:at)
+# the zone lies (the meta's `seated`, ",ST=first:last,"), then its segment.
+span=$(r hget "{sale:t21}:meta" seated | sed 's/.*,ST=\([0-9]*\):\([0-9]*\),.*/\1 \2/')
 r config resetstat >/dev/null
-redis-benchmark -p $port -c 8 -n 100000 -q hget "{sale:t21}:seats" ST:at >/dev/null
-redis-benchmark -p $port -c 8 -n 100000 -q getrange "{sale:t21}:seatmap" $((${span%,*} - 1)) $((${span#*,} - 1)) >/dev/null
+redis-benchmark -p $port -c 8 -n 100000 -q hget "{sale:t21}:meta" seated >/dev/null
+redis-benchmark -p $port -c 8 -n 100000 -q getrange "{sale:t21}:seatmap" $((${span% *} - 1)) $((${span#* } - 1)) >/dev/null
 echo "seat map read: $(r info commandstats | grep -E '^cmdstat_(hget|getrange):' | tr -d '\r' | sed 's/,rejected.*//' | tr '\n' ' ')"
 python3 - "$work/figures" "$rounds" <<'PY'
 import statistics, sys

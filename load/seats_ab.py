@@ -36,6 +36,14 @@ def r(*args):
                           check=True).stdout.strip()
 
 
+# The seated holds measured: name, quantity, pick ("x" two neighbours, ""
+# the best, "t" together), holds a round.
+KINDS = [("exact 2 (neighbours)", "2", "x", 9000),
+         ("best 2 (not together)", "2", "", 9000),
+         ("2 together", "2", "t", 9000),
+         ("4 together", "4", "t", 4500)]
+
+
 def setup(h):
     r("eval", load, "4", h + ":meta", h + ":zones", h + ":seats", h + ":seatmap", "4",
       "opens_at_ms", "0", "closes_at_ms", "0", "per_user_limit", "100", "hold_ttl_ms", "3600000",
@@ -76,10 +84,7 @@ return string.format('%%.2f %%.2f', t_ga / n, t_seated / n)
 
 print("seated holds against general admission, interleaved, %d rounds (us a hold, TIME included):"
       % rounds)
-for name, qty, mode, n in [("exact 2 (neighbours)", "2", "x", 9000),
-                           ("best 2 (not together)", "2", "", 9000),
-                           ("2 together", "2", "t", 9000),
-                           ("4 together", "4", "t", 4500)]:
+for name, qty, mode, n in KINDS:
     ratios, gas, seats = [], [], []
     for _ in range(rounds):
         r("flushall")
@@ -143,10 +148,7 @@ class Conn:
 hold_sha = r("script", "load", source)
 print("the same holds as EVALSHA calls in turn, Redis's time a call from its slow log "
       "(us, median of the rounds' means):")
-for name, qty, mode, n in [("exact 2 (neighbours)", "2", "x", 9000),
-                           ("best 2 (not together)", "2", "", 9000),
-                           ("2 together", "2", "t", 9000),
-                           ("4 together", "4", "t", 4500)]:
+for name, qty, mode, n in KINDS:
     ratios, gas, seats = [], [], []
     for _ in range(rounds):
         r("flushall")

@@ -65,7 +65,7 @@ for i = zones_from, #ARGV, 3 do
     -- The zone's segment goes at the end of the map; its rows are indexed.
     local first = redis.call('APPEND', KEYS[4], seats) - #seats + 1
     local last = first + #seats - 1
-    local fields = {code .. ':at', string.format('%d,%d', first, last)}
+    local fields = {}
     for bar, name, row in string.gmatch(seats, '()|(%w+):([^|]*)') do
       fields[#fields + 1] = code .. ':r:' .. name
       fields[#fields + 1] = string.format('%d', (first + bar + #name + 1) * 2048 + #row)

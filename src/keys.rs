@@ -142,8 +142,8 @@ impl SaleKeys {
     pub fn zones(&self) -> String {
         self.key("zones")
     }
-    /// Hash indexing the seated zones' seats in [`Self::seat_map`]: each
-    /// zone's span and each row's place (`lua/lib/seats.lua`).
+    /// Hash indexing the seated zones' seats in [`Self::seat_map`]: where
+    /// each row's seat 1 is (`lua/lib/seats.lua`).
     pub fn seats(&self) -> String {
         self.key("seats")
     }

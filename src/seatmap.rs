@@ -49,6 +49,16 @@ pub fn painted<S: AsRef<str>>(seating: &Seating, sold: &[S]) -> Result<String, S
     Ok(String::from_utf8(out).expect("row names are ASCII"))
 }
 
+/// Where `zone`'s segment lies in the seat map (positions from 1), from the
+/// meta field `seated` (`,ST=1:20400,BAL=20401:30000,`); `None` when the
+/// zone is not seated.
+pub fn span(seated: &str, zone: &str) -> Option<(usize, usize)> {
+    let at = seated.find(&format!(",{zone}="))? + zone.len() + 2;
+    let (first, rest) = seated[at..].split_once(':')?;
+    let last = rest.split(',').next()?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
 /// One seat of a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seat<'a> {
@@ -122,6 +132,15 @@ mod tests {
         let ids: Vec<String> = s.seat_ids().collect();
         assert_eq!(ids, ["A-1", "A-3", "A-4", "BB-1", "BB-2"]);
         assert_eq!(s.count(), 5);
+    }
+
+    #[test]
+    fn a_zones_span_is_read_from_the_seated_list() {
+        let seated = ",ST=1:20400,S=20401:20420,";
+        assert_eq!(span(seated, "ST"), Some((1, 20400)));
+        assert_eq!(span(seated, "S"), Some((20401, 20420)));
+        assert_eq!(span(seated, "T"), None);
+        assert_eq!(span(",", "ST"), None);
     }
 
     #[test]

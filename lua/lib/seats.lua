@@ -18,7 +18,6 @@
 -- seated one finds its segment in what it reads of the sale anyway.
 --
 -- {sale:<id>}:seats, a hash, is the index:
---   <zone>:at       "first,last": the zone's segment, as in `seated`
 --   <zone>:r:<row>  the position of the row's seat 1 times 2048, plus how
 --                   many numbers the row has (at most 1,000): one number
 --

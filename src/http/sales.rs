@@ -259,19 +259,16 @@ async fn seat_map(
     let zone = crate::input::ZoneCode::parse(&code)
         .ok_or_else(|| ApiError::ZoneNotFound(code.chars().take(32).collect()))?;
     let zone = zone.as_str();
-    // Where the zone's segment lies never changes while the sale is in
-    // Redis: two plain reads, the second of the segment alone.
+    // Where the zone's segment lies (the meta's `seated`) never changes
+    // while the sale is in Redis: two plain reads, the second of the
+    // segment alone.
     let keys = SaleKeys::new(sale);
-    let at: Option<String> = state.redis.hget(keys.seats(), format!("{zone}:at")).await?;
-    let span = at.as_deref().and_then(|at| {
-        let (first, last) = at.split_once(',')?;
-        Some((first.parse::<i64>().ok()?, last.parse::<i64>().ok()?))
-    });
-    let segment: Option<String> = match span {
+    let seated: Option<String> = state.redis.hget(keys.meta(), "seated").await?;
+    let segment: Option<String> = match seated.and_then(|s| crate::seatmap::span(&s, zone)) {
         Some((first, last)) => Some(
             state
                 .redis
-                .getrange(keys.seat_map(), (first - 1) as usize, (last - 1) as usize)
+                .getrange(keys.seat_map(), first - 1, last - 1)
                 .await?,
         ),
         None => None,
