@@ -114,11 +114,14 @@ if tonumber(admitted_until) <= now then
   return {'err', 'pass_expired', '0'}
 end
 
--- Whether the zone is seated, from the meta (lib/seats); and for a search
--- for the best seats, q (seats together, or '1' for any), whose front is
--- read with the counters.
+-- Whether the zone is seated, from the meta (lib/seats): where its
+-- segment's numbers start in `seated`; whether exact seats were asked for;
+-- and for a search for the best seats, q (seats together, or '1' for any),
+-- whose front is read with the counters.
 local seated_at = m[6] and string.find(m[6], ',' .. zone .. '=', 1, true)
-local q = seated_at and string.sub(pick, 1, 2) ~= 'x:' and (pick == 't' and qtext or '1')
+local p1, p2 = string.byte(pick, 1, 2)
+local exact = p1 == 120 and p2 == 58 -- 'x:'
+local q = seated_at and not exact and (pick == 't' and qtext or '1')
 local z
 if q then
   z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held', zone .. ':f' .. q)
@@ -150,29 +153,35 @@ if pick ~= '' and not seated then
 end
 -- Exact seats: which they are, and what they are now, read before any
 -- check that may refuse (reads only).
-local seat_ids, seat_pos, taken, front_fields
-if seated and string.sub(pick, 1, 2) == 'x:' then
-  seat_ids, seat_pos = seat_places(KEYS[8], zone, string.sub(pick, 3))
-  if not seat_ids then
-    return {'err', 'unknown_seat', seat_pos} -- the id with no seat
+local seat_list, seat_writes, taken, front_fields
+if seated and exact then
+  seat_list = string.sub(pick, 3)
+  local names, nums, pos = seat_places(KEYS[8], zone, seat_list)
+  if not names then
+    return {'err', 'unknown_seat', nums} -- the id with no seat
   end
-  if #seat_ids ~= qty then
+  if #names ~= qty then
     return {'err', 'invalid_quantity', '0'}
   end
-  local bytes = seat_bytes(KEYS[9], seat_pos)
-  -- A number inside a row's range may still be no seat (an aisle gap).
+  local s, lo = seat_span_bytes(KEYS[9], pos)
   for k = 1, qty do
-    if bytes[k] == SEAT_NONE_BYTE then
-      return {'err', 'unknown_seat', seat_ids[k]}
+    local b = s and string.byte(s, pos[k] - lo + 1)
+      or string.byte(redis.call('GETRANGE', KEYS[9], pos[k] - 1, pos[k] - 1))
+    -- A number inside a row's range may still be no seat (an aisle gap).
+    if b == SEAT_NONE_BYTE then
+      return {'err', 'unknown_seat', names[k] .. '-' .. nums[k]}
+    end
+    -- The seats not free, named in the order asked.
+    if b ~= SEAT_FREE_BYTE then
+      taken = taken and taken .. ',' .. names[k] .. '-' .. nums[k] or names[k] .. '-' .. nums[k]
     end
   end
-  -- The seats not free, named in the order asked.
-  for k = 1, qty do
-    if bytes[k] ~= SEAT_FREE_BYTE then
-      taken = taken or {}
-      taken[#taken + 1] = seat_ids[k]
-    end
+  -- Kept in map order.
+  if not seat_in_order(pos) then
+    seat_order(names, nums, pos)
+    seat_list = seat_list_of(names, nums)
   end
+  seat_writes = {s, lo, pos}
 end
 
 local used = tonumber(redis.call('HGET', KEYS[4], 'tickets') or '0')
@@ -184,18 +193,18 @@ if avail < qty then
 end
 
 if taken then
-  return {'err', 'seats_taken', table.concat(taken, ',')}
-elseif seat_ids then
-  seat_order(seat_ids, seat_pos)
-elseif seated then
+  return {'err', 'seats_taken', taken}
+elseif seated and not exact then
   -- The best seats, searched from the front kept for this kind of search.
-  local first_seat, last_seat = seat_span(m[6], zone)
+  local first_seat, last_seat = string.match(m[6], '^(%d+):(%d+)', seated_at + #zone + 2)
+  last_seat = tonumber(last_seat)
   local was = tonumber(z[3])
+  local from = was or tonumber(first_seat)
   local front
   if pick == 't' then
-    seat_ids, seat_pos, front = best_together(KEYS[9], qty, was or first_seat, last_seat)
+    seat_list, seat_writes, front = best_together(KEYS[9], qty, from, last_seat)
   else
-    seat_ids, seat_pos, front = best_any(KEYS[9], qty, was or first_seat, last_seat)
+    seat_list, seat_writes, front = best_any(KEYS[9], qty, from, last_seat)
   end
   -- Where the next search of this kind starts: written with the counters
   -- below, or now when nothing was found (so that a search that found
@@ -210,7 +219,7 @@ elseif seated then
       front_fields[3], front_fields[4] = zone .. ':fmax', q
     end
   end
-  if not seat_ids then
+  if not seat_list then
     if front_fields then
       redis.call('HSET', KEYS[2], unpack(front_fields))
     end
@@ -221,10 +230,18 @@ elseif seated then
 end
 
 -- All checks passed: write.
-local seat_list = ''
-if seat_ids then
-  seat_list = table.concat(seat_ids, ',')
-  paint_places(KEYS[9], seat_pos, SEAT_HELD)
+if not seated then
+  seat_list = ''
+elseif exact then
+  if seat_writes[1] then
+    paint_within(KEYS[9], seat_writes[1], seat_writes[2], seat_writes[3], SEAT_HELD)
+  else
+    paint_places(KEYS[9], seat_writes[3], SEAT_HELD)
+  end
+else
+  for i = 1, #seat_writes, 2 do
+    redis.call('SETRANGE', KEYS[9], seat_writes[i], seat_writes[i + 1])
+  end
 end
 local expires = int(now + ttl)
 if front_fields then

@@ -33,8 +33,9 @@
 --
 -- A seated hold costs a few Redis calls more than a general-admission one
 -- (the row index, a window of the map, the write of its seats), and the
--- code here avoids making Lua strings and tables it does not need: a Redis
--- call or a new string costs about a microsecond each.
+-- code here avoids making Lua strings and tables it does not need: on a
+-- 2.8 GHz Xeon a Redis call costs a microsecond or more, a new string or
+-- table a fifth of one.
 
 local SEAT_FREE, SEAT_HELD, SEAT_SOLD = '.', '*', '#'
 local SEAT_FREE_BYTE, SEAT_NONE_BYTE = 46, 95 -- '.', '_'
@@ -47,75 +48,113 @@ local SEAT_FIRST_WINDOW, SEAT_WINDOW = 256, 4096
 
 local function seat_int(n) return string.format('%d', n) end
 
--- Where the seats listed in `list` ("A-7,A-8") of `zone` are: their ids
--- and positions in the map, in the order listed, and where the first of
--- their rows starts; or nil and the first id that names no row and number.
+-- The seats listed in `list` ("A-7,A-8") of `zone`: their row names and
+-- numbers (as written) and their positions in the map, in the order
+-- listed, and where the first of their rows starts; or nil and the first id
+-- that names no row and number. Seats of one row (the usual hold) take one
+-- HGET of the index, others one HMGET.
 -- (The API lets only plain ids through: a row, '-', a number from 1.)
 local function seat_places(index, zone, list)
-  local ids, pos, names, fields, slot = {}, {}, {}, {}, {}
-  for id, name, n in string.gmatch(list, '(([^,-]+)%-([^,]*))') do
-    local k = #ids + 1
-    ids[k], names[k], pos[k] = id, name, tonumber(n)
-    if not pos[k] or pos[k] < 1 then
-      return nil, id
-    end
-    if not slot[name] then
-      fields[#fields + 1] = zone .. ':r:' .. name
-      slot[name] = #fields
+  local names, nums, pos, k, one_row = {}, {}, {}, 0, true
+  for name, n in string.gmatch(list, '([^,-]+)%-([^,]*)') do
+    k = k + 1
+    names[k], nums[k] = name, n
+    if name ~= names[1] then
+      one_row = false
     end
   end
-  if #ids == 0 then
-    return ids, pos, 0
+  if k == 0 then
+    return names, nums, pos, 0
   end
-  local rows = redis.call('HMGET', index, unpack(fields))
+  local rows, slot
+  if one_row then
+    rows = {redis.call('HGET', index, zone .. ':r:' .. names[1])}
+  else
+    local fields
+    fields, slot = {}, {}
+    for i = 1, k do
+      if not slot[names[i]] then
+        fields[#fields + 1] = zone .. ':r:' .. names[i]
+        slot[names[i]] = #fields
+      end
+    end
+    rows = redis.call('HMGET', index, unpack(fields))
+  end
   local row
-  for k = 1, #ids do
+  for i = 1, k do
     -- first * 2048 + numbers (lib/seats: a row has at most 1,000)
-    local r = tonumber(rows[slot[names[k]]])
-    if not r or pos[k] > r % 2048 then
-      return nil, ids[k]
+    local r, p = tonumber(rows[one_row and 1 or slot[names[i]]]), tonumber(nums[i])
+    if not r or not p or p < 1 or p > r % 2048 then
+      return nil, names[i] .. '-' .. nums[i]
     end
     local first = (r - r % 2048) / 2048
-    pos[k] = first + pos[k] - 1
-    local start = first - #names[k] - 2
+    pos[i] = first + p - 1
+    local start = first - #names[i] - 2
     if not row or start < row then
       row = start
     end
   end
-  return ids, pos, row
+  return names, nums, pos, row
 end
 
--- Sorts ids and pos (in step) into map order, in place.
-local function seat_order(ids, pos)
+-- Whether `pos` is in map order already (as a buyer usually lists seats).
+local function seat_in_order(pos)
   for i = 2, #pos do
-    local p, id, j = pos[i], ids[i], i - 1
+    if pos[i] < pos[i - 1] then
+      return false
+    end
+  end
+  return true
+end
+
+-- Sorts names, nums and pos (in step) into map order, in place.
+local function seat_order(names, nums, pos)
+  for i = 2, #pos do
+    local p, name, n, j = pos[i], names[i], nums[i], i - 1
     while j > 0 and pos[j] > p do
-      pos[j + 1], ids[j + 1] = pos[j], ids[j]
+      pos[j + 1], names[j + 1], nums[j + 1] = pos[j], names[j], nums[j]
       j = j - 1
     end
-    pos[j + 1], ids[j + 1] = p, id
+    pos[j + 1], names[j + 1], nums[j + 1] = p, name, n
   end
 end
 
--- Each position's byte in the map: one read when they lie within a window
--- (the seats of one row always do).
-local function seat_bytes(map, pos)
+-- The seats' list in map order ("A-7,A-8").
+local function seat_list_of(names, nums)
+  local list = names[1] .. '-' .. nums[1]
+  for i = 2, #names do
+    list = list .. ',' .. names[i] .. '-' .. nums[i]
+  end
+  return list
+end
+
+-- The bytes from position lo to hi of the map, when they span less than a
+-- window (the seats of one row always do), else nil.
+local function seat_span_bytes(map, pos)
   local lo, hi = pos[1], pos[1]
   for k = 2, #pos do
-    lo, hi = math.min(lo, pos[k]), math.max(hi, pos[k])
+    if pos[k] < lo then
+      lo = pos[k]
+    elseif pos[k] > hi then
+      hi = pos[k]
+    end
   end
-  local out = {}
   if hi - lo < SEAT_WINDOW then
-    local s = redis.call('GETRANGE', map, lo - 1, hi - 1)
-    for k = 1, #pos do
-      out[k] = string.byte(s, pos[k] - lo + 1)
-    end
-  else
-    for k = 1, #pos do
-      out[k] = string.byte(redis.call('GETRANGE', map, pos[k] - 1, pos[k] - 1))
-    end
+    return redis.call('GETRANGE', map, lo - 1, hi - 1), lo
   end
-  return out
+  return nil, lo
+end
+
+-- Writes `ch` at the positions `pos` (map order), all within `s`, the
+-- map's bytes read from position `lo`: one SETRANGE, from the first to the
+-- last, of s with those bytes changed (the bytes between are written back
+-- as they were read, in the same atomic step).
+local function paint_within(map, s, lo, pos, ch)
+  local out = ch
+  for k = 2, #pos do
+    out = out .. string.sub(s, pos[k - 1] - lo + 2, pos[k] - lo) .. ch
+  end
+  redis.call('SETRANGE', map, pos[1] - 1, out)
 end
 
 -- Sets the seats at `pos` (in map order) to `ch`: one SETRANGE per run of
@@ -130,17 +169,6 @@ local function paint_places(map, pos, ch)
     redis.call('SETRANGE', map, pos[k] - 1, j == k and ch or string.rep(ch, j - k + 1))
     k = j + 1
   end
-end
-
--- The zone's segment, from the meta field `seated`: first, last (numbers),
--- or nil when the zone is not seated.
-local function seat_span(seated, zone)
-  local at = seated and string.find(seated, ',' .. zone .. '=', 1, true)
-  if not at then
-    return nil
-  end
-  local first, last = string.match(seated, '^(%d+):(%d+)', at + #zone + 2)
-  return tonumber(first), tonumber(last)
 end
 
 -- Seats were made free from row `row` on: no search may start after it.
@@ -174,8 +202,13 @@ end
 local function seat_row_with(map, from, last, needle)
   local size = SEAT_FIRST_WINDOW
   while from < last do
-    local win_last = math.min(from + size - 1, last)
-    size = math.min(2 * size, SEAT_WINDOW)
+    local win_last = from + size - 1
+    if win_last > last then
+      win_last = last
+    end
+    if size < SEAT_WINDOW then
+      size = 2 * size
+    end
     local win = redis.call('GETRANGE', map, from - 1, win_last - 1)
     local r = 1 -- the '|' of the row holding the hit, in win
     local hit = string.find(win, needle, 1, true)
@@ -203,11 +236,37 @@ local function seat_row_with(map, from, last, needle)
   return nil
 end
 
+-- The last start, from `from` to `to` (positions in s, within one row), of
+-- `block` (n free seats side by side); nil when there is none. A plain
+-- search and an anchored match for each run of free seats, so a row costs
+-- what its runs cost, not its length; past four runs the rest is searched
+-- backwards from `to`, in its bytes reversed.
+local function last_block(s, block, n, from, to)
+  local last, runs = nil, 0
+  local p = string.find(s, block, from, true)
+  while p and p <= to do
+    runs = runs + 1
+    if runs > 4 then
+      -- A block at p..p+n-1: one is found. At i in the reversed bytes
+      -- starts the block whose first seat is at to + 1 - i in s.
+      return to + 1 - string.find(string.reverse(string.sub(s, p, to + n - 1)), block, 1, true)
+    end
+    local _, run_end = string.find(s, '^%.*', p)
+    last = run_end - n + 1
+    if last > to then
+      last = to
+    end
+    p = string.find(s, block, run_end + 1, true)
+  end
+  return last
+end
+
 -- The best `qty` free seats side by side in one row of the zone, searched
 -- from `from` to `last` (the zone's closing '|'): the first row from the
 -- front with such a block, and in it the block whose middle is nearest the
--- row's (the lower on a tie). Returns their ids and positions (map order)
--- and the row they are in; or nil when there is no such block.
+-- row's (the lower on a tie). Returns their list ("A-7,A-8"), what holding
+-- them writes (a SETRANGE's offset and bytes) and the row they are in; or
+-- nil when there is no such block.
 local function best_together(map, qty, from, last)
   local block = string.rep(SEAT_FREE, qty)
   local win, r, e, base = seat_row_with(map, from, last, block)
@@ -225,80 +284,89 @@ local function best_together(map, qty, from, last)
   best = best and best + qty - 1 < e and best - colon
   if best ~= mid and mid > 1 and (not best or 2 * best - k >= k - 2 * mid + 2) then
     -- Nothing at mid, and a start left of it may be nearer: the nearest
-    -- such, found in the left of the row reversed.
-    local left_part = string.reverse(string.sub(win, colon + 1, colon + mid + qty - 2))
-    local rs = string.find(left_part, block, 1, true)
-    local left = rs and mid - rs
+    -- such.
+    local left = last_block(win, block, qty, colon + 1, colon + mid - 1)
+    left = left and left - colon
     if left and (not best or k - 2 * left <= 2 * best - k) then
       best = left
     end
   end
   local name = string.sub(win, r + 1, colon - 1)
-  local one = base + colon - 1 -- seat s is at one + s in the map
-  local ids, pos = {}, {}
-  for s = best, best + qty - 1 do
-    ids[#ids + 1] = string.format('%s-%d', name, s)
-    pos[#pos + 1] = one + s
+  local list = name .. '-' .. seat_int(best)
+  for a = best + 1, best + qty - 1 do
+    list = list .. ',' .. name .. '-' .. seat_int(a)
   end
-  return ids, pos, base + r - 1
+  -- Seat s is at base + colon - 1 + s in the map.
+  return list, {base + colon + best - 2, qty == 1 and SEAT_HELD or string.rep(SEAT_HELD, qty)}, base + r - 1
 end
 
 -- The best `qty` free seats, not necessarily together, searched from
 -- `from` to `last`: row by row from the front, each row's from its middle
--- out (the lower seat on a tie). Returns their ids and positions (map
--- order) and the first row with a free seat; or nil when fewer are free.
+-- out (the lower seat on a tie). Returns their list ("A-7,A-9", map order),
+-- what holding them writes (a SETRANGE's offset and bytes for each row:
+-- the row's bytes from its first seat taken to its last, as read, with
+-- those seats held) and the first row with a free seat; or nil when fewer
+-- are free.
 local function best_any(map, qty, from, last)
-  local ids, pos, front = {}, {}, nil
-  while #ids < qty do
+  local list, writes, got, front = nil, {}, 0, nil
+  while got < qty do
     local win, r, e, base = seat_row_with(map, from, last, SEAT_FREE)
     if not win then
       break
     end
     front = front or base + r - 1
     local colon = string.find(win, ':', r + 2, true)
-    local name = string.sub(win, r + 1, colon - 1)
-    local one = base + colon - 1 -- seat a is at one + a in the map
     -- Seat a (at colon + a in win) is |2a - k| from the middle: walk out
-    -- from it both ways, free seat to free seat. Going right is a search of
-    -- the window; going left, of the left half of the row reversed (seat
-    -- mid first), made only when the seat at mid is not free.
+    -- from it both ways, free seat to free seat: l the next free seat on
+    -- the left (mid itself first), rt on the right.
     local n = e - colon - 1
     local k = n + 1
     local mid = math.floor(k / 2)
-    local rev, lx, l = nil, 1, nil
-    if mid >= 1 then
-      if string.byte(win, colon + mid) == SEAT_FREE_BYTE then
-        l = mid
-      else
-        rev = string.reverse(string.sub(win, colon + 1, colon + mid))
-        lx = string.find(rev, SEAT_FREE, 1, true)
-        l = lx and mid - lx + 1
-      end
-    end
+    local l = mid >= 1 and last_block(win, SEAT_FREE, 1, colon + 1, colon + mid)
+    l = l and l - colon
     local rt = string.find(win, SEAT_FREE, colon + mid + 1, true)
     rt = rt and rt < e and rt - colon or nil
-    while #ids < qty and (l or rt) do
+    -- The seats taken in this row, put in seat order as they come.
+    local seats = {}
+    while got < qty and (l or rt) do
       local a
       if l and (not rt or k - 2 * l <= 2 * rt - k) then
         a = l
-        rev = rev or string.reverse(string.sub(win, colon + 1, colon + mid))
-        lx = string.find(rev, SEAT_FREE, lx + 1, true)
-        l = lx and mid - lx + 1
+        l = l > 1 and last_block(win, SEAT_FREE, 1, colon + 1, colon + l - 1)
+        l = l and l - colon
       else
         a = rt
         rt = string.find(win, SEAT_FREE, colon + rt + 1, true)
         rt = rt and rt < e and rt - colon or nil
       end
-      ids[#ids + 1] = string.format('%s-%d', name, a)
-      pos[#pos + 1] = one + a
+      local j = #seats
+      while j > 0 and seats[j] > a do
+        seats[j + 1] = seats[j]
+        j = j - 1
+      end
+      seats[j + 1] = a
+      got = got + 1
+    end
+    -- Their list, and one write from the first to the last.
+    local name = string.sub(win, r + 1, colon - 1)
+    local prev, out = nil, nil
+    for i = 1, #seats do
+      local a = seats[i]
+      local id = name .. '-' .. seat_int(a)
+      list = list and list .. ',' .. id or id
+      out = out and out .. string.sub(win, colon + prev + 1, colon + a - 1) .. SEAT_HELD or SEAT_HELD
+      prev = a
+    end
+    if out then
+      writes[#writes + 1] = base + colon + seats[1] - 2
+      writes[#writes + 1] = out
     end
     from = base + e - 1 -- the next row
   end
-  if #ids < qty then
+  if got < qty then
     return nil, nil, front
   end
-  seat_order(ids, pos)
-  return ids, pos, front
+  return list, writes, front
 end
 
 -- Sets the seats listed in `list` ("A-7,A-8") of `zone` to `ch`: a
@@ -308,11 +376,13 @@ local function set_seats(index, map, zones, zone, list, ch)
   if not list or list == '' then
     return
   end
-  local ids, pos, row = seat_places(index, zone, list)
-  if not ids or #ids == 0 then
+  local names, nums, pos, row = seat_places(index, zone, list)
+  if not names or #names == 0 then
     return
   end
-  seat_order(ids, pos)
+  if not seat_in_order(pos) then
+    seat_order(names, nums, pos)
+  end
   paint_places(map, pos, ch)
   if ch == SEAT_FREE then
     lower_fronts(zones, zone, row)
