@@ -52,7 +52,8 @@ for i, (row, n) in enumerate(pairs[:9000]):
     user = "rb-%012d" % i
     args = ["EVALSHA", sha, "9", h + ":meta", h + ":zones", h + ":res:" + user, h + ":buyer:" + user,
             h + ":deadlines", h + ":admitted", h + ":turns", h + ":seats", h + ":seatmap",
-            user, "ST", "2", user, "", "x:R%d-%d,R%d-%d" % (row, n, row, n + 1)]
+            user, "ST", "2", user, "", "x:R%d-%d,R%d-%d" % (row, n, row, n + 1),
+            "R%d" % row, str(n), "R%d" % row, str(n + 1)]
     out.append("*%d\r\n" % len(args) + "".join("$%d\r\n%s\r\n" % (len(a), a) for a in args))
 sys.stdout.write("".join(out))
 PY

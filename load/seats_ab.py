@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
 
 port = sys.argv[1]
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -28,7 +29,10 @@ source = open("lua/lib/seats.lua").read() + "\n" + open("lua/hold_tickets.lua").
 # KEYS and ARGV become the wrapper's parameters.
 body = source.replace("KEYS[", "K[").replace("ARGV[", "A[").replace("ARGV", "A")
 load = open("lua/load_sale.lua").read()
-segment = "".join("|R%d:%s" % (i, "." * 200) for i in range(100)) + "|"
+# The seated zone: 100 rows of 200 seats, all free; or every other seat
+# sold, so that no two free seats are side by side (10,000 free).
+SEGMENTS = {"free": "".join("|R%d:%s" % (i, "." * 200) for i in range(100)) + "|",
+            "apart": "".join("|R%d:%s" % (i, ".#" * 100) for i in range(100)) + "|"}
 
 
 def r(*args):
@@ -37,17 +41,30 @@ def r(*args):
 
 
 # The seated holds measured: name, quantity, pick ("x" two neighbours, ""
-# the best, "t" together), holds a round.
-KINDS = [("exact 2 (neighbours)", "2", "x", 9000),
-         ("best 2 (not together)", "2", "", 9000),
-         ("2 together", "2", "t", 9000),
-         ("4 together", "4", "t", 4500)]
+# the best, "t" together), holds a round, the zone's seats. The best 2 not
+# together are side by side while a row has two free ones: in a zone whose
+# free seats are all apart, they are found one by one.
+KINDS = [("exact 2 (neighbours)", "2", "x", 9000, "free"),
+         ("best 2 (not together)", "2", "", 9000, "free"),
+         ("best 2, no 2 free together", "2", "", 4500, "apart"),
+         ("2 together", "2", "t", 9000, "free"),
+         ("4 together", "4", "t", 4500, "free")]
 
 
-def setup(h):
+def pick_args(mode, i):
+    """The hold's ARGV[6] on: exact seats are two neighbours, each row in turn."""
+    if mode != "x":
+        return [mode]
+    row, s = "R%d" % (i % 100), 2 * (i // 100) + 1
+    return ["x:%s-%d,%s-%d" % (row, s, row, s + 1), row, str(s), row, str(s + 1)]
+
+
+def setup(h, seats="free"):
+    # A zone's capacity counts its sold seats too (as a restore loads it).
+    capacity = str(20000)
     r("eval", load, "4", h + ":meta", h + ":zones", h + ":seats", h + ":seatmap", "4",
       "opens_at_ms", "0", "closes_at_ms", "0", "per_user_limit", "100", "hold_ttl_ms", "3600000",
-      "ST", "20000", segment, "GA", "20000", "")
+      "ST", capacity, SEGMENTS[seats], "GA", "20000", "")
     r("eval", "local d = redis.call('TIME')[1] * 1000 + 3600000 "
       "for i = 0, 9999 do redis.call('ZADD', KEYS[1], d, 'u' .. i) end", "1", h + ":admitted")
 
@@ -65,16 +82,17 @@ local function us(a, b) return (b[1] - a[1]) * 1e6 + (b[2] - a[2]) end
 local t_ga, t_seated = 0, 0
 for i = 0, n - 1 do
   local u = 'u' .. i
-  local pick = mode
+  local args = {u, 'ST', qty, u, '', mode}
   if mode == 'x' then -- two neighbours, each row in turn
-    local row, s = i %% 100, 2 * math.floor(i / 100) + 1
-    pick = 'x:R' .. row .. '-' .. s .. ',R' .. row .. '-' .. (s + 1)
+    local row, s = 'R' .. (i %% 100), 2 * math.floor(i / 100) + 1
+    args[6] = 'x:' .. row .. '-' .. s .. ',' .. row .. '-' .. (s + 1)
+    args[7], args[8], args[9], args[10] = row, tostring(s), row, tostring(s + 1)
   end
   local ka, kb = keys(ga, u), keys(seated, u)
   local t0 = redis.call('TIME')
   local a = hold(ka, {u, 'GA', qty, u, '', ''})
   local t1 = redis.call('TIME')
-  local b = hold(kb, {u, 'ST', qty, u, '', pick})
+  local b = hold(kb, args)
   local t2 = redis.call('TIME')
   if a[1] ~= 'new' or b[1] ~= 'new' then return {'failed', i, a[2], b[2], b[3]} end
   t_ga, t_seated = t_ga + us(t0, t1), t_seated + us(t1, t2)
@@ -84,12 +102,12 @@ return string.format('%%.2f %%.2f', t_ga / n, t_seated / n)
 
 print("seated holds against general admission, interleaved, %d rounds (us a hold, TIME included):"
       % rounds)
-for name, qty, mode, n in KINDS:
+for name, qty, mode, n, layout in KINDS:
     ratios, gas, seats = [], [], []
     for _ in range(rounds):
         r("flushall")
         setup("{ga}")
-        setup("{seated}")
+        setup("{seated}", layout)
         out = r("eval", HARNESS, "0", "{seated}", "{ga}", qty, mode, str(n))
         try:
             a, b = map(float, out.split())
@@ -148,12 +166,12 @@ class Conn:
 hold_sha = r("script", "load", source)
 print("the same holds as EVALSHA calls in turn, Redis's time a call from its slow log "
       "(us, median of the rounds' means):")
-for name, qty, mode, n in KINDS:
+for name, qty, mode, n, layout in KINDS:
     ratios, gas, seats = [], [], []
     for _ in range(rounds):
         r("flushall")
         setup("{ga}")
-        setup("{seated}")
+        setup("{seated}", layout)
         c = Conn(port)
         c.call("config", "set", "slowlog-log-slower-than", "0")
         c.call("config", "set", "slowlog-max-len", str(2 * n + 10))
@@ -161,15 +179,11 @@ for name, qty, mode, n in KINDS:
         calls = []
         for i in range(n):
             u = "u%d" % i
-            pick = mode
-            if mode == "x":
-                row, s = i % 100, 2 * (i // 100) + 1
-                pick = "x:R%d-%d,R%d-%d" % (row, s, row, s + 1)
-            for sale, zone, p in (("{ga}", "GA", ""), ("{seated}", "ST", pick)):
+            for sale, zone, p in (("{ga}", "GA", [""]), ("{seated}", "ST", pick_args(mode, i))):
                 calls.append(resp(["EVALSHA", hold_sha, "9", sale + ":meta", sale + ":zones",
                                    sale + ":res:" + u, sale + ":buyer:" + u, sale + ":deadlines",
                                    sale + ":admitted", sale + ":turns", sale + ":seats",
-                                   sale + ":seatmap", u, zone, qty, u, "", p]))
+                                   sale + ":seatmap", u, zone, qty, u, ""] + p))
         c.sock.sendall(b"".join(calls))
         replies = [c.reply() for _ in range(2 * n)]
         bad = [x for x in replies if not isinstance(x, list) or x[0] != "new"]
@@ -187,5 +201,48 @@ for name, qty, mode, n in KINDS:
         seats.append(b)
         ratios.append(b / a)
     print("  %-22s GA %6.2f  seated %6.2f  seated/GA median %.2f (rounds: %s)" % (
+        name, statistics.median(gas), statistics.median(seats), statistics.median(ratios),
+        " ".join("%.2f" % x for x in ratios)))
+
+BATCH = 500
+print("holds a second one Redis serves, pipelined EVALSHA calls in batches of %d, the two "
+      "kinds' batches in turn (median of the rounds):" % BATCH)
+for name, qty, mode, n, layout in KINDS:
+    ratios, gas, seats = [], [], []
+    for _ in range(rounds):
+        r("flushall")
+        setup("{ga}")
+        setup("{seated}", layout)
+        c = Conn(port)
+        took = {"GA": 0.0, "ST": 0.0}
+        for start in range(0, n, BATCH):
+            for sale, zone in (("{ga}", "GA"), ("{seated}", "ST")):
+                calls = []
+                for i in range(start, min(n, start + BATCH)):
+                    u = "u%d" % i
+                    p = pick_args(mode, i) if zone == "ST" else [""]
+                    calls.append(resp(["EVALSHA", hold_sha, "9", sale + ":meta", sale + ":zones",
+                                       sale + ":res:" + u, sale + ":buyer:" + u,
+                                       sale + ":deadlines", sale + ":admitted", sale + ":turns",
+                                       sale + ":seats", sale + ":seatmap", u, zone, qty, u,
+                                       ""] + p))
+                payload = b"".join(calls) + resp(["PING"])
+                # The replies are read as bytes until the PING's, and checked
+                # after the clock stops.
+                t0 = time.perf_counter()
+                c.sock.sendall(payload)
+                while not c.buf.endswith(b"+PONG\r\n"):
+                    c.buf += c.sock.recv(1 << 20)
+                took[zone] += time.perf_counter() - t0
+                replies = [c.reply() for _ in range(len(calls))]
+                c.reply()
+                bad = [x for x in replies if not isinstance(x, list) or x[0] != "new"]
+                if bad:
+                    sys.exit("seats_ab: %s: a hold failed: %s" % (name, bad[0]))
+        a, b = n / took["GA"], n / took["ST"]
+        gas.append(a)
+        seats.append(b)
+        ratios.append(a / b)
+    print("  %-22s GA %6.0f/s  seated %6.0f/s  GA/seated median %.2f (rounds: %s)" % (
         name, statistics.median(gas), statistics.median(seats), statistics.median(ratios),
         " ".join("%.2f" % x for x in ratios)))

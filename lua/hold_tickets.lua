@@ -32,9 +32,11 @@
 -- ARGV[3]  quantity, a whole number >= 1 written plainly ("2", not "2.0")
 -- ARGV[4]  reservation id
 -- ARGV[5]  request fingerprint when an idempotency key was given, else ""
--- ARGV[6]  which seats: "" any (in a seated zone: the best free seats),
+-- ARGV[6]  which seats: "" any (in a seated zone: the best free seats, side
+--          by side while a row has room for them, else one by one),
 --          "t" the best free seats side by side in one row, or
---          "x:A-7,A-8" exactly these (distinct; ARGV[3] is their number)
+--          "x:A-7,A-8" exactly these (distinct; ARGV[3] is their number),
+--          then from ARGV[7] each one's row and number: "A", "7", "A", "8"
 -- Returns  {"new", expires_ms, created_ms, seats} for a fresh hold (the
 --           caller knows the rest: id, zone, quantity, status held; seats is
 --           "" in a general-admission zone, else "A-7,A-8"),
@@ -54,7 +56,8 @@
 --
 -- Seats are chosen here, in the same step as the counters: nearest the
 -- front first (the rows' order), then nearest the middle of the row
--- (lib/seats).
+-- (lib/seats); side by side where a row still has room for them, unless
+-- `together` was asked for and none has.
 
 local uid, zone, rid, fp, pick = ARGV[1], ARGV[2], ARGV[4], ARGV[5], ARGV[6] or ''
 -- Whole numbers become text through '%d': an integer printf. A number handed
@@ -116,12 +119,12 @@ end
 
 -- Whether the zone is seated, from the meta (lib/seats): where its
 -- segment's numbers start in `seated`; whether exact seats were asked for;
--- and for a search for the best seats, q (seats together, or '1' for any),
+-- and for a search for the best seats, q (the seats wanted side by side),
 -- whose front is read with the counters.
 local seated_at = m[6] and string.find(m[6], ',' .. zone .. '=', 1, true)
 local p1, p2 = string.byte(pick, 1, 2)
 local exact = p1 == 120 and p2 == 58 -- 'x:'
-local q = seated_at and not exact and (pick == 't' and qtext or '1')
+local q = seated_at and not exact and qtext
 local z
 if q then
   z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held', zone .. ':f' .. q)
@@ -156,30 +159,32 @@ end
 local seat_list, seat_writes, taken, front_fields
 if seated and exact then
   seat_list = string.sub(pick, 3)
-  local names, nums, pos = seat_places(KEYS[8], zone, seat_list)
-  if not names then
-    return {'err', 'unknown_seat', nums} -- the id with no seat
-  end
-  if #names ~= qty then
+  -- Each seat's row and number, from ARGV[7] on.
+  local n = (#ARGV - 6) / 2
+  if n ~= qty then
     return {'err', 'invalid_quantity', '0'}
   end
+  local pos, row = seat_places(KEYS[8], zone, ARGV, 7, n)
+  if not pos then
+    return {'err', 'unknown_seat', row} -- the id with no seat
+  end
   local s, lo = seat_span_bytes(KEYS[9], pos)
-  for k = 1, qty do
+  for k = 1, n do
     local b = s and string.byte(s, pos[k] - lo + 1)
       or string.byte(redis.call('GETRANGE', KEYS[9], pos[k] - 1, pos[k] - 1))
     -- A number inside a row's range may still be no seat (an aisle gap).
     if b == SEAT_NONE_BYTE then
-      return {'err', 'unknown_seat', names[k] .. '-' .. nums[k]}
+      return {'err', 'unknown_seat', ARGV[5 + 2 * k] .. '-' .. ARGV[6 + 2 * k]}
     end
     -- The seats not free, named in the order asked.
     if b ~= SEAT_FREE_BYTE then
-      taken = taken and taken .. ',' .. names[k] .. '-' .. nums[k] or names[k] .. '-' .. nums[k]
+      local id = ARGV[5 + 2 * k] .. '-' .. ARGV[6 + 2 * k]
+      taken = taken and taken .. ',' .. id or id
     end
   end
   -- Kept in map order.
   if not seat_in_order(pos) then
-    seat_order(names, nums, pos)
-    seat_list = seat_list_of(names, nums)
+    seat_list = seat_order(pos, ARGV, 7)
   end
   seat_writes = {s, lo, pos}
 end
@@ -195,36 +200,41 @@ end
 if taken then
   return {'err', 'seats_taken', taken}
 elseif seated and not exact then
-  -- The best seats, searched from the front kept for this kind of search.
+  -- The best seats: the best block of qty side by side; without
+  -- `together`, when no row has one, the best seats one by one. Each
+  -- search starts from the front kept for it (q seats together, or '1' for
+  -- seats one by one).
   local first_seat, last_seat = string.match(m[6], '^(%d+):(%d+)', seated_at + #zone + 2)
   last_seat = tonumber(last_seat)
-  local was = tonumber(z[3])
-  local from = was or tonumber(first_seat)
-  local front
-  if pick == 't' then
-    seat_list, seat_writes, front = best_together(KEYS[9], qty, from, last_seat)
-  else
-    seat_list, seat_writes, front = best_any(KEYS[9], qty, from, last_seat)
+  -- Where the next search of a kind starts: written with the counters below,
+  -- or now when nothing was found (so that a search that found nothing is
+  -- not done again until seats are freed: a front at the zone's end). The
+  -- largest q with a front is kept too, for lower_fronts.
+  local was, front, fresh_q = tonumber(z[3]), nil, nil
+  if was ~= last_seat then
+    seat_list, seat_writes, front = best_together(KEYS[9], qty, was or tonumber(first_seat), last_seat)
+    front_fields, fresh_q = front_moved(front_fields, zone, q, was, front or last_seat, fresh_q)
   end
-  -- Where the next search of this kind starts: written with the counters
-  -- below, or now when nothing was found (so that a search that found
-  -- nothing is not done again until seats are freed).
-  front = front or last_seat
-  if front ~= was then
-    front_fields = {zone .. ':f' .. q, int(front)}
-    -- The first front kept for this q: the largest q is kept too, for
-    -- lower_fronts.
-    local fmax = not was and tonumber(redis.call('HGET', KEYS[2], zone .. ':fmax'))
-    if not was and (not fmax or fmax < tonumber(q)) then
-      front_fields[3], front_fields[4] = zone .. ':fmax', q
+  if not seat_list and pick ~= 't' and qty > 1 then
+    was = tonumber(redis.call('HGET', KEYS[2], zone .. ':f1'))
+    if was ~= last_seat then
+      seat_list, seat_writes, front = best_any(KEYS[9], qty, was or tonumber(first_seat), last_seat)
+      front_fields, fresh_q = front_moved(front_fields, zone, '1', was, front or last_seat, fresh_q)
+    end
+  end
+  if fresh_q then
+    local fmax = tonumber(redis.call('HGET', KEYS[2], zone .. ':fmax'))
+    if not fmax or fmax < tonumber(fresh_q) then
+      front_fields[#front_fields + 1] = zone .. ':fmax'
+      front_fields[#front_fields + 1] = fresh_q
     end
   end
   if not seat_list then
     if front_fields then
       redis.call('HSET', KEYS[2], unpack(front_fields))
     end
-    -- Together: no block that long is left. Otherwise the counters and
-    -- the map disagree: refuse rather than hold fewer.
+    -- No block that long is left (together), or the counters and the map
+    -- disagree: refuse rather than hold fewer.
     return {'err', 'sold_out', int(avail)}
   end
 end

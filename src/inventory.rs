@@ -150,12 +150,24 @@ pub enum Pick {
 }
 
 impl Pick {
-    /// As `hold_tickets.lua` reads it (ARGV[6]).
-    fn arg(&self) -> String {
+    /// As `hold_tickets.lua` reads it: ARGV[6], and for exact seats each
+    /// seat's row and number after it (ARGV[7], ARGV[8], ...), so the script
+    /// need not take the list apart.
+    fn args(&self) -> Vec<Value> {
         match self {
-            Pick::Any => String::new(),
-            Pick::Together => "t".to_owned(),
-            Pick::Exact(seats) => format!("x:{}", seats.join(",")),
+            Pick::Any => vec![Value::from("")],
+            Pick::Together => vec![Value::from("t")],
+            Pick::Exact(seats) => {
+                let mut args = Vec::with_capacity(1 + 2 * seats.len());
+                args.push(Value::from(format!("x:{}", seats.join(","))));
+                for seat in seats {
+                    // Seat ids are `<row>-<number>` (input::parse_seat_id).
+                    let (row, number) = seat.split_once('-').unwrap_or((seat, ""));
+                    args.push(Value::from(row));
+                    args.push(Value::from(number));
+                }
+                args
+            }
         }
     }
 }
@@ -181,14 +193,16 @@ pub async fn hold(
                 keys.seats(),
                 keys.seat_map(),
             ],
-            vec![
+            [
                 Value::from(req.user),
                 Value::from(req.zone),
                 Value::from(i64::from(req.quantity)),
                 Value::from(req.id.to_string()),
                 Value::from(req.fingerprint.unwrap_or_default()),
-                Value::from(req.pick.arg()),
-            ],
+            ]
+            .into_iter()
+            .chain(req.pick.args())
+            .collect(),
         )
         .await?;
     let outcome = match reply.first().map(String::as_str) {

@@ -224,9 +224,12 @@ async fn the_best_seats_are_nearest_the_front_then_the_middle() {
     .await;
     assert_eq!(seats_of(&block), strings(&["A-4", "A-5", "A-6"]));
     assert_eq!(block["quantity"], 3);
+    // Without `together`, side by side still while a row has room: of A's
+    // blocks of two (in A-1..A-3 and A-7..A-10), A-7 and A-8 are nearest
+    // the middle.
     let two = held(&app, sale, "front-2", json!({"zone": "ST", "quantity": 2})).await;
-    assert_eq!(seats_of(&two), strings(&["A-3", "A-7"]));
-    // Row A has blocks of two left (A-1, A-2 and A-8..A-10), not of four:
+    assert_eq!(seats_of(&two), strings(&["A-7", "A-8"]));
+    // Row A has blocks of two left (A-1..A-3, A-9 and A-10), not of four:
     // the block goes to row B's middle.
     let four = held(
         &app,
@@ -914,9 +917,13 @@ impl Model {
         })
     }
 
-    /// The best `q` free seats: row by row from the front, each row's from
-    /// its middle out (the lower on a tie); in the zone's order.
+    /// The best `q` free seats: the best block of `q` side by side while a
+    /// row has one, else row by row from the front, each row's from its
+    /// middle out (the lower on a tie); in the zone's order.
     fn any(&self, q: usize) -> Option<Vec<Place>> {
+        if let Some(block) = self.together(q) {
+            return Some(block);
+        }
         let mut got = Vec::new();
         for (r, (_, seats)) in self.rows.iter().enumerate() {
             let k = (seats.len() + 1) as i64;

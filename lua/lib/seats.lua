@@ -48,53 +48,63 @@ local SEAT_FIRST_WINDOW, SEAT_WINDOW = 256, 4096
 
 local function seat_int(n) return string.format('%d', n) end
 
--- The seats listed in `list` ("A-7,A-8") of `zone`: their row names and
--- numbers (as written) and their positions in the map, in the order
--- listed, and where the first of their rows starts; or nil and the first id
--- that names no row and number. Seats of one row (the usual hold) take one
--- HGET of the index, others one HMGET.
+-- Where seats of `zone` are. `t` holds each seat's row name and number
+-- (as text) in turn from t[at]: seat k's are t[at + 2k - 2] and
+-- t[at + 2k - 1]. Returns the n seats' positions in the map, in that order,
+-- and where the first of their rows starts; or nil and the first id that
+-- names no row and number. Seats of one row (the usual hold) take one HGET
+-- of the index, others one HMGET.
 -- (The API lets only plain ids through: a row, '-', a number from 1.)
-local function seat_places(index, zone, list)
-  local names, nums, pos, k, one_row = {}, {}, {}, 0, true
-  for name, n in string.gmatch(list, '([^,-]+)%-([^,]*)') do
-    k = k + 1
-    names[k], nums[k] = name, n
-    if name ~= names[1] then
+local function seat_places(index, zone, t, at, n)
+  local pos, one_row = {}, true
+  for k = 2, n do
+    if t[at + 2 * k - 2] ~= t[at] then
       one_row = false
+      break
     end
-  end
-  if k == 0 then
-    return names, nums, pos, 0
   end
   local rows, slot
   if one_row then
-    rows = {redis.call('HGET', index, zone .. ':r:' .. names[1])}
+    rows = {redis.call('HGET', index, zone .. ':r:' .. t[at])}
   else
     local fields
     fields, slot = {}, {}
-    for i = 1, k do
-      if not slot[names[i]] then
-        fields[#fields + 1] = zone .. ':r:' .. names[i]
-        slot[names[i]] = #fields
+    for k = 1, n do
+      local name = t[at + 2 * k - 2]
+      if not slot[name] then
+        fields[#fields + 1] = zone .. ':r:' .. name
+        slot[name] = #fields
       end
     end
     rows = redis.call('HMGET', index, unpack(fields))
   end
   local row
-  for i = 1, k do
+  for k = 1, n do
+    local name, num = t[at + 2 * k - 2], t[at + 2 * k - 1]
     -- first * 2048 + numbers (lib/seats: a row has at most 1,000)
-    local r, p = tonumber(rows[one_row and 1 or slot[names[i]]]), tonumber(nums[i])
+    local r, p = tonumber(rows[one_row and 1 or slot[name]]), tonumber(num)
     if not r or not p or p < 1 or p > r % 2048 then
-      return nil, names[i] .. '-' .. nums[i]
+      return nil, name .. '-' .. num
     end
     local first = (r - r % 2048) / 2048
-    pos[i] = first + p - 1
-    local start = first - #names[i] - 2
+    pos[k] = first + p - 1
+    local start = first - #name - 2
     if not row or start < row then
       row = start
     end
   end
-  return names, nums, pos, row
+  return pos, row
+end
+
+-- A list of seats ("A-7,A-8") as seat_places reads it: a row name and a
+-- number in turn, and how many seats.
+local function seat_parts(list)
+  local t, n = {}, 0
+  for name, num in string.gmatch(list, '([^,-]+)%-([^,]*)') do
+    t[2 * n + 1], t[2 * n + 2] = name, num
+    n = n + 1
+  end
+  return t, n
 end
 
 -- Whether `pos` is in map order already (as a buyer usually lists seats).
@@ -107,25 +117,22 @@ local function seat_in_order(pos)
   return true
 end
 
--- Sorts names, nums and pos (in step) into map order, in place.
-local function seat_order(names, nums, pos)
+-- Sorts pos into map order, in place, and returns the seats' list in that
+-- order ("A-7,A-8"), their names and numbers read as seat_places does.
+local function seat_order(pos, t, at)
+  local ids = {}
+  for k = 1, #pos do
+    ids[k] = t[at + 2 * k - 2] .. '-' .. t[at + 2 * k - 1]
+  end
   for i = 2, #pos do
-    local p, name, n, j = pos[i], names[i], nums[i], i - 1
+    local p, id, j = pos[i], ids[i], i - 1
     while j > 0 and pos[j] > p do
-      pos[j + 1], names[j + 1], nums[j + 1] = pos[j], names[j], nums[j]
+      pos[j + 1], ids[j + 1] = pos[j], ids[j]
       j = j - 1
     end
-    pos[j + 1], names[j + 1], nums[j + 1] = p, name, n
+    pos[j + 1], ids[j + 1] = p, id
   end
-end
-
--- The seats' list in map order ("A-7,A-8").
-local function seat_list_of(names, nums)
-  local list = names[1] .. '-' .. nums[1]
-  for i = 2, #names do
-    list = list .. ',' .. names[i] .. '-' .. nums[i]
-  end
-  return list
+  return table.concat(ids, ',')
 end
 
 -- The bytes from position lo to hi of the map, when they span less than a
@@ -169,6 +176,22 @@ local function paint_places(map, pos, ch)
     redis.call('SETRANGE', map, pos[k] - 1, j == k and ch or string.rep(ch, j - k + 1))
     k = j + 1
   end
+end
+
+-- A search for q seats (text) moved its front from `was` to `front`: the
+-- fields to write with the counters, added to `fields` (a table, or nil),
+-- and the largest q whose front is new (`fresh`, or this q when it is new).
+local function front_moved(fields, zone, q, was, front, fresh)
+  if front == was then
+    return fields, fresh
+  end
+  fields = fields or {}
+  fields[#fields + 1] = zone .. ':f' .. q
+  fields[#fields + 1] = seat_int(front)
+  if not was and (not fresh or tonumber(q) > tonumber(fresh)) then
+    fresh = q
+  end
+  return fields, fresh
 end
 
 -- Seats were made free from row `row` on: no search may start after it.
@@ -261,6 +284,28 @@ local function last_block(s, block, n, from, to)
   return last
 end
 
+-- The last free seat from `from` to `to` (positions in s, within one row),
+-- or nil: searched backwards from `to`, 16 bytes first, then four times as
+-- many each time. The search for seats one by one runs only when no row
+-- has the seats side by side, so free seats lie apart and the nearest is
+-- usually close.
+local function last_free(s, from, to)
+  local size = 16
+  while to >= from do
+    local lo = to - size + 1
+    if lo < from then
+      lo = from
+    end
+    -- At i in the bytes reversed is the seat at to + 1 - i.
+    local i = string.find(string.reverse(string.sub(s, lo, to)), SEAT_FREE, 1, true)
+    if i then
+      return to + 1 - i
+    end
+    to, size = lo - 1, 4 * size
+  end
+  return nil
+end
+
 -- The best `qty` free seats side by side in one row of the zone, searched
 -- from `from` to `last` (the zone's closing '|'): the first row from the
 -- front with such a block, and in it the block whose middle is nearest the
@@ -322,22 +367,29 @@ local function best_any(map, qty, from, last)
     local n = e - colon - 1
     local k = n + 1
     local mid = math.floor(k / 2)
-    local l = mid >= 1 and last_block(win, SEAT_FREE, 1, colon + 1, colon + mid)
+    local l = mid >= 1 and last_free(win, colon + 1, colon + mid)
     l = l and l - colon
     local rt = string.find(win, SEAT_FREE, colon + mid + 1, true)
     rt = rt and rt < e and rt - colon or nil
-    -- The seats taken in this row, put in seat order as they come.
-    local seats = {}
-    while got < qty and (l or rt) do
-      local a
-      if l and (not rt or k - 2 * l <= 2 * rt - k) then
-        a = l
-        l = l > 1 and last_block(win, SEAT_FREE, 1, colon + 1, colon + l - 1)
+    -- The seats taken in this row, put in seat order as they come. The
+    -- side a seat was taken from moves on only when another is wanted.
+    local seats, side = {}, nil
+    while got < qty do
+      if side == 1 then
+        l = l > 1 and last_free(win, colon + 1, colon + l - 1)
         l = l and l - colon
-      else
-        a = rt
+      elseif side == 2 then
         rt = string.find(win, SEAT_FREE, colon + rt + 1, true)
         rt = rt and rt < e and rt - colon or nil
+      end
+      if not (l or rt) then
+        break
+      end
+      local a
+      if l and (not rt or k - 2 * l <= 2 * rt - k) then
+        a, side = l, 1
+      else
+        a, side = rt, 2
       end
       local j = #seats
       while j > 0 and seats[j] > a do
@@ -347,7 +399,8 @@ local function best_any(map, qty, from, last)
       seats[j + 1] = a
       got = got + 1
     end
-    -- Their list, and one write from the first to the last.
+    -- Their list, and one write from the first to the last (the bytes
+    -- between written back as they were read: cheaper than a second write).
     local name = string.sub(win, r + 1, colon - 1)
     local prev, out = nil, nil
     for i = 1, #seats do
@@ -376,12 +429,13 @@ local function set_seats(index, map, zones, zone, list, ch)
   if not list or list == '' then
     return
   end
-  local names, nums, pos, row = seat_places(index, zone, list)
-  if not names or #names == 0 then
+  local t, n = seat_parts(list)
+  local pos, row = seat_places(index, zone, t, 1, n)
+  if not pos or n == 0 then
     return
   end
   if not seat_in_order(pos) then
-    seat_order(names, nums, pos)
+    seat_order(pos, t, 1)
   end
   paint_places(map, pos, ch)
   if ch == SEAT_FREE then
