@@ -95,6 +95,9 @@ for i = 0, n - 1 do
   local b = hold(kb, args)
   local t2 = redis.call('TIME')
   if a[1] ~= 'new' or b[1] ~= 'new' then return {'failed', i, a[2], b[2], b[3]} end
+  -- The seats listed: as many as asked for.
+  local _, commas = string.gsub(b[4], ',', ',')
+  if commas ~= tonumber(qty) - 1 then return {'failed', i, b[4]} end
   t_ga, t_seated = t_ga + us(t0, t1), t_seated + us(t1, t2)
 end
 return string.format('%%.2f %%.2f', t_ga / n, t_seated / n)

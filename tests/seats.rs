@@ -1102,3 +1102,32 @@ async fn holds_and_cancels_in_any_order_choose_the_seats_a_full_search_would() {
         }
     }
 }
+
+#[tokio::test]
+async fn with_no_two_free_seats_side_by_side_the_best_are_taken_one_by_one_from_the_middle() {
+    let app = TestApp::spawn().await;
+    let sale = seated_sale(&app, rows(1, 15), json!({})).await;
+    // Free are: no two side by side, and the
+    // nearest to the middle on the left is not where the nearest on
+    // the right mirrors (A-13 mirrors A-3).
+    for (buyer, seats) in [
+        ("apart-1", json!(["A-2", "A-4", "A-6", "A-8"])),
+        ("apart-2", json!(["A-9", "A-10", "A-11", "A-12"])),
+        ("apart-3", json!(["A-14", "A-15"])),
+    ] {
+        held(&app, sale, buyer, json!({"zone": "ST", "seats": seats})).await;
+    }
+    let res = hold_body(
+        &app,
+        sale,
+        "apart-4",
+        json!({"zone": "ST", "quantity": 2, "together": true}),
+    )
+    .await;
+    assert_problem(res, StatusCode::CONFLICT, "sold_out").await;
+    // Without `together`: A-7 (one from the middle), then A-5.
+    let two = held(&app, sale, "apart-5", json!({"zone": "ST", "quantity": 2})).await;
+    assert_eq!(seats_of(&two), strings(&["A-5", "A-7"]));
+    let (map, _) = seat_map(&app, sale, "ST").await;
+    assert_eq!(with_status(&map, "free"), strings(&["A-1", "A-13", "A-3"]));
+}

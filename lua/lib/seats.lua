@@ -285,11 +285,29 @@ local function last_block(s, block, n, from, to)
 end
 
 -- The last free seat from `from` to `to` (positions in s, within one row),
--- or nil: searched backwards from `to`, 16 bytes first, then four times as
--- many each time. The search for seats one by one runs only when no row
--- has the seats side by side, so free seats lie apart and the nearest is
--- usually close.
-local function last_free(s, from, to)
+-- or nil. `near` (or nil) is where it is likely to be: a row fills from its
+-- middle out, so the nearest free seat left of the middle mirrors the
+-- nearest right of it. From `near`, plain searches forward find it in two
+-- steps when the guess is good; otherwise, or past a few steps, it is
+-- searched backwards from `to`, 16 bytes first, then four times as many
+-- each time.
+local function last_free(s, from, to, near)
+  if near and near >= from and near <= to then
+    local p = string.find(s, SEAT_FREE, near, true)
+    if p and p <= to then
+      for _ = 1, 4 do
+        local q = string.find(s, SEAT_FREE, p + 1, true)
+        if not q or q > to then
+          return p
+        end
+        p = q
+      end
+      -- Many free seats after the guess: search back from `to`.
+    elseif near > from then
+      -- None from the guess on: search back from before it.
+      to = near - 1
+    end
+  end
   local size = 16
   while to >= from do
     local lo = to - size + 1
@@ -337,9 +355,17 @@ local function best_together(map, qty, from, last)
     end
   end
   local name = string.sub(win, r + 1, colon - 1)
-  local list = name .. '-' .. seat_int(best)
-  for a = best + 1, best + qty - 1 do
-    list = list .. ',' .. name .. '-' .. seat_int(a)
+  local list
+  if qty <= 4 then
+    -- One string made, not two a seat (string.format leaves the arguments
+    -- its format does not ask for).
+    list = string.format('%s-%d' .. string.rep(',%s-%d', qty - 1), name, best, name, best + 1, name, best + 2,
+      name, best + 3)
+  else
+    list = name .. '-' .. seat_int(best)
+    for a = best + 1, best + qty - 1 do
+      list = list .. ',' .. name .. '-' .. seat_int(a)
+    end
   end
   -- Seat s is at base + colon - 1 + s in the map.
   return list, {base + colon + best - 2, qty == 1 and SEAT_HELD or string.rep(SEAT_HELD, qty)}, base + r - 1
@@ -367,16 +393,16 @@ local function best_any(map, qty, from, last)
     local n = e - colon - 1
     local k = n + 1
     local mid = math.floor(k / 2)
-    local l = mid >= 1 and last_free(win, colon + 1, colon + mid)
-    l = l and l - colon
     local rt = string.find(win, SEAT_FREE, colon + mid + 1, true)
     rt = rt and rt < e and rt - colon or nil
+    local l = mid >= 1 and last_free(win, colon + 1, colon + mid, rt and colon + k - rt)
+    l = l and l - colon
     -- The seats taken in this row, put in seat order as they come. The
     -- side a seat was taken from moves on only when another is wanted.
     local seats, side = {}, nil
     while got < qty do
       if side == 1 then
-        l = l > 1 and last_free(win, colon + 1, colon + l - 1)
+        l = l > 1 and last_free(win, colon + 1, colon + l - 1, rt and colon + k - rt)
         l = l and l - colon
       elseif side == 2 then
         rt = string.find(win, SEAT_FREE, colon + rt + 1, true)
@@ -401,16 +427,23 @@ local function best_any(map, qty, from, last)
     end
     -- Their list, and one write from the first to the last (the bytes
     -- between written back as they were read: cheaper than a second write).
-    local name = string.sub(win, r + 1, colon - 1)
-    local prev, out = nil, nil
-    for i = 1, #seats do
-      local a = seats[i]
-      local id = name .. '-' .. seat_int(a)
-      list = list and list .. ',' .. id or id
-      out = out and out .. string.sub(win, colon + prev + 1, colon + a - 1) .. SEAT_HELD or SEAT_HELD
-      prev = a
-    end
-    if out then
+    if #seats > 0 then
+      local name = string.sub(win, r + 1, colon - 1)
+      local ids
+      if #seats <= 4 then
+        ids = string.format('%s-%d' .. string.rep(',%s-%d', #seats - 1), name, seats[1], name, seats[2], name,
+          seats[3], name, seats[4])
+      else
+        ids = name .. '-' .. seat_int(seats[1])
+        for i = 2, #seats do
+          ids = ids .. ',' .. name .. '-' .. seat_int(seats[i])
+        end
+      end
+      list = list and list .. ',' .. ids or ids
+      local out = SEAT_HELD
+      for i = 2, #seats do
+        out = out .. string.sub(win, colon + seats[i - 1] + 1, colon + seats[i] - 1) .. SEAT_HELD
+      end
       writes[#writes + 1] = base + colon + seats[1] - 2
       writes[#writes + 1] = out
     end
