@@ -126,7 +126,10 @@ local p1, p2 = string.byte(pick, 1, 2)
 local exact = p1 == 120 and p2 == 58 -- 'x:'
 local q = seated_at and not exact and qtext
 local z
-if q then
+if q and pick == '' and q ~= '1' then
+  -- Without `together`, the front of the search one by one too.
+  z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held', zone .. ':f' .. q, zone .. ':f1')
+elseif q then
   z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held', zone .. ':f' .. q)
 else
   z = redis.call('HMGET', KEYS[2], zone .. ':avail', zone .. ':held')
@@ -216,7 +219,7 @@ elseif seated and not exact then
     front_fields, fresh_q = front_moved(front_fields, zone, q, was, front or last_seat, fresh_q)
   end
   if not seat_list and pick ~= 't' and qty > 1 then
-    was = tonumber(redis.call('HGET', KEYS[2], zone .. ':f1'))
+    was = tonumber(z[4])
     if was ~= last_seat then
       seat_list, seat_writes, front = best_any(KEYS[9], qty, was or tonumber(first_seat), last_seat)
       front_fields, fresh_q = front_moved(front_fields, zone, '1', was, front or last_seat, fresh_q)
