@@ -25,17 +25,19 @@
 -- start, read and written with the counters a hold reads and writes anyway:
 --   <zone>:f<q>     for a search for q free seats side by side (q = 1: any
 --                   free seat), the row (its '|') before which there are
---                   none; absent: the zone's first row. A search moves it
---                   on; seats made free move it back.
+--                   none; absent: the zone's first row; the zone's
+--                   closing '|': none left. A search moves it on; seats
+--                   made free move it back.
 --   <zone>:fmax     the largest q with such a field
 -- Each reservation lists its own seats (its `seats` field, "A-7,A-8"), so a
 -- reservation that ends knows which to free.
 --
 -- A seated hold costs a few Redis calls more than a general-admission one
 -- (the row index, a window of the map, the write of its seats), and the
--- code here avoids making Lua strings and tables it does not need: on a
--- 2.8 GHz Xeon a Redis call costs a microsecond or more, a new string or
--- table a fifth of one.
+-- code here avoids making Lua strings, tables and closures it does not
+-- need: on a 2.8 GHz Xeon a Redis call costs a microsecond or more, a new
+-- string or table a fifth of one, and a function made inside a script (a
+-- closure over its locals) more than either.
 
 local SEAT_FREE, SEAT_HELD, SEAT_SOLD = '.', '*', '#'
 local SEAT_FREE_BYTE, SEAT_NONE_BYTE = 46, 95 -- '.', '_'
