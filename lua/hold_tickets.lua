@@ -216,13 +216,19 @@ elseif seated and not exact then
   local was, front, fresh_q = tonumber(z[3]), nil, nil
   if was ~= last_seat then
     seat_list, seat_writes, front = best_together(KEYS[9], qty, was or tonumber(first_seat), last_seat)
-    front_fields, fresh_q = front_moved(front_fields, zone, q, was, front or last_seat, fresh_q)
+    front = front or last_seat
+    if front ~= was then
+      front_fields, fresh_q = front_moved(front_fields, zone, q, was, front, fresh_q)
+    end
   end
   if not seat_list and pick ~= 't' and qty > 1 then
     was = tonumber(z[4])
     if was ~= last_seat then
       seat_list, seat_writes, front = best_any(KEYS[9], qty, was or tonumber(first_seat), last_seat)
-      front_fields, fresh_q = front_moved(front_fields, zone, '1', was, front or last_seat, fresh_q)
+      front = front or last_seat
+      if front ~= was then
+        front_fields, fresh_q = front_moved(front_fields, zone, '1', was, front, fresh_q)
+      end
     end
   end
   if fresh_q then

@@ -180,13 +180,11 @@ local function paint_places(map, pos, ch)
   end
 end
 
--- A search for q seats (text) moved its front from `was` to `front`: the
--- fields to write with the counters, added to `fields` (a table, or nil),
--- and the largest q whose front is new (`fresh`, or this q when it is new).
+-- A search for q seats (text) moved its front from `was` to `front` (they
+-- differ): the fields to write with the counters, added to `fields` (a
+-- table, or nil), and the largest q whose front is new (`fresh`, or this q
+-- when it is new).
 local function front_moved(fields, zone, q, was, front, fresh)
-  if front == was then
-    return fields, fresh
-  end
   fields = fields or {}
   fields[#fields + 1] = zone .. ':f' .. q
   fields[#fields + 1] = seat_int(front)
@@ -344,7 +342,7 @@ local function best_together(map, qty, from, last)
   -- k/2 (mid) or the nearest after it.
   local n = e - colon - 1
   local k = n + 2 - qty
-  local mid = math.floor(k / 2)
+  local mid = (k - k % 2) / 2
   local best = string.find(win, block, colon + mid, true)
   best = best and best + qty - 1 < e and best - colon
   if best ~= mid and mid > 1 and (not best or 2 * best - k >= k - 2 * mid + 2) then
@@ -394,7 +392,7 @@ local function best_any(map, qty, from, last)
     -- the left (mid itself first), rt on the right.
     local n = e - colon - 1
     local k = n + 1
-    local mid = math.floor(k / 2)
+    local mid = (k - k % 2) / 2
     local rt = string.find(win, SEAT_FREE, colon + mid + 1, true)
     rt = rt and rt < e and rt - colon or nil
     local l = mid >= 1 and last_free(win, colon + 1, colon + mid, rt and colon + k - rt)
