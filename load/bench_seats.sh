@@ -7,7 +7,9 @@
 # redis-benchmark (8 connections, a fresh buyer and reservation id a call);
 # exact seats through redis-cli --pipe, a pair of neighbours a call, the
 # pairs in random order. Figures: Redis's usec_per_call (INFO commandstats).
-# Run from the repository's root: load/bench_seats.sh
+# Then load/seats_ab.py times the two kinds in turn: inside one EVAL, as
+# EVALSHA calls (slow log), and as holds a second one Redis serves.
+# Run from the repository's root: ROUNDS=5 AB_ROUNDS=5 load/bench_seats.sh
 set -euo pipefail
 port=${PORT:-26417}
 work=$(mktemp -d)

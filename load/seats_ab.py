@@ -14,6 +14,13 @@ seated one in turn on one pipelined connection, each call's time read back
 from Redis's slow log (threshold 0): what a call costs the service,
 including what every EVALSHA costs Redis around the script.
 
+Last, holds a second one Redis serves: the same calls pipelined in batches
+of 500, a general-admission batch and a seated batch in turn, each timed
+from its first byte sent to its last reply.
+
+Besides a zone of free seats, one where every other seat is sold: no two
+free seats side by side, so the best seats are found one by one.
+
 Usage (load/bench_seats.sh runs it): python3 load/seats_ab.py PORT [ROUNDS]
 The Redis on PORT is flushed between rounds: use a private one.
 """
