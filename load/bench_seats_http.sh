@@ -10,8 +10,9 @@
 # holds, which bounds DURATION (about 6 s at 15,000 holds a second).
 #
 # Each round runs, each on a fresh sale of ten zones (Z0..Z9, buyers spread
-# over them), holds of 2: general admission (zones of 20,000), the best 2
-# seats, and 2 seats together (zones of 20,000 seats, 100 rows of 200). A
+# over them), holds of 2: general admission (zones of 20,000), 2 exact
+# seats (neighbours no other hold asks for), the best 2 seats, and 2 seats
+# together (zones of 20,000 seats, 100 rows of 200). A
 # run that sells a zone out, or is refused anything, fails the script. The
 # ratio to the general-admission run of the same round is printed.
 set -euo pipefail
@@ -55,11 +56,11 @@ new_sale() { # seated (0|1)
         -d "{\"name\":\"seats benchmark\",\"zones\":$zones,\"per_user_limit\":100,\"hold_ttl_seconds\":3600,\"pass_ttl_seconds\":3600,\"release_rate\":100000,\"release_interval_ms\":100}" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
 }
-run() { # name seated body
+run() { # name seated body [exact: 1, each hold two seats of its own]
     local sale
     sale=$(new_sale "$2")
     "$bin" prepare-buyers --sale "$sale" --count "$HOLDERS" --prefix "seats-$sale" --out "$work/holders" 2>/dev/null
-    MODE=hold SALE=$sale BUYERS=$work/holders HOLD_BODY=$3 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
+    MODE=hold SALE=$sale BUYERS=$work/holders HOLD_BODY=$3 HOLD_SEATS=${4:-0} wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
         -s load/wrk/hot.lua "http://$LISTEN_ADDR" > "$work/out"
     local line
     line=$(grep '^RESULT' "$work/out")
@@ -72,6 +73,7 @@ run() { # name seated body
 for round in $(seq "$ROUNDS"); do
     echo "bench: round $round, wrk -t1 -c$CONNS -d${DURATION}s a run" >&2
     run ga 0 '{"zone":"Z%d","quantity":2}'
+    run exact 1 '' 1
     run best 1 '{"zone":"Z%d","quantity":2}'
     run together 1 '{"zone":"Z%d","quantity":2,"together":true}'
 done
