@@ -66,6 +66,20 @@ def pick_args(mode, i):
     return ["x:%s-%d,%s-%d" % (row, s, row, s + 1), row, str(s), row, str(s + 1)]
 
 
+def report(name, gas, seats, ratios, figure, ratio):
+    """One kind's line: the medians of its rounds, and each round's ratio."""
+    print(("  %-22s GA " + figure + "  seated " + figure + "  %s median %.2f (rounds: %s)") % (
+        name, statistics.median(gas), statistics.median(seats), ratio, statistics.median(ratios),
+        " ".join("%.2f" % x for x in ratios)))
+
+
+def fresh_sales(layout):
+    """A flushed Redis with a general-admission sale and a seated one."""
+    r("flushall")
+    setup("{ga}")
+    setup("{seated}", layout)
+
+
 def setup(h, seats="free"):
     # A zone's capacity counts its sold seats too (as a restore loads it).
     capacity = str(20000)
@@ -115,9 +129,7 @@ print("seated holds against general admission, interleaved, %d rounds (us a hold
 for name, qty, mode, n, layout in KINDS:
     ratios, gas, seats = [], [], []
     for _ in range(rounds):
-        r("flushall")
-        setup("{ga}")
-        setup("{seated}", layout)
+        fresh_sales(layout)
         out = r("eval", HARNESS, "0", "{seated}", "{ga}", qty, mode, str(n))
         try:
             a, b = map(float, out.split())
@@ -126,9 +138,7 @@ for name, qty, mode, n, layout in KINDS:
         gas.append(a)
         seats.append(b)
         ratios.append(b / a)
-    print("  %-22s GA %6.2f  seated %6.2f  seated/GA median %.2f (rounds: %s)" % (
-        name, statistics.median(gas), statistics.median(seats), statistics.median(ratios),
-        " ".join("%.2f" % x for x in ratios)))
+    report(name, gas, seats, ratios, "%6.2f", "seated/GA")
 
 
 def resp(args):
@@ -174,26 +184,29 @@ class Conn:
 
 
 hold_sha = r("script", "load", source)
+
+
+def hold_call(sale, zone, qty, mode, i):
+    """Hold i of a round as an EVALSHA call: buyer and reservation u<i>."""
+    u = "u%d" % i
+    pick = pick_args(mode, i) if zone == "ST" else [""]
+    return resp(["EVALSHA", hold_sha, "9", sale + ":meta", sale + ":zones", sale + ":res:" + u,
+                 sale + ":buyer:" + u, sale + ":deadlines", sale + ":admitted", sale + ":turns",
+                 sale + ":seats", sale + ":seatmap", u, zone, qty, u, ""] + pick)
+
+
 print("the same holds as EVALSHA calls in turn, Redis's time a call from its slow log "
       "(us, median of the rounds' means):")
 for name, qty, mode, n, layout in KINDS:
     ratios, gas, seats = [], [], []
     for _ in range(rounds):
-        r("flushall")
-        setup("{ga}")
-        setup("{seated}", layout)
+        fresh_sales(layout)
         c = Conn(port)
         c.call("config", "set", "slowlog-log-slower-than", "0")
         c.call("config", "set", "slowlog-max-len", str(2 * n + 10))
         c.call("slowlog", "reset")
-        calls = []
-        for i in range(n):
-            u = "u%d" % i
-            for sale, zone, p in (("{ga}", "GA", [""]), ("{seated}", "ST", pick_args(mode, i))):
-                calls.append(resp(["EVALSHA", hold_sha, "9", sale + ":meta", sale + ":zones",
-                                   sale + ":res:" + u, sale + ":buyer:" + u, sale + ":deadlines",
-                                   sale + ":admitted", sale + ":turns", sale + ":seats",
-                                   sale + ":seatmap", u, zone, qty, u, ""] + p))
+        calls = [hold_call(sale, zone, qty, mode, i)
+                 for i in range(n) for sale, zone in (("{ga}", "GA"), ("{seated}", "ST"))]
         c.sock.sendall(b"".join(calls))
         replies = [c.reply() for _ in range(2 * n)]
         bad = [x for x in replies if not isinstance(x, list) or x[0] != "new"]
@@ -210,9 +223,7 @@ for name, qty, mode, n, layout in KINDS:
         gas.append(a)
         seats.append(b)
         ratios.append(b / a)
-    print("  %-22s GA %6.2f  seated %6.2f  seated/GA median %.2f (rounds: %s)" % (
-        name, statistics.median(gas), statistics.median(seats), statistics.median(ratios),
-        " ".join("%.2f" % x for x in ratios)))
+    report(name, gas, seats, ratios, "%6.2f", "seated/GA")
 
 BATCH = 500
 print("holds a second one Redis serves, pipelined EVALSHA calls in batches of %d, the two "
@@ -220,22 +231,13 @@ print("holds a second one Redis serves, pipelined EVALSHA calls in batches of %d
 for name, qty, mode, n, layout in KINDS:
     ratios, gas, seats = [], [], []
     for _ in range(rounds):
-        r("flushall")
-        setup("{ga}")
-        setup("{seated}", layout)
+        fresh_sales(layout)
         c = Conn(port)
         took = {"GA": 0.0, "ST": 0.0}
         for start in range(0, n, BATCH):
             for sale, zone in (("{ga}", "GA"), ("{seated}", "ST")):
-                calls = []
-                for i in range(start, min(n, start + BATCH)):
-                    u = "u%d" % i
-                    p = pick_args(mode, i) if zone == "ST" else [""]
-                    calls.append(resp(["EVALSHA", hold_sha, "9", sale + ":meta", sale + ":zones",
-                                       sale + ":res:" + u, sale + ":buyer:" + u,
-                                       sale + ":deadlines", sale + ":admitted", sale + ":turns",
-                                       sale + ":seats", sale + ":seatmap", u, zone, qty, u,
-                                       ""] + p))
+                calls = [hold_call(sale, zone, qty, mode, i)
+                         for i in range(start, min(n, start + BATCH))]
                 payload = b"".join(calls) + resp(["PING"])
                 # The replies are read as bytes until the PING's, and checked
                 # after the clock stops.
@@ -253,6 +255,4 @@ for name, qty, mode, n, layout in KINDS:
         gas.append(a)
         seats.append(b)
         ratios.append(a / b)
-    print("  %-22s GA %6.0f/s  seated %6.0f/s  GA/seated median %.2f (rounds: %s)" % (
-        name, statistics.median(gas), statistics.median(seats), statistics.median(ratios),
-        " ".join("%.2f" % x for x in ratios)))
+    report(name, gas, seats, ratios, "%6.0f/s", "GA/seated")
